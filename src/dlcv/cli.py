@@ -1,0 +1,133 @@
+"""The `dlcv` command line. Errors the user can fix print one clear line and exit with code 2."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from dlcv import config as config_mod
+from dlcv.errors import DlcvError
+
+log = logging.getLogger("dlcv")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="YAML recipe (optional with --resume: the run's saved config is used)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--out", help="run directory (default runs/<config>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dlcv", description=__doc__)
+    sub = parser.add_subparsers(dest="group", required=True)
+
+    data = sub.add_parser("data", help="data utilities").add_subparsers(dest="cmd", required=True)
+    synth = data.add_parser("synth", help="write a small synthetic hw1_data tree (the built-in demo data)")
+    synth.add_argument("out_dir")
+    synth.add_argument("--seed", type=int, default=0)
+
+    classify = sub.add_parser("classify", help="P1 image classification").add_subparsers(dest="cmd", required=True)
+    _add_train_args(classify.add_parser("train", help="train a classifier"))
+    predict = classify.add_parser("predict", help="write filename,label for every image of a folder")
+    predict.add_argument("--ckpt", required=True)
+    predict.add_argument("image_dir")
+    predict.add_argument("out_csv")
+    predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    predict.add_argument("--batch-size", type=int, default=256)
+    embed = classify.add_parser("embed", help="PCA or t-SNE figure of a checkpoint's features on a folder")
+    embed.add_argument("--ckpt", required=True)
+    embed.add_argument("image_dir")
+    embed.add_argument("--method", choices=("pca", "tsne"), default="pca")
+    embed.add_argument("--out", required=True, help="figure file (.png or .svg)")
+    embed.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+    ev = sub.add_parser("eval", help="score predictions").add_subparsers(dest="cmd", required=True)
+    acc = ev.add_parser("acc", help="accuracy of a prediction CSV, matched to the ground truth by file name")
+    acc.add_argument("gt_csv")
+    acc.add_argument("pred_csv")
+
+    sub.add_parser("models", help="list the registered models")
+
+    demo = sub.add_parser("demo", help="run the report's experiments, scaled down, on built-in data")
+    demo.add_argument("--out", default="demo_out")
+    demo.add_argument("--data", help="a real hw1_data tree instead of the synthetic one")
+    demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    return parser
+
+
+def _train(task_module, task_cls, args) -> int:
+    from dlcv.engine.run import default_run_dir
+    from dlcv.engine.trainer import Trainer
+
+    recipe = {}
+    if args.resume:
+        if not args.out:
+            raise DlcvError("--resume needs --out RUN_DIR (the run to continue)")
+        saved = Path(args.out) / "config.yaml"
+        if not saved.is_file():
+            raise DlcvError(f"--resume: {saved} not found; is {args.out} a run directory?")
+        recipe = config_mod.load_yaml(saved)
+    if args.config:
+        recipe = config_mod.deep_merge(recipe, config_mod.load_yaml(args.config))
+    elif not args.resume:
+        raise DlcvError("a config is required: -c CONFIG (see configs/)")
+    cfg = config_mod.resolve(task_module.DEFAULTS, task_module.choices(), task_module.TYPES, recipe,
+                             args.overrides)
+    out = args.out or default_run_dir(args.config, cfg["task"])
+    summary = Trainer(task_cls(cfg), cfg, out, resume=args.resume).fit()
+    log.info("best %s %s (epoch %s); run directory %s", summary["monitor"], summary["best"][summary["monitor"]],
+             summary["best"]["epoch"], out)
+    return 0
+
+
+def run(args) -> int:
+    if args.group == "data":
+        from dlcv.data.synth import write_tree
+        log.info("wrote %s", write_tree(args.out_dir, seed=args.seed))
+        return 0
+    if args.group == "models":
+        from dlcv.models import list_models
+        print("\n".join(list_models()))
+        return 0
+    if args.group == "eval":
+        from dlcv.tasks.classify import accuracy_by_filename
+        accuracy, correct, total, missing = accuracy_by_filename(args.gt_csv, args.pred_csv)
+        if missing:
+            log.warning("%d ground-truth file(s) have no prediction (counted as wrong)", missing)
+        print(f"accuracy: {accuracy:.4f} ({correct}/{total})")
+        return 0
+    if args.group == "classify":
+        from dlcv.tasks import classify
+        if args.cmd == "train":
+            return _train(classify, classify.ClassifyTask, args)
+        from dlcv.engine.distributed import pick_device
+        device = pick_device(args.device)
+        if args.cmd == "predict":
+            n = classify.predict_folder(args.ckpt, args.image_dir, args.out_csv, device, args.batch_size)
+            log.info("wrote %d predictions to %s", n, args.out_csv)
+            return 0
+        if args.cmd == "embed":
+            classify.embed_figure(args.ckpt, args.image_dir, args.method, args.out, device)
+            log.info("wrote %s", args.out)
+            return 0
+    if args.group == "demo":
+        from dlcv.demo import run_demo
+        run_demo(args.out, args.data, args.device)
+        return 0
+    raise AssertionError(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s",
+                        stream=sys.stdout)
+    try:
+        return run(args)
+    except (DlcvError, config_mod.ConfigError) as exc:
+        print(f"dlcv: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,159 @@
+"""Configs: YAML recipes validated against each task's defaults, with `--set dotted.key=value` overrides.
+
+The defaults dict of a task *is* its schema: a key that is not in it is an error naming the valid keys,
+and a value must have the default's type (ints are accepted where floats are expected; a `None` default
+accepts anything). Enumerated keys list their choices in CHOICES, so a bad value names the valid ones.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-4` (no dot) as a string; everyone writing a learning rate means a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."))
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+class ConfigError(ValueError):
+    """A config key or value that is not valid; the message names the key and what is allowed."""
+
+
+# Keys shared by every task (the issue fixes these names); tasks add their own on top.
+COMMON_DEFAULTS: dict[str, Any] = {
+    "task": "",
+    "device": "auto",
+    "data": {"root": None},
+    "model": {"name": "", "weights": None, "options": {}},
+    "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9, "nesterov": False,
+              "betas": [0.9, 0.999]},
+    "sched": {"name": "constant", "milestones": [], "gamma": 0.1, "warmup_epochs": 0.0,
+              "final_lr_ratio": 0.0},
+    "train": {"epochs": 1, "batch_size": 32, "eval_batch_size": 256, "max_steps": None,
+              "precision": "fp32", "seed": 0, "channels_last": False, "compile": False,
+              "grad_clip": None, "log_every": 20},
+    "snapshot": {"epochs": None},  # epochs whose features/masks are kept; null = first, middle, last
+}
+
+COMMON_CHOICES: dict[str, tuple] = {
+    "device": ("auto", "cpu", "cuda"),
+    "optim.name": ("adam", "adamw", "sgd"),
+    "sched.name": ("constant", "multistep", "cosine", "onecycle"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+}
+
+
+# Types of keys whose default is null (null stays allowed).
+COMMON_NULLABLE_TYPES: dict[str, type] = {
+    "data.root": str, "model.weights": str, "train.max_steps": int, "train.grad_clip": float,
+    "snapshot.epochs": list,
+}
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value parsed as YAML, so 1e-3, true, null and [5, 10] work)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects dotted.key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    try:
+        value = _yaml(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+    return key.strip().split("."), value
+
+
+def nest(path: list[str], value: Any) -> dict:
+    for key in reversed(path):
+        value = {key: value}
+    return value
+
+
+def _check(node: Any, schema: Any, choices: dict[str, tuple], prefix: str, free: set[str],
+           nullable_types: dict[str, type]) -> None:
+    if isinstance(schema, dict) and prefix not in free:
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{prefix}' must be a mapping with keys {sorted(schema)}")
+        for key, value in node.items():
+            dotted = f"{prefix}.{key}" if prefix else key
+            if key not in schema:
+                raise ConfigError(f"unknown config key '{dotted}'; valid keys"
+                                  f"{' under ' + repr(prefix) if prefix else ''}: {', '.join(sorted(schema))}")
+            _check(value, schema[key], choices, dotted, free, nullable_types)
+        return
+    if prefix in choices and node not in choices[prefix]:
+        raise ConfigError(f"config key '{prefix}': invalid value {node!r}; valid choices: "
+                          f"{', '.join(map(str, choices[prefix]))}")
+    if node is None or prefix in free:
+        return
+    expected = type(schema) if schema is not None else nullable_types.get(prefix)
+    if expected is None:
+        return
+    if expected is bool:
+        ok = isinstance(node, bool)
+    elif expected in (int, float):
+        ok = isinstance(node, (int, expected)) and not isinstance(node, bool)
+    else:
+        ok = isinstance(node, expected)
+    if not ok:
+        raise ConfigError(f"config key '{prefix}': expected {expected.__name__}, got {node!r}")
+
+
+def resolve(task_defaults: dict, task_choices: dict[str, tuple], task_types: dict[str, type],
+            recipe: dict | None = None,
+            overrides: list[str] = (), free: set[str] = frozenset({"model.options"})) -> dict:
+    """Merge defaults <- recipe <- overrides and validate the result against the defaults."""
+    schema = deep_merge(COMMON_DEFAULTS, task_defaults)
+    choices = {**COMMON_CHOICES, **task_choices}
+    cfg = deep_merge(schema, recipe or {})
+    for item in overrides:
+        path, value = parse_override(item)
+        cfg = deep_merge(cfg, nest(path, value))
+    _check(cfg, schema, choices, "", set(free), {**COMMON_NULLABLE_TYPES, **task_types})
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = _yaml(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def get(cfg: dict, dotted: str) -> Any:
+    node = cfg
+    for key in dotted.split("."):
+        node = node[key]
+    return node
+
+
+def dump(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)

@@ -1,0 +1,1 @@
+"""Data: image files, label formats, tensor caches, synthetic data and device-side augmentation."""

@@ -1,0 +1,97 @@
+"""Batch augmentation on the device, with per-sample random parameters.
+
+Written by hand because torchvision's v2 transforms draw ONE set of random parameters per call: applied
+to a batch tensor every image gets the same crop/flip/angle, and applied per image they bring back the
+per-image Python loop this path exists to remove (airbench does the same, for the same reason).
+
+Random parameters are drawn for the whole *global* batch from a generator seeded by (seed, epoch,
+step) and then sliced to this process's share, so N processes see exactly the images and augmentations
+one process would: DDP runs match single-process runs, and resume is exact without saving generator state.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    flip: bool = False
+    crop_padding: int = 0
+    pad_mode: str = "zeros"  # torchvision RandomCrop's default fill; "reflect" is better for small images
+    rotation: float = 0.0  # max degrees, like RandomRotation(degrees)
+    cutout: int = 0  # side of a random square set to zero (0 = off)
+
+
+def resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    if size is None or x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < x.shape[-1])
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def random_flip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def random_crop(x: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor, mode: str) -> torch.Tensor:
+    """Pad by `padding`, then cut the original size at per-sample offsets (dy, dx) in [0, 2*padding]."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4, mode="constant" if mode == "zeros" else mode)
+    rows = dy.view(n, 1, 1) + torch.arange(h, device=x.device).view(1, h, 1)
+    cols = dx.view(n, 1, 1) + torch.arange(w, device=x.device).view(1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1)
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+
+
+def random_rotation(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each image about its centre by its own angle; corners filled with zeros (RandomRotation)."""
+    rad = degrees * (math.pi / 180)
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_cutout(x: torch.Tensor, size: int, cy: torch.Tensor, cx: torch.Tensor) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
+    inside = ((ys - cy.view(-1, 1, 1)).abs() <= size // 2) & ((xs - cx.view(-1, 1, 1)).abs() <= size // 2)
+    return x.masked_fill(inside.unsqueeze(1), 0.0)
+
+
+def augment_batch(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator, global_size: int,
+                  offset: int) -> torch.Tensor:
+    """Augment `x` (this process's slice [offset, offset+len(x)) of a global batch of `global_size`).
+
+    Order as the report's model-B pipeline: flip, rotation, padded random crop; then cutout.
+    """
+    n = x.shape[0]
+    dev = gen.device
+
+    def draw(fn):  # parameters for the global batch, then this process's slice
+        return fn()[offset:offset + n].to(x.device)
+
+    if spec.flip:
+        x = random_flip(x, draw(lambda: torch.rand(global_size, generator=gen, device=dev) < 0.5))
+    if spec.rotation:
+        angles = draw(lambda: (torch.rand(global_size, generator=gen, device=dev) * 2 - 1) * spec.rotation)
+        x = random_rotation(x, angles)
+    if spec.crop_padding:
+        span = 2 * spec.crop_padding + 1
+        dy = draw(lambda: torch.randint(span, (global_size,), generator=gen, device=dev))
+        dx = draw(lambda: torch.randint(span, (global_size,), generator=gen, device=dev))
+        x = random_crop(x, spec.crop_padding, dy, dx, spec.pad_mode)
+    if spec.cutout:
+        cy = draw(lambda: torch.randint(x.shape[-2], (global_size,), generator=gen, device=dev))
+        cx = draw(lambda: torch.randint(x.shape[-1], (global_size,), generator=gen, device=dev))
+        x = random_cutout(x, spec.cutout, cy, cx)
+    return x

@@ -1,0 +1,53 @@
+"""A small registry of named model builders: `create_model(name, num_classes=..., weights=..., **options)`."""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from dlcv.errors import DlcvError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    builder: Callable[..., nn.Module]
+    head: str  # dotted name of the final layer; its input is the "second-last-layer" feature vector
+    task: str
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, head: str, task: str = "classify"):
+    def wrap(fn):
+        _REGISTRY[name] = ModelSpec(fn, head, task)
+        return fn
+    return wrap
+
+
+def list_models(task: str | None = None) -> list[str]:
+    _import_builders()
+    return sorted(n for n, s in _REGISTRY.items() if task is None or s.task == task)
+
+
+def model_spec(name: str) -> ModelSpec:
+    _import_builders()
+    if name not in _REGISTRY:
+        raise DlcvError(f"unknown model '{name}'; available: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, num_classes: int, weights: str | None = None, **options) -> nn.Module:
+    spec = model_spec(name)
+    params = inspect.signature(spec.builder).parameters
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        valid = [p for p in params if p not in ("num_classes", "weights")]
+        raise DlcvError(f"model '{name}' has no option(s) {unknown}; valid model.options: {valid or 'none'}")
+    return spec.builder(num_classes=num_classes, weights=weights, **options)
+
+
+def _import_builders() -> None:
+    from dlcv.models import classifiers  # noqa: F401  (registers on import)

