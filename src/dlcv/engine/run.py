@@ -57,6 +57,8 @@ class RunDir:
         handler = logging.FileHandler(self.path / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         log.addHandler(handler)
+        if log.getEffectiveLevel() > logging.INFO:
+            log.setLevel(logging.INFO)
 
     def write_config(self, cfg: dict) -> None:
         if self.is_main:

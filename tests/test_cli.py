@@ -1,0 +1,153 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, small_classify_cfg
+from dlcv.cli import main
+from dlcv.engine.trainer import Trainer
+from dlcv.tasks.classify import ClassifyTask
+
+
+@pytest.fixture(scope="module")
+def ckpt(p1_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    cfg = small_classify_cfg(p1_root, **{"train.epochs": 1})
+    Trainer(ClassifyTask(cfg), cfg, out).fit()
+    return out / "checkpoints" / "best.pt"
+
+
+def dlcv(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "dlcv", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=REPO, timeout=600)
+
+
+def test_predict_writes_sorted_rows_and_never_reads_labels_from_names(ckpt, p1_root, tmp_path):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    originals = sorted((p1_root / "val_50").glob("*.png"))[::7][:12]
+    for i, f in enumerate(originals):  # misleading names: the label prefix is not the true class
+        shutil.copy(f, images / f"{(i * 3) % 10}_{i:04d}.png")
+    shutil.copy(originals[0], images / "0000.png")  # a test-style name without a label
+    assert main(["classify", "predict", "--ckpt", str(ckpt), str(images), str(tmp_path / "pred.csv")]) == 0
+    lines = (tmp_path / "pred.csv").read_text().splitlines()
+    assert lines[0] == "filename,label"
+    names = [line.split(",")[0] for line in lines[1:]]
+    assert names == sorted(p.name for p in images.iterdir()) and len(names) == 13
+    assert all(line.split(",")[1].isdigit() for line in lines[1:])
+    # Predictions depend on pixels only: the same image under its true name gets the same label.
+    main(["classify", "predict", "--ckpt", str(ckpt), str(p1_root / "val_50"), str(tmp_path / "all.csv")])
+    truth_name = dict(line.split(",") for line in (tmp_path / "all.csv").read_text().splitlines()[1:])
+    renamed = dict(line.split(",") for line in lines[1:])
+    for i, f in enumerate(originals):
+        assert renamed[f"{(i * 3) % 10}_{i:04d}.png"] == truth_name[f.name]
+    assert renamed["0000.png"] == truth_name[originals[0].name]
+
+
+def test_eval_acc_matches_by_filename_not_row_order(tmp_path, capsys):
+    (tmp_path / "gt.csv").write_text("filename,label\r\na.png,1\r\nb.png,2\r\nc.png,3\r\nd.png,4\r\n")
+    (tmp_path / "pred.csv").write_text("filename,label\nc.png,3\nb.png,2\na.png,0\n")  # d.png missing
+    assert main(["eval", "acc", str(tmp_path / "gt.csv"), str(tmp_path / "pred.csv")]) == 0
+    assert "accuracy: 0.5000 (2/4)" in capsys.readouterr().out
+
+
+def test_eval_acc_accepts_id_filename_label(tmp_path, capsys):
+    (tmp_path / "gt.csv").write_text("id,filename,label\n0,x.jpg,7\n1,y.jpg,07\n")
+    (tmp_path / "pred.csv").write_text("id,filename,label\n0,y.jpg,7\n1,x.jpg,7\n")
+    main(["eval", "acc", str(tmp_path / "gt.csv"), str(tmp_path / "pred.csv")])
+    assert "accuracy: 1.0000 (2/2)" in capsys.readouterr().out
+
+
+def test_embed_writes_a_figure(ckpt, p1_root, tmp_path):
+    for method in ("pca", "tsne"):
+        out = tmp_path / f"{method}.png"
+        assert main(["classify", "embed", "--ckpt", str(ckpt), str(p1_root / "val_50"), "--method", method,
+                     "--out", str(out)]) == 0
+        assert Image.open(out).size[0] > 100
+
+
+def test_hw1_1_script(ckpt, p1_root, tmp_path):
+    result = subprocess.run(["bash", str(REPO / "hw1_1.sh"), str(p1_root / "val_50"), str(tmp_path / "o.csv")],
+                            capture_output=True, text=True, env={**os.environ, "DLCV_P1_CKPT": str(ckpt),
+                                                                 "DLCV_PYTHON": sys.executable})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "o.csv").read_text().startswith("filename,label\n0_450.png,")
+    assert len((tmp_path / "o.csv").read_text().splitlines()) == 101
+    usage = subprocess.run(["bash", str(REPO / "hw1_1.sh")], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+def test_bad_inputs_exit_non_zero_with_the_file_named_and_no_partial_output(ckpt, p1_root, tmp_path):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    shutil.copy(p1_root / "val_50" / "0_450.png", images / "0_1.png")
+    (images / "0_2.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out = tmp_path / "pred.csv"
+    r = dlcv("classify", "predict", "--ckpt", ckpt, images, out)
+    assert r.returncode == 2 and "0_2.png" in r.stderr and not out.exists()
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".pred*"))
+
+    r = dlcv("classify", "predict", "--ckpt", ckpt, tmp_path / "missing", out)
+    assert r.returncode == 2 and "image folder not found" in r.stderr
+
+    (tmp_path / "gt.csv").write_text("name,label\na.png,1\n")
+    r = dlcv("eval", "acc", tmp_path / "gt.csv", tmp_path / "gt.csv")
+    assert r.returncode == 2 and "missing column(s) filename" in r.stderr
+
+    r = dlcv("classify", "train", "-c", REPO / "configs/p1_model_a.yaml", "--set", f"data.root={images}",
+             "--set", "data.train_dir=.", "--set", "data.val_dir=.", "--out", tmp_path / "r")
+    assert r.returncode == 2 and "0_2.png" in r.stderr
+
+    r = dlcv("classify", "train", "-c", REPO / "configs/p1_model_a.yaml", "--set", "train.epoch=1")
+    assert r.returncode == 2 and "unknown config key 'train.epoch'" in r.stderr
+
+
+def test_wrong_task_checkpoint_is_a_clear_error(ckpt, tmp_path):
+    import torch
+    state = torch.load(ckpt, weights_only=False)
+    torch.save({**state, "task": "segment"}, tmp_path / "seg.pt")
+    r = dlcv("classify", "predict", "--ckpt", tmp_path / "seg.pt", tmp_path, tmp_path / "o.csv")
+    assert r.returncode == 2 and "checkpoint of task 'segment'" in r.stderr
+
+
+def test_data_synth_command(tmp_path):
+    assert main(["data", "synth", str(tmp_path), "--seed", "3"]) == 0
+    root = tmp_path / "hw1_data"
+    for sub in ("p1_data/train_50", "p1_data/val_50", "p1_data/val_gt.csv", "p2_data/mini/train",
+                "p2_data/office/train.csv", "p2_data/office/val", "p3_data/train", "p3_data/validation"):
+        assert (root / sub).exists(), sub
+
+
+def test_train_cli_resume_and_csv_labels(p1_root, tmp_path):
+    """Training through the CLI from a CSV of string labels, then --resume extends the run."""
+    csv = tmp_path / "train.csv"
+    rows = [f"{i},{f.name},class_{f.name.split('_')[0]}" for i, f in enumerate(sorted((p1_root / "train_50").iterdir()))]
+    csv.write_text("id,filename,label\n" + "\n".join(rows) + "\n")
+    val_csv = tmp_path / "val.csv"
+    val_csv.write_text("filename,label\n" + "\n".join(
+        f"{f.name},class_{f.name.split('_')[0]}" for f in sorted((p1_root / "val_50").iterdir())) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""task: classify
+device: cpu
+data: {{root: {p1_root}, train_csv: {csv}, val_csv: {val_csv}}}
+model: {{name: cifar_convnet, options: {{widths: [8, 16, 16]}}}}
+optim: {{name: adam, lr: 1e-3}}
+train: {{epochs: 1, batch_size: 100, max_steps: 2}}
+""")
+    out = tmp_path / "run"
+    assert main(["classify", "train", "-c", str(recipe), "--out", str(out)]) == 0
+    assert main(["classify", "train", "--out", str(out), "--resume", "--set", "train.epochs=2",
+                 "--set", "train.max_steps=4"]) == 0
+    lines = (out / "metrics.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["1", "2"]
+    import torch
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert state["classes"][:2] == ["class_0", "class_1"] and state["step"] == 4
+    main(["classify", "predict", "--ckpt", str(out / "checkpoints/best.pt"), str(p1_root / "val_50"),
+          str(tmp_path / "p.csv")])
+    assert (tmp_path / "p.csv").read_text().splitlines()[1].split(",")[1].startswith("class_")

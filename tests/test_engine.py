@@ -1,0 +1,127 @@
+import csv
+import json
+
+import pytest
+import torch
+
+from conftest import small_classify_cfg
+from dlcv.engine import checkpoint
+from dlcv.engine.trainer import Trainer, snapshot_epochs
+from dlcv.errors import DlcvError
+from dlcv.tasks.classify import ClassifyTask
+
+
+def train(cfg, out, resume=False):
+    return Trainer(ClassifyTask(cfg), cfg, out, resume=resume).fit()
+
+
+def test_a_small_model_really_learns_the_synthetic_classes(p1_root, tmp_path):
+    cfg = small_classify_cfg(p1_root, **{"train.epochs": 8})
+    summary = train(cfg, tmp_path / "run")
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert float(rows[-1]["train_loss"]) < 0.7 * float(rows[0]["train_loss"])
+    assert summary["best"]["val_acc"] >= 0.6  # 10 classes: chance is 0.1
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(p1_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "straight"
+    cfg = small_classify_cfg(p1_root)
+    return out, cfg, train(cfg, out)
+
+
+def test_run_directory_contents(two_epoch_run):
+    out, cfg, summary = two_epoch_run
+    for name in ("config.yaml", "metrics.csv", "summary.json", "train.log", "checkpoints/last.pt",
+                 "checkpoints/best.pt", "checkpoints/epoch_001.pt", "checkpoints/epoch_002.pt",
+                 "figures/training_curves.png", "figures/confusion_matrix.png", "figures/pca_epoch_002.png",
+                 "figures/tsne_epoch_001.png", "figures/tsne_epoch_002.png", "figures/per_class_accuracy.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert header == "epoch,train_loss,val_loss,val_acc,lr,images_per_s,seconds"
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["status"] == "finished" and saved["seed"] == 0
+    for key in ("torch", "torchvision", "python", "device", "git_commit", "command"):
+        assert key in saved["environment"]
+    assert set(saved["per_class_acc"]) == {str(c) for c in range(10)}
+    assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_val_accuracy_is_over_all_images_not_a_mean_of_batches(two_epoch_run, p1_root):
+    out, cfg, summary = two_epoch_run
+    from dlcv.engine.distributed import pick_device
+    from dlcv.tasks.classify import infer, load_classifier
+    from dlcv.data.images import list_images
+
+    model, state = load_classifier(out / "checkpoints" / "epoch_002.pt", pick_device("cpu"))
+    files = list_images(p1_root / "val_50")
+    preds, _ = infer(model, state, files, pick_device("cpu"), batch_size=7)  # batch size irrelevant
+    truth = [int(f.name.split("_")[0]) for f in files]
+    expected = sum(int(p) == t for p, t in zip(preds, truth)) / len(files)
+    assert summary["final"]["val_acc"] == pytest.approx(expected)
+
+
+def test_resume_continues_exactly(two_epoch_run, p1_root, tmp_path, monkeypatch):
+    out_straight, cfg, _ = two_epoch_run
+    out = tmp_path / "resumed"
+    real_save_last = Trainer._save_last
+
+    def killed_after_first_epoch(self, *args, **kwargs):
+        real_save_last(self, *args, **kwargs)
+        raise KeyboardInterrupt  # the process dies right after epoch 1's checkpoint
+
+    monkeypatch.setattr(Trainer, "_save_last", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out)
+    monkeypatch.undo()
+    assert checkpoint.load(out / "checkpoints" / "last.pt")["epoch"] == 1
+    train(cfg, out, resume=True)
+    a = checkpoint.load(out_straight / "checkpoints" / "last.pt")
+    b = checkpoint.load(out / "checkpoints" / "last.pt")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    straight = list(csv.DictReader(open(out_straight / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert [r["val_acc"] for r in rows] == [r["val_acc"] for r in straight]
+
+
+def test_max_steps_caps_optimizer_steps(p1_root, tmp_path):
+    cfg = small_classify_cfg(p1_root, **{"train.max_steps": 3, "train.epochs": 5})
+    summary = train(cfg, tmp_path / "run")
+    assert checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 3
+    assert summary["final"]["epoch"] == 1
+
+
+def test_bf16_and_fp16_autocast_train(p1_root, tmp_path):
+    for precision in ("bf16", "fp16"):
+        cfg = small_classify_cfg(p1_root, **{"train.precision": precision, "train.max_steps": 2,
+                                             "train.epochs": 1, "train.channels_last": True})
+        assert train(cfg, tmp_path / precision)["final"]["train_loss"] > 0
+
+
+def test_checkpoint_of_another_task_is_refused(two_epoch_run, tmp_path):
+    out, _, _ = two_epoch_run
+    state = checkpoint.load(out / "checkpoints" / "best.pt")
+    checkpoint.save(tmp_path / "seg.pt", {**state, "task": "segment"})
+    with pytest.raises(DlcvError, match="task 'segment', not 'classify'"):
+        checkpoint.load(tmp_path / "seg.pt", "classify")
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "plain.pt")
+    with pytest.raises(DlcvError, match="not a dlcv checkpoint"):
+        checkpoint.load(tmp_path / "plain.pt", "classify")
+
+
+def test_snapshot_epochs_default_first_middle_last():
+    assert snapshot_epochs(None, 20) == [1, 10, 20]
+    assert snapshot_epochs(None, 1) == [1]
+    assert snapshot_epochs([6, 1, 20], 20) == [1, 6, 20]
+
+
+def test_lr_schedules():
+    from dlcv.engine.optim import lr_factor
+    cfg = small_classify_cfg("x", **{"sched.name": "multistep", "sched.milestones": [5, 10], "train.epochs": 20,
+                                   "sched.warmup_epochs": 0})
+    assert [lr_factor(e, cfg) for e in (0, 4.9, 5, 10)] == pytest.approx([1, 1, 0.1, 0.01])
+    cfg = small_classify_cfg("x", **{"sched.name": "cosine", "sched.warmup_epochs": 0, "train.epochs": 10})
+    assert [lr_factor(e, cfg) for e in (0, 5, 10)] == pytest.approx([1, 0.5, 0])
