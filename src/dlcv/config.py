@@ -135,10 +135,23 @@ def resolve(task_defaults: dict, task_choices: dict[str, tuple], task_types: dic
     return cfg
 
 
+RECIPES = Path(__file__).parent / "configs"
+
+
+def find_recipe(name: str | Path) -> Path:
+    """A config file path, or the name of a shipped recipe (`p1_model_a` = configs/p1_model_a.yaml)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = RECIPES / f"{path.stem}.yaml"
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    available = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
+    raise ConfigError(f"config file not found: {path} (shipped recipes: {available})")
+
+
 def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    path = find_recipe(path)
     try:
         data = _yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:

@@ -1,0 +1,27 @@
+# The README's two commands: `make demo` (the main job on built-in data) and `make test`.
+# Both create the virtual environment and install everything first, so they work on a fresh machine.
+VENV ?= .venv
+PYTHON ?= python3
+# torch/torchvision pinned to builds known to work together (a CUDA build that also runs on CPU);
+# override for another platform, e.g. make TORCH_PKGS="torch torchvision" test
+TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
+BIN := $(VENV)/bin
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH_PKGS)
+	$(BIN)/pip install --quiet -e '.[test,lite]'
+	touch $@
+
+demo: install
+	$(BIN)/dlcv demo --out demo_out
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache
