@@ -11,7 +11,6 @@ REAL_DATA = REPO.parent / "shared" / "data" / "hw1_data"
 def isolated_cache(tmp_path_factory):
     """Image caches of the tests go to a temporary folder, never the user's ~/.cache."""
     os.environ["DLCV_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 @pytest.fixture(scope="session")

@@ -125,3 +125,11 @@ def test_lr_schedules():
     assert [lr_factor(e, cfg) for e in (0, 4.9, 5, 10)] == pytest.approx([1, 1, 0.1, 0.01])
     cfg = small_classify_cfg("x", **{"sched.name": "cosine", "sched.warmup_epochs": 0, "train.epochs": 10})
     assert [lr_factor(e, cfg) for e in (0, 5, 10)] == pytest.approx([1, 0.5, 0])
+
+
+def test_existing_run_is_not_overwritten_and_complete_run_not_resumed(two_epoch_run):
+    out, cfg, _ = two_epoch_run
+    with pytest.raises(DlcvError, match="already holds a run"):
+        Trainer(ClassifyTask(cfg), cfg, out)
+    with pytest.raises(DlcvError, match="already complete"):
+        train(cfg, out, resume=True)

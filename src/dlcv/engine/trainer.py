@@ -56,6 +56,8 @@ def snapshot_epochs(requested: list[int] | None, epochs: int) -> list[int]:
 class Trainer:
     def __init__(self, task: Task, cfg: dict, run_dir: str | Path, resume: bool = False):
         self.task, self.cfg, self.resume = task, cfg, resume
+        if not resume and (Path(run_dir) / "checkpoints" / "last.pt").exists():
+            raise DlcvError(f"{run_dir} already holds a run; continue it with --resume or pick another --out")
         self.env = distributed.setup(cfg["device"])
         self.device = self.env.device
         self.run = RunDir(run_dir, self.env.is_main)
@@ -65,6 +67,7 @@ class Trainer:
         if self.dtype is torch.float16 and self.device.type == "cpu":
             log.warning("fp16 on CPU is slow; bf16 is the CPU's fast low precision")
         self.channels_last = t["channels_last"]
+        self.environment = environment(self.device, self.env.world_size)
 
     # -- helpers offered to tasks -------------------------------------------------------------------
     def autocast(self):
@@ -102,6 +105,10 @@ class Trainer:
             checkpoint.restore_rng_states(state["rng"][min(env.rank, len(state["rng"]) - 1)])
             self.run.load_metrics(state["epoch"])
             log.info("resumed %s at epoch %d (step %d)", self.run.path, state["epoch"], step)
+            done = state["epoch"] >= t["epochs"] or (t["max_steps"] is not None and step >= t["max_steps"])
+            if done:
+                raise DlcvError(f"{self.run.path} is already complete ({state['epoch']} epochs, {step} steps); "
+                                "extend it with --set train.epochs=N (or train.max_steps=N)")
         self.run.write_config(cfg)
 
         fast = torch.compile(self.module) if t["compile"] else self.module
@@ -215,4 +222,4 @@ class Trainer:
         return {"task": self.task.name, "status": status, "monitor": self.task.monitor,
                 "best": {self.task.monitor: best if best > -math.inf else None, "epoch": best_row.get("epoch")},
                 "final": row, **extras, "seed": self.cfg["train"]["seed"], "wall_time_s": round(wall, 2),
-                "environment": environment(self.device, self.env.world_size), "run_dir": str(self.run.path)}
+                "environment": {**self.environment, "precision": self.precision}, "run_dir": str(self.run.path)}
