@@ -13,9 +13,12 @@ from dlcv.models import register_model
 from dlcv.models.weights import load_pretrained, load_strict
 
 
-def _cifar_stem(model: nn.Module, keep_maxpool: bool) -> nn.Module:
-    """32x32 inputs: 3x3 stride-1 first conv, and (as the report's code did) no max-pool, so the last
-    stage still sees 4x4 maps instead of 1x1."""
+def _cifar_resnet(arch: str, num_classes: int, weights: str | None, keep_maxpool: bool) -> nn.Module:
+    """A torchvision ResNet for 32x32 inputs: 3x3 stride-1 first conv and (as the report's code did) no
+    max-pool, so the last stage still sees 4x4 maps instead of 1x1; fc -> num_classes."""
+    model = getattr(torchvision.models, arch)()
+    load_pretrained(model, weights, arch)
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     if not keep_maxpool:
         model.maxpool = nn.Identity()
@@ -24,20 +27,14 @@ def _cifar_stem(model: nn.Module, keep_maxpool: bool) -> nn.Module:
 
 @register_model("resnet50_cifar", head="fc")
 def resnet50_cifar(num_classes: int, weights: str | None = None, keep_maxpool: bool = False) -> nn.Module:
-    """Report's P1 model A: torchvision ResNet-50, CIFAR stem, fc -> num_classes."""
-    model = torchvision.models.resnet50()
-    load_pretrained(model, weights, "resnet50")
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
-    return _cifar_stem(model, keep_maxpool)
+    """Report's P1 model A: torchvision ResNet-50 with the CIFAR stem."""
+    return _cifar_resnet("resnet50", num_classes, weights, keep_maxpool)
 
 
 @register_model("resnet18_cifar", head="fc")
 def resnet18_cifar(num_classes: int, weights: str | None = None, keep_maxpool: bool = False) -> nn.Module:
     """The standard CIFAR ResNet-18 (torchvision's, CIFAR stem): our improved from-scratch GPU recipe."""
-    model = torchvision.models.resnet18()
-    load_pretrained(model, weights, "resnet18")
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
-    return _cifar_stem(model, keep_maxpool)
+    return _cifar_resnet("resnet18", num_classes, weights, keep_maxpool)
 
 
 @register_model("efficientnet_v2_l", head="classifier.1")
