@@ -45,6 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", required=True, help="figure file (.png or .svg)")
     embed.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
+    segment = sub.add_parser("segment", help="P3 semantic segmentation").add_subparsers(dest="cmd", required=True)
+    _add_train_args(segment.add_parser("train", help="train a segmentation model"))
+    seg_predict = segment.add_parser("predict", help="write xxxx_mask.png for every xxxx_sat.jpg of a folder")
+    seg_predict.add_argument("--ckpt", required=True)
+    seg_predict.add_argument("image_dir")
+    seg_predict.add_argument("out_dir")
+    seg_predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    miou = segment.add_parser("miou", help="the course's mIoU of a folder of predicted masks")
+    miou.add_argument("gt_dir")
+    miou.add_argument("pred_dir")
+
     ev = sub.add_parser("eval", help="score predictions").add_subparsers(dest="cmd", required=True)
     acc = ev.add_parser("acc", help="accuracy of a prediction CSV, matched to the ground truth by file name")
     acc.add_argument("gt_csv")
@@ -114,6 +125,17 @@ def run(args) -> int:
             classify.embed_figure(args.ckpt, args.image_dir, args.method, args.out, device)
             log.info("wrote %s", args.out)
             return 0
+    if args.group == "segment":
+        from dlcv.tasks import segment
+        if args.cmd == "train":
+            return _train(segment, segment.SegmentTask, args)
+        if args.cmd == "miou":
+            print(segment.format_scores(*segment.score_folders(args.gt_dir, args.pred_dir)), end="")
+            return 0
+        from dlcv.engine.distributed import pick_device
+        n = segment.predict_folder(args.ckpt, args.image_dir, args.out_dir, pick_device(args.device))
+        log.info("wrote %d masks to %s", n, args.out_dir)
+        return 0
     if args.group == "demo":
         from dlcv.demo import run_demo
         run_demo(args.out, args.data, args.device)

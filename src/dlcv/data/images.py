@@ -54,9 +54,9 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
 
 
-def cache_key(files: Sequence[Path], size: int) -> str:
-    """Changes whenever a file is added, removed, renamed, rewritten, or the decode size changes."""
-    h = hashlib.sha256(f"v1:{size}".encode())
+def cache_key(files: Sequence[Path], tag: str) -> str:
+    """Changes whenever a file is added, removed, renamed, rewritten, or the decoding (tag) changes."""
+    h = hashlib.sha256(f"v1:{tag}".encode())
     for f in files:
         st = f.stat()
         h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -67,6 +67,27 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DLCV_CACHE", Path.home() / ".cache" / "dlcv"))
 
 
+def cached(files: Sequence[Path], tag: str, build, cache_dir: str | Path | None = None, use_cache: bool = True):
+    """`build()` (tensors decoded from `files`), memoised on disk under a key of the files and `tag`."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_file = cache_dir / f"{tag.split(':')[0]}-{cache_key(files, tag)}.pt" if use_cache else None
+    if cache_file is not None and cache_file.is_file():
+        try:
+            return torch.load(cache_file, weights_only=True)
+        except Exception:  # a damaged cache is rebuilt, never trusted
+            pass
+    value = build()
+    if cache_file is None:
+        return value
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache_file) as tmp:
+            torch.save(value, tmp)
+    except OSError:  # read-only cache location: work without a cache
+        pass
+    return value
+
+
 def load_images(files: Sequence[Path], size: int, cache_dir: str | Path | None = None,
                 use_cache: bool = True) -> torch.Tensor:
     """All images as one uint8 tensor N x 3 x size x size, decoded once and cached on disk.
@@ -74,23 +95,9 @@ def load_images(files: Sequence[Path], size: int, cache_dir: str | Path | None =
     Small datasets (P1's 20,000 32x32 images are 61 MB) fit in memory; decoding them once and
     augmenting whole batches on the device removes all per-image Python work from training.
     """
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    cache_file = cache_dir / f"images-{cache_key(files, size)}.pt" if use_cache else None
-    if cache_file is not None and cache_file.is_file():
-        try:
-            return torch.load(cache_file, weights_only=True)
-        except Exception:  # a damaged cache is rebuilt, never trusted
-            pass
-    array = np.empty((len(files), 3, size, size), dtype=np.uint8)
-    for i, f in enumerate(files):
-        array[i] = _resize(read_rgb(f), size).transpose(2, 0, 1)
-    images = torch.from_numpy(array)
-    if cache_file is None:
-        return images
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache_file) as tmp:
-            torch.save(images, tmp)
-    except OSError:  # read-only cache location: work without a cache
-        pass
-    return images
+    def build():
+        array = np.empty((len(files), 3, size, size), dtype=np.uint8)
+        for i, f in enumerate(files):
+            array[i] = _resize(read_rgb(f), size).transpose(2, 0, 1)
+        return torch.from_numpy(array)
+    return cached(files, f"images:{size}", build, cache_dir, use_cache)

@@ -1,23 +1,85 @@
-"""Segmentation masks in the course palette (SPEC 2): colour <-> class."""
+"""Segmentation masks in the course palette (SPEC 2): colour <-> class, pairing and reading files."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+from PIL import Image
+
+from dlcv.errors import DlcvError
+from dlcv.fileio import atomic_path
 
 CLASS_NAMES = ("urban", "agriculture", "rangeland", "forest", "water", "barren", "unknown")
+NUM_CLASSES = 7
 UNKNOWN = 6
+IGNORE = 255  # training target value of pixels that are no class (pure red)
 PALETTE = np.array([(0, 255, 255), (255, 255, 0), (255, 0, 255), (0, 255, 0), (0, 0, 255), (255, 255, 255),
                     (0, 0, 0)], dtype=np.uint8)
-RED_CODE = 4  # pure red: not a class of the course; see rgb_to_class
-# code = 4R + 2G + B after thresholding each channel at >= 128 -> class (RED_CODE maps to -1)
-CODE_TO_CLASS = np.array([6, 4, 3, 0, -1, 2, 1, 5], dtype=np.int8)
+RED = -1
+# code = 4R + 2G + B after thresholding each channel at >= 128 -> class; code 4 (red) -> RED
+CODE_TO_CLASS = np.array([6, 4, 3, 0, RED, 2, 1, 5], dtype=np.int8)
 
 
 def rgb_to_class(rgb: np.ndarray) -> np.ndarray:
-    """H x W x 3 uint8 -> H x W int8 class map; -1 where the pixel is red (code 4), which the
-    course's evaluator maps to no class: callers decide (and report) how to treat it."""
+    """H x W x 3 uint8 -> H x W int8 class map; RED (-1) where the pixel is pure red (code 4), which is
+    no class of the course: callers decide (and report) how to treat it."""
     bits = (rgb >= 128).astype(np.uint8)
     return CODE_TO_CLASS[4 * bits[..., 0] + 2 * bits[..., 1] + bits[..., 2]]
 
 
 def class_to_rgb(classes: np.ndarray) -> np.ndarray:
     return PALETTE[classes]
+
+
+def read_mask(path: str | Path, red_as: int) -> tuple[np.ndarray, int]:
+    """(H x W uint8 class map, number of red pixels), red pixels set to `red_as`: IGNORE for training
+    targets, UNKNOWN for scoring (a red pixel predicted as class c then counts against c)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("RGB", "RGBA", "P"):
+                raise DlcvError(f"mask {path}: mode {im.mode}, expected an RGB image in the course palette")
+            rgb = np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise DlcvError(f"mask file not found: {path}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DlcvError(f"cannot read mask {path}: {exc}") from None
+    classes = rgb_to_class(rgb)
+    red = classes == RED
+    out = classes.astype(np.uint8)
+    out[red] = red_as
+    return out, int(red.sum())
+
+
+def write_mask(path: str | Path, classes: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(class_to_rgb(classes)).save(tmp, format="PNG")
+
+
+def pair_folder(folder: str | Path) -> list[tuple[str, Path, Path]]:
+    """(id, sat, mask) for every `xxxx_sat.jpg` + `xxxx_mask.png` of a folder, sorted by id; a sat
+    image without its mask, or the reverse, is an error naming the file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DlcvError(f"segmentation folder not found: {folder}")
+    sats = {p.name[:-len("_sat.jpg")]: p for p in folder.glob("*_sat.jpg")}
+    masks = {p.name[:-len("_mask.png")]: p for p in folder.glob("*_mask.png")}
+    if not sats and not masks:
+        raise DlcvError(f"no xxxx_sat.jpg / xxxx_mask.png pairs in {folder}")
+    for ident in sorted(set(sats) ^ set(masks)):
+        lonely = sats.get(ident) or masks.get(ident)
+        other = "mask" if ident in sats else "satellite image"
+        raise DlcvError(f"{lonely} has no matching {other} in {folder}")
+    return [(i, sats[i], masks[i]) for i in sorted(sats)]
+
+
+def sat_images(folder: str | Path) -> list[Path]:
+    """The `xxxx_sat.jpg` files of a folder (for prediction), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DlcvError(f"image folder not found: {folder}")
+    files = sorted(folder.glob("*_sat.jpg"))
+    if not files:
+        raise DlcvError(f"no xxxx_sat.jpg images in {folder}")
+    return files

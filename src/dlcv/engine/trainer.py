@@ -141,8 +141,9 @@ class Trainer:
             self.run.log_epoch(row)
             log.info("epoch %d/%d  " + "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"),
                      epoch, epochs)
-            if metrics[self.task.monitor] > best:
-                best = metrics[self.task.monitor]
+            value = metrics[self.task.monitor]  # may be NaN (e.g. a class absent from a tiny val set)
+            if value > best or not (self.run.checkpoints / "best.pt").exists():
+                best = value if value > best else best
                 self._save_weights(self.run.checkpoints / "best.pt", epoch, step)
             last_metrics = metrics
             wall = past_wall + time.time() - started

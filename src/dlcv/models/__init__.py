@@ -50,4 +50,4 @@ def create_model(name: str, num_classes: int, weights: str | None = None, **opti
 
 
 def _import_builders() -> None:
-    from dlcv.models import classifiers  # noqa: F401  (registers on import)
+    from dlcv.models import classifiers, segmenters  # noqa: F401  (register on import)

@@ -66,9 +66,7 @@ def labelled_split(folder: Path, csv_path: Path | None) -> tuple[list[Path], lis
 
 
 def _subset(files: list[Path], labels: list[str], limit: int | None, seed: int):
-    if limit is None or limit >= len(files):
-        return files, labels
-    keep = sorted(torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:limit].tolist())
+    keep = batches.seeded_subset(len(files), limit, seed)
     return [files[i] for i in keep], [labels[i] for i in keep]
 
 

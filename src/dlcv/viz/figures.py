@@ -92,3 +92,22 @@ def scatter_by_class(points: np.ndarray, labels: Sequence[int], title: str, path
     ax.set_title(title), ax.set_xticks([]), ax.set_yticks([])
     fig.colorbar(sc, ax=ax, fraction=0.046, label="class")
     return save(fig, path)
+
+
+def mask_grid(images: np.ndarray, truths: np.ndarray, preds_by_epoch: dict[int, np.ndarray], ids: Sequence[str],
+              path: str | Path) -> Path:
+    """Rows: epochs; for each chosen image three panels: satellite image, ground truth, prediction."""
+    from dlcv.data.masks import class_to_rgb
+
+    epochs = sorted(preds_by_epoch)
+    cols = 3 * len(ids)
+    fig, axes = plt.subplots(len(epochs), cols, figsize=(2.2 * cols, 2.3 * len(epochs)), squeeze=False)
+    for r, epoch in enumerate(epochs):
+        for j, ident in enumerate(ids):
+            panels = (images[j].transpose(1, 2, 0), class_to_rgb(truths[j]), class_to_rgb(preds_by_epoch[epoch][j]))
+            for k, (panel, title) in enumerate(zip(panels, (f"{ident} image", "ground truth", f"epoch {epoch}"))):
+                ax = axes[r, 3 * j + k]
+                ax.imshow(panel)
+                ax.set_title(title, fontsize=8)
+                ax.axis("off")
+    return save(fig, path)

@@ -1,0 +1,128 @@
+"""Semantic segmentation models. Every model returns {"out": N x C x H x W logits at the input size}
+and, where it has an auxiliary head, "aux" too (torchvision's convention)."""
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import segmentation
+
+from dlcv.errors import DlcvError
+from dlcv.models import register_model
+from dlcv.models.weights import is_weight_file, load_pretrained, load_strict, read_state_dict, torchvision_state_dict
+
+
+def bilinear_kernel(channels: int, size: int) -> torch.Tensor:
+    """ConvTranspose2d weights that perform bilinear upsampling per channel (FCN's initialisation)."""
+    factor = (size + 1) // 2
+    centre = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = torch.arange(size, dtype=torch.float32)
+    filt = 1 - (og - centre).abs() / factor
+    kernel = filt[:, None] * filt[None, :]
+    weight = torch.zeros(channels, channels, size, size)
+    weight[range(channels), range(channels)] = kernel
+    return weight
+
+
+class FCN32s(nn.Module):
+    """VGG16-FCN32s (Long et al.): VGG16 conv features, fc6/fc7 as convolutions with ReLU + Dropout,
+    a 1x1 score layer, and a learned 32x upsampling (ConvTranspose2d, kernel 64, stride 32) initialised
+    to bilinear, cropped back to the input size. Inputs must be multiples of 32."""
+
+    def __init__(self, num_classes: int, fc_channels: int = 4096, fc_kernel: int = 7, dropout: float = 0.5):
+        super().__init__()
+        self.features = torchvision.models.vgg16().features
+        self.fc = nn.Sequential(
+            nn.Conv2d(512, fc_channels, fc_kernel, padding=fc_kernel // 2), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Conv2d(fc_channels, fc_channels, 1), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.score = nn.Conv2d(fc_channels, num_classes, 1)
+        self.upscore = nn.ConvTranspose2d(num_classes, num_classes, 64, stride=32, bias=False)
+        with torch.no_grad():
+            self.upscore.weight.copy_(bilinear_kernel(num_classes, 64))
+            nn.init.zeros_(self.score.weight), nn.init.zeros_(self.score.bias)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h, w = x.shape[-2:]
+        if h % 32 or w % 32:
+            raise DlcvError(f"fcn32s_vgg16 needs input sides that are multiples of 32, got {h}x{w}")
+        y = self.upscore(self.score(self.fc(self.features(x))))
+        return {"out": y[..., 16:16 + h, 16:16 + w]}  # (H/32 - 1) * 32 + 64 = H + 32: crop 16 each side
+
+
+@register_model("fcn32s_vgg16", head="score", task="segment")
+def fcn32s_vgg16(num_classes: int, weights: str | None = None, fc_channels: int = 4096, fc_kernel: int = 7,
+                 dropout: float = 0.5) -> nn.Module:
+    """weights: VGG16 ImageNet weights (torchvision name such as IMAGENET1K_V1, or a vgg16 state_dict file).
+    With fc_kernel 7 and 4096 channels, fc6/fc7 start from VGG16's fully connected layers, as in FCN."""
+    model = FCN32s(num_classes, fc_channels, fc_kernel, dropout)
+    if weights is not None:
+        vgg = torchvision.models.vgg16()
+        load_pretrained(vgg, weights, "vgg16")
+        model.features.load_state_dict(vgg.features.state_dict())
+        fc6, fc7 = vgg.classifier[0], vgg.classifier[3]
+        if fc_kernel == 7 and fc_channels == 4096:
+            with torch.no_grad():
+                model.fc[0].weight.copy_(fc6.weight.view(4096, 512, 7, 7)), model.fc[0].bias.copy_(fc6.bias)
+                model.fc[3].weight.copy_(fc7.weight.view(4096, 4096, 1, 1)), model.fc[3].bias.copy_(fc7.bias)
+    return model
+
+
+class SmallFCN(nn.Module):
+    """A few strided conv blocks, a 1x1 classifier and bilinear upsampling: for CPU demos and tests."""
+
+    def __init__(self, num_classes: int, width: int = 32):
+        super().__init__()
+        layers, cin = [], 3
+        for w in (width, 2 * width, 4 * width):
+            layers += [nn.Conv2d(cin, w, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                       nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            cin = w
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Conv2d(cin, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = self.classifier(self.features(x))
+        return {"out": nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)}
+
+
+@register_model("fcn_small", head="classifier", task="segment")
+def fcn_small(num_classes: int, weights: str | None = None, width: int = 32) -> nn.Module:
+    if weights is not None:
+        raise DlcvError("fcn_small has no pretrained weights; set model.weights=null")
+    return SmallFCN(num_classes, width)
+
+
+def _torchvision_segmenter(arch: str, num_classes: int, weights: str | None, backbone_weights: str | None,
+                           aux: bool) -> nn.Module:
+    """A torchvision FCN/DeepLabV3 with its original heads (so COCO weights load strictly), then the last
+    1x1 convs replaced for `num_classes`. backbone_weights: ResNet-50 ImageNet weights (name or file)."""
+    if weights is not None and backbone_weights is not None:
+        raise DlcvError("set model.weights (the whole model) or model.options.backbone_weights, not both")
+    model = getattr(segmentation, arch)(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
+    load_pretrained(model, weights, arch)
+    if backbone_weights is not None:
+        state = read_state_dict(backbone_weights) if is_weight_file(backbone_weights) else \
+            torchvision_state_dict("resnet50", backbone_weights)
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        load_strict(model.backbone, state, f"backbone weights {backbone_weights}")
+    head = model.classifier[4]
+    model.classifier[4] = nn.Conv2d(head.in_channels, num_classes, 1)
+    if aux:
+        model.aux_classifier[4] = nn.Conv2d(model.aux_classifier[4].in_channels, num_classes, 1)
+    else:
+        model.aux_classifier = None
+    return model
+
+
+@register_model("fcn_resnet50", head="classifier.4", task="segment")
+def fcn_resnet50(num_classes: int, weights: str | None = None, backbone_weights: str | None = None,
+                 aux: bool = True) -> nn.Module:
+    """The report's P3 model B: torchvision FCN-ResNet50 (weights e.g. DEFAULT = COCO), head -> num_classes."""
+    return _torchvision_segmenter("fcn_resnet50", num_classes, weights, backbone_weights, aux)
+
+
+@register_model("deeplabv3_resnet50", head="classifier.4", task="segment")
+def deeplabv3_resnet50(num_classes: int, weights: str | None = None, backbone_weights: str | None = None,
+                       aux: bool = True) -> nn.Module:
+    """torchvision DeepLabV3-ResNet50 with auxiliary head: our improved P3 model."""
+    return _torchvision_segmenter("deeplabv3_resnet50", num_classes, weights, backbone_weights, aux)

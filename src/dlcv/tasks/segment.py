@@ -1,0 +1,262 @@
+"""P3 semantic segmentation as a thin task over the engine: satellite tiles and masks decoded once into
+uint8 tensors on the device, joint image/mask augmentation (torchvision transforms v2 + tv_tensors.Mask),
+and validation scored with the course's exact mIoU."""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassConfusionMatrix
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from dlcv.data import augment
+from dlcv.data.images import cached, read_rgb
+from dlcv.data.masks import CLASS_NAMES, IGNORE, NUM_CLASSES, UNKNOWN, pair_folder, read_mask, sat_images, write_mask
+from dlcv.engine import batches, checkpoint, distributed
+from dlcv.errors import DlcvError
+from dlcv.models import create_model, list_models
+from dlcv.tasks.classify import IMAGENET_MEAN, IMAGENET_STD
+from dlcv.viz import figures
+
+log = logging.getLogger("dlcv")
+
+SCORED = 6  # classes 0..5 are averaged; unknown (6) is not, but its pixels still count as FP / FN
+
+DEFAULTS: dict[str, Any] = {
+    "task": "segment",
+    "data": {"root": None, "train_dir": "train", "val_dir": "validation", "crop_size": None,
+             "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "cache_dir": None, "limit_train": None, "limit_val": None},
+    "model": {"name": "fcn32s_vgg16"},
+    "augment": {"flip": False, "rotate90": False, "scale": [1.0, 1.0]},
+    "loss": {"aux_weight": 0.4, "label_smoothing": 0.0},
+    "snapshot": {"images": ["0013", "0062", "0104"]},
+}
+TYPES = {"data.crop_size": int, "data.cache_dir": str, "data.limit_train": int, "data.limit_val": int}
+
+
+def choices() -> dict[str, tuple]:
+    return {"model.name": tuple(list_models("segment"))}
+
+
+def course_iou(confusion: np.ndarray) -> tuple[list[float], float]:
+    """The course evaluator's IoU from a 7x7 confusion matrix (rows: truth, columns: prediction) summed
+    over the WHOLE set: IoU_c = TP / (TP + FP + FN) for c in 0..5, where FP and FN include pixels of
+    unknown (6); mIoU = mean of the six. An empty class gives NaN, as in the official script."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    ious = []
+    for c in range(SCORED):
+        tp = confusion[c, c]
+        denominator = confusion[:, c].sum() + confusion[c, :].sum() - tp
+        ious.append(tp / denominator if denominator else math.nan)
+    return ious, sum(ious) / SCORED
+
+
+def confusion_of(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    index = truth.astype(np.int64).ravel() * NUM_CLASSES + pred.astype(np.int64).ravel()
+    return np.bincount(index, minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, NUM_CLASSES)
+
+
+def _decode_split(pairs, red_as: int, what: str):
+    """Images N x 3 x H x W and masks N x H x W (uint8); all tiles of a split must share one size."""
+    first = read_rgb(pairs[0][1])
+    n, (h, w) = len(pairs), first.shape[:2]
+    images = np.empty((n, 3, h, w), np.uint8)
+    masks = np.empty((n, h, w), np.uint8)
+    red = 0
+    for i, (_, sat, mask_file) in enumerate(pairs):
+        img = first if i == 0 else read_rgb(sat)
+        mask, n_red = read_mask(mask_file, red_as)
+        if img.shape[:2] != (h, w):
+            raise DlcvError(f"{sat}: {img.shape[1]}x{img.shape[0]}, but the {what} tiles are {w}x{h}")
+        if mask.shape != img.shape[:2]:
+            raise DlcvError(f"{mask_file}: mask is {mask.shape[1]}x{mask.shape[0]}, "
+                            f"its image {sat.name} is {img.shape[1]}x{img.shape[0]}")
+        images[i], masks[i] = img.transpose(2, 0, 1), mask
+        red += n_red
+    return {"images": torch.from_numpy(images), "masks": torch.from_numpy(masks), "red": torch.tensor(red)}
+
+
+class SegmentTask:
+    name = "segment"
+    monitor = "val_miou"
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+
+    def setup(self, engine) -> None:
+        self.engine = engine
+        d, seed = self.cfg["data"], self.cfg["train"]["seed"]
+        if d["root"] is None:
+            raise DlcvError("data.root is not set: the folder holding the train and validation folders")
+        root = Path(d["root"])
+        device = engine.device
+        splits = {}
+        for split, folder, limit, red_as in (("train", d["train_dir"], d["limit_train"], IGNORE),
+                                             ("val", d["val_dir"], d["limit_val"], UNKNOWN)):
+            pairs = pair_folder(root / folder)
+            pairs = [pairs[i] for i in batches.seeded_subset(len(pairs), limit, seed)]
+            files = [p for _, sat, mask in pairs for p in (sat, mask)]
+            data = cached(files, f"segment:{red_as}", lambda: _decode_split(pairs, red_as, split), d["cache_dir"])
+            if data["red"]:
+                treatment = "ignored by the loss" if split == "train" else "scored as unknown (6)"
+                log.warning("%s: %d pure-red pixels (code 4, not a class of the course): %s",
+                            root / folder, int(data["red"]), treatment)
+            splits[split] = (pairs, data["images"].to(device), data["masks"].to(device))
+        (_, self.train_x, self.train_y), (self.val_pairs, self.val_x, self.val_y) = splits["train"], splits["val"]
+        self.mean = torch.tensor(d["mean"], device=device)
+        self.std = torch.tensor(d["std"], device=device)
+        self.transform = self._build_transform()
+        self.confusion = MulticlassConfusionMatrix(NUM_CLASSES).to(device)
+        log.info("segment: %d train / %d val tiles of %dx%d px", len(self.train_x), len(self.val_x),
+                 self.train_x.shape[-1], self.train_x.shape[-2])
+
+    def _build_transform(self):
+        a, crop = self.cfg["augment"], self.cfg["data"]["crop_size"]
+        ops = []
+        if a["flip"]:
+            ops += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+        if a["rotate90"]:
+            ops.append(v2.RandomChoice([v2.RandomRotation((k, k)) for k in (0, 90, 180, 270)]))
+        if crop or tuple(a["scale"]) != (1.0, 1.0):
+            ops.append(v2.RandomResizedCrop(crop or self.train_x.shape[-1], scale=tuple(a["scale"]), ratio=(1.0, 1.0)))
+        return v2.Compose(ops) if ops else None
+
+    def build_model(self) -> nn.Module:
+        m = self.cfg["model"]
+        return create_model(m["name"], num_classes=NUM_CLASSES, weights=m["weights"], **m["options"])
+
+    def num_train(self) -> int:
+        return len(self.train_x)
+
+    def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        return self.engine.to_device_images(augment.normalize(x_uint8.float().div_(255), self.mean, self.std))
+
+    def train_batch(self, indices, offset, gen, global_size):
+        idx = indices.to(self.engine.device)
+        x, y = self.train_x[idx], self.train_y[idx]
+        if self.transform is not None:  # joint geometry per sample; masks resampled nearest-neighbour
+            pairs = [self.transform(tv_tensors.Image(xi), tv_tensors.Mask(yi)) for xi, yi in zip(x, y)]
+            x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        return self.normalize(x), y.long()
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        x, y = batch
+        out = model(x)
+        smooth = self.cfg["loss"]["label_smoothing"]
+        loss = F.cross_entropy(out["out"], y, ignore_index=IGNORE, label_smoothing=smooth)
+        if out.get("aux") is not None:
+            loss = loss + self.cfg["loss"]["aux_weight"] * F.cross_entropy(out["aux"], y, ignore_index=IGNORE,
+                                                                            label_smoothing=smooth)
+        return loss
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        env, bs = self.engine.env, self.cfg["train"]["eval_batch_size"]
+        self.confusion.reset()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.engine.device)
+        for idx in batches.eval_batches(len(self.val_x), bs, env.rank, env.world_size):
+            idx = idx.to(self.engine.device)
+            y = self.val_y[idx].long()
+            logits = model(self.normalize(self.val_x[idx]))["out"].float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            self.confusion.update(logits.argmax(1), y)
+        matrix = self.confusion.compute().cpu().numpy()  # summed over DDP ranks by torchmetrics
+        loss_sum = distributed.all_reduce_sum(loss_sum)
+        ious, miou = course_iou(matrix)
+        self.last_ious = ious
+        return {"val_loss": loss_sum.item() / matrix.sum(), "val_miou": miou,
+                **{f"iou_{CLASS_NAMES[c]}": ious[c] for c in range(SCORED)},
+                "pixel_acc": float(matrix.trace() / matrix.sum()),
+                "per_class_iou": {CLASS_NAMES[c]: round(ious[c], 5) for c in range(SCORED)}}
+
+    def _snapshot_indices(self) -> list[int]:
+        ids = [ident for ident, _, _ in self.val_pairs]
+        wanted = [ids.index(i) for i in self.cfg["snapshot"]["images"] if i in ids]
+        if not wanted:
+            log.warning("snapshot images %s not in the validation set; using its first three",
+                        self.cfg["snapshot"]["images"])
+            wanted = list(range(min(3, len(ids))))
+        return wanted
+
+    def snapshot(self, model: nn.Module, epoch: int) -> None:
+        """Predicted masks of the chosen val images at this epoch, for the mask grid figure."""
+        if not self.engine.env.is_main:
+            return
+        idx = torch.tensor(self._snapshot_indices(), device=self.engine.device)
+        pred = self.engine.module(self.normalize(self.val_x[idx]))["out"].argmax(1).to(torch.uint8).cpu()
+        checkpoint.save(self.engine.run.snapshots / f"masks_epoch_{epoch:03d}.pt",
+                        {"task": self.name, "model": {}, "epoch": epoch, "masks": pred,
+                         "ids": [self.val_pairs[i][0] for i in idx.tolist()]})
+
+    def finish(self, rows: list[dict[str, Any]]) -> None:
+        fig_dir = self.engine.run.figures
+        if rows:
+            figures.training_curves([{k: v for k, v in r.items() if not k.startswith("iou_")} for r in rows],
+                                    fig_dir / "training_curves.png")
+        if getattr(self, "last_ious", None) is not None:
+            figures.per_class_bars(self.last_ious, list(CLASS_NAMES[:SCORED]), "per-class validation IoU",
+                                   fig_dir / "per_class_iou.png")
+        snaps = [checkpoint.load(p, self.name) for p in sorted(self.engine.run.snapshots.glob("masks_epoch_*.pt"))]
+        if snaps:
+            idx = self._snapshot_indices()
+            figures.mask_grid(self.val_x[idx].cpu().numpy(), self.val_y[idx].cpu().numpy(),
+                              {s["epoch"]: s["masks"].numpy() for s in snaps}, snaps[0]["ids"],
+                              fig_dir / "mask_grid.png")
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"preprocess": {"mean": self.cfg["data"]["mean"], "std": self.cfg["data"]["std"]}}
+
+
+# -- inference and scoring ---------------------------------------------------------------------------------
+
+def load_segmenter(ckpt_path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    state = checkpoint.load(ckpt_path, "segment")
+    m = state["config"]["model"]
+    model = create_model(m["name"], num_classes=NUM_CLASSES, weights=None, **m["options"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
+
+
+def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path, device: torch.device) -> int:
+    """`xxxx_mask.png` (RGB, course palette, the input's size) for every `xxxx_sat.jpg`, written atomically."""
+    model, state = load_segmenter(ckpt, device)
+    mean = torch.tensor(state["preprocess"]["mean"], device=device)
+    std = torch.tensor(state["preprocess"]["std"], device=device)
+    files = sat_images(image_dir)
+    out_dir = Path(out_dir)
+    with torch.inference_mode():
+        for f in files:
+            x = torch.from_numpy(read_rgb(f).transpose(2, 0, 1).copy()).to(device)[None]
+            pred = model(augment.normalize(x.float() / 255, mean, std))["out"].argmax(1)[0]
+            write_mask(out_dir / f.name.replace("_sat.jpg", "_mask.png"), pred.to(torch.uint8).cpu().numpy())
+    return len(files)
+
+
+def score_folders(gt_dir: str | Path, pred_dir: str | Path) -> tuple[list[float], float]:
+    """The official evaluator: the `.png` files of each folder, paired in sorted order, one confusion
+    matrix over all of them."""
+    gt = sorted(Path(gt_dir).glob("*.png"))
+    pred = sorted(Path(pred_dir).glob("*.png"))
+    if not gt:
+        raise DlcvError(f"no .png masks in {gt_dir}")
+    if len(gt) != len(pred):
+        raise DlcvError(f"{len(gt)} masks in {gt_dir} but {len(pred)} in {pred_dir}")
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    for g, p in zip(gt, pred):
+        truth, _ = read_mask(g, UNKNOWN)
+        guess, _ = read_mask(p, UNKNOWN)
+        if truth.shape != guess.shape:
+            raise DlcvError(f"{p} is {guess.shape[1]}x{guess.shape[0]} but {g} is {truth.shape[1]}x{truth.shape[0]}")
+        confusion += confusion_of(truth, guess)
+    return course_iou(confusion)
+
+
+def format_scores(ious: Sequence[float], miou: float) -> str:
+    """Exactly the official evaluator's printout."""
+    return "".join(f"class #{c} : {iou:1.5f}\n" for c, iou in enumerate(ious)) + f"\nmean_iou: {miou:f}\n"

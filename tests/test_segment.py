@@ -1,0 +1,181 @@
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torchvision import tv_tensors
+
+from conftest import REPO
+from dlcv import config
+from dlcv.cli import main
+from dlcv.data.masks import PALETTE, class_to_rgb, pair_folder, read_mask
+from dlcv.engine.trainer import Trainer
+from dlcv.errors import DlcvError
+from dlcv.models import create_model
+from dlcv.tasks import segment
+
+
+def seg_cfg(root, **overrides):
+    recipe = {"task": "segment", "device": "cpu", "data": {"root": str(root)},
+              "model": {"name": "fcn_small", "options": {"width": 16}},
+              "augment": {"flip": True, "rotate90": True},
+              "optim": {"name": "adam", "lr": 3e-3},
+              "train": {"epochs": 8, "batch_size": 4, "eval_batch_size": 8, "precision": "fp32", "seed": 0}}
+    return config.resolve(segment.DEFAULTS, segment.choices(), segment.TYPES, recipe,
+                          [f"{k}={v}" for k, v in overrides.items()])
+
+
+def test_course_iou_by_hand():
+    truth = np.array([0, 0, 0, 1, 1, 6, 6, 2, 3, 4, 5, 5])
+    pred = np.array([0, 0, 1, 1, 6, 0, 6, 2, 3, 4, 5, 0])
+    ious, miou = segment.course_iou(segment.confusion_of(truth, pred))
+    # class 0: TP 2; FP: truth 6 predicted 0, truth 5 predicted 0 -> 2; FN: truth 0 predicted 1 -> 1
+    # class 1: TP 1; FP 1 (truth 0); FN 1 (truth 1 predicted unknown 6)
+    # classes 2, 3, 4: perfect; class 5: TP 1, FN 1
+    assert ious == pytest.approx([2 / 5, 1 / 3, 1, 1, 1, 1 / 2])
+    assert miou == pytest.approx((2 / 5 + 1 / 3 + 3 + 1 / 2) / 6)
+    ious, miou = segment.course_iou(segment.confusion_of(np.array([0, 1]), np.array([0, 1])))
+    assert math.isnan(ious[2]) and math.isnan(miou)  # an empty class is NaN, as the official script
+
+
+def _write_pair(folder, ident, classes, image=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    image = image if image is not None else np.random.default_rng(0).integers(0, 255, (*classes.shape, 3), np.uint8)
+    Image.fromarray(image).save(folder / f"{ident}_sat.jpg")
+    Image.fromarray(class_to_rgb(classes)).save(folder / f"{ident}_mask.png")
+
+
+def test_miou_command_prints_exactly_like_the_official_evaluator(tmp_path, capsys):
+    truth = np.array([[0, 0, 0, 1], [1, 6, 6, 2], [3, 4, 5, 5]])
+    pred = np.array([[0, 0, 1, 1], [6, 0, 6, 2], [3, 4, 5, 0]])
+    (tmp_path / "gt").mkdir(), (tmp_path / "pred").mkdir()
+    Image.fromarray(class_to_rgb(truth)).save(tmp_path / "gt" / "0000_mask.png")
+    off_palette = class_to_rgb(pred).astype(np.int32)
+    off_palette = np.where(off_palette == 255, 128, 127).astype(np.uint8)  # just above / below the threshold
+    Image.fromarray(off_palette).save(tmp_path / "pred" / "0000_mask.png")
+    (tmp_path / "gt" / "0000_sat.jpg").write_bytes(b"ignored: only .png files are read")
+    assert main(["segment", "miou", str(tmp_path / "gt"), str(tmp_path / "pred")]) == 0
+    expected = [2 / 5, 1 / 3, 1, 1, 1, 1 / 2]
+    lines = "".join(f"class #{c} : {v:1.5f}\n" for c, v in enumerate(expected))
+    assert capsys.readouterr().out == lines + f"\nmean_iou: {sum(expected) / 6:f}\n"
+
+
+def test_miou_count_and_size_mismatch(tmp_path):
+    for d in ("gt", "pred"):
+        (tmp_path / d).mkdir()
+    Image.fromarray(class_to_rgb(np.zeros((4, 4), int))).save(tmp_path / "gt" / "a.png")
+    with pytest.raises(DlcvError, match="1 masks in .* but 0"):
+        segment.score_folders(tmp_path / "gt", tmp_path / "pred")
+    Image.fromarray(class_to_rgb(np.zeros((4, 5), int))).save(tmp_path / "pred" / "a.png")
+    with pytest.raises(DlcvError, match="5x4 but .* is 4x4"):
+        segment.score_folders(tmp_path / "gt", tmp_path / "pred")
+
+
+def test_bad_pairs_and_masks_name_the_file(tmp_path):
+    _write_pair(tmp_path / "a", "0000", np.zeros((8, 8), int))
+    (tmp_path / "a" / "0001_sat.jpg").write_bytes((tmp_path / "a" / "0000_sat.jpg").read_bytes())
+    with pytest.raises(DlcvError, match="0001_sat.jpg has no matching mask"):
+        pair_folder(tmp_path / "a")
+    _write_pair(tmp_path / "b", "0000", np.zeros((8, 8), int))
+    shutil.copy(tmp_path / "b" / "0000_mask.png", tmp_path / "b" / "0002_mask.png")
+    with pytest.raises(DlcvError, match="0002_mask.png has no matching satellite image"):
+        pair_folder(tmp_path / "b")
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(tmp_path / "gray_mask.png")
+    with pytest.raises(DlcvError, match="gray_mask.png: mode L"):
+        read_mask(tmp_path / "gray_mask.png", 6)
+    (tmp_path / "broken_mask.png").write_bytes(b"junk")
+    with pytest.raises(DlcvError, match="broken_mask.png"):
+        read_mask(tmp_path / "broken_mask.png", 6)
+
+
+def test_red_pixels_are_ignored_in_training_and_unknown_in_scoring(tmp_path):
+    rgb = class_to_rgb(np.zeros((2, 2), int))
+    rgb[0, 0] = (255, 0, 0)
+    Image.fromarray(rgb).save(tmp_path / "m.png")
+    train, n = read_mask(tmp_path / "m.png", 255)
+    assert n == 1 and train[0, 0] == 255 and train[1, 1] == 0
+    assert read_mask(tmp_path / "m.png", 6)[0][0, 0] == 6
+
+
+def test_image_and_mask_size_mismatch_is_an_error(tmp_path, synth_root):
+    root = tmp_path / "p3"
+    _write_pair(root / "train", "0000", np.zeros((8, 8), int))
+    _write_pair(root / "validation", "0000", np.zeros((8, 8), int))
+    Image.fromarray(class_to_rgb(np.zeros((8, 6), int))).save(root / "train" / "0000_mask.png")
+    cfg = seg_cfg(root)
+    with pytest.raises(DlcvError, match="0000_mask.png: mask is 6x8, its image 0000_sat.jpg is 8x8"):
+        Trainer(segment.SegmentTask(cfg), cfg, tmp_path / "run").fit()
+
+
+def test_joint_augmentation_keeps_image_and_mask_aligned(synth_root, tmp_path):
+    cfg = seg_cfg(synth_root / "p3_data", **{"augment.scale": [0.4, 1.0], "data.crop_size": 64})
+    task = segment.SegmentTask(cfg)
+    task.train_x = torch.zeros(1, 3, 128, 128, dtype=torch.uint8)
+    transform = task._build_transform()
+    classes = torch.randint(0, 7, (4, 4)).repeat_interleave(32, 0).repeat_interleave(32, 1).to(torch.uint8)
+    image = (classes * 30).expand(3, -1, -1).contiguous()  # the image encodes the class of each pixel
+    torch.manual_seed(0)
+    for _ in range(10):
+        img, mask = transform(tv_tensors.Image(image), tv_tensors.Mask(classes))
+        assert img.shape == (3, 64, 64) and mask.shape == (64, 64)
+        assert set(mask.unique().tolist()) <= set(range(7))  # nearest: no blended class values
+        agree = (img[0].float() / 30).round() == mask.float()
+        assert agree.float().mean() > 0.9  # bilinear image vs nearest mask differ only along edges
+
+
+def test_segmentation_learns_and_predict_scores_like_training(synth_root, tmp_path):
+    p3 = synth_root / "p3_data"
+    cfg = seg_cfg(p3)
+    summary = Trainer(segment.SegmentTask(cfg), cfg, tmp_path / "run").fit()
+    run = tmp_path / "run"
+    assert summary["best"]["val_miou"] > 0.5
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["epoch", "train_loss", "val_loss", "val_miou"] and "iou_water" in header
+    assert set(summary["per_class_iou"]) == {"urban", "agriculture", "rangeland", "forest", "water", "barren"}
+    for fig in ("mask_grid.png", "per_class_iou.png", "training_curves.png"):
+        assert (run / "figures" / fig).stat().st_size > 0
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == \
+        ["masks_epoch_001.pt", "masks_epoch_004.pt", "masks_epoch_008.pt"]
+    # hw1_3.sh on the validation folder, then the official scoring, must give the in-training mIoU
+    out = tmp_path / "pred"
+    env = {**os.environ, "DLCV_P3_CKPT": str(run / "checkpoints/last.pt"), "DLCV_PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(REPO / "hw1_3.sh"), str(p3 / "validation"), str(out)],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    sats = sorted(p.name for p in (p3 / "validation").glob("*_sat.jpg"))
+    assert sorted(p.name for p in out.iterdir()) == [s.replace("_sat.jpg", "_mask.png") for s in sats]
+    mask = np.asarray(Image.open(out / "0013_mask.png"))
+    assert mask.shape == (128, 128, 3)
+    assert {tuple(c) for c in mask.reshape(-1, 3)} <= {tuple(c) for c in PALETTE.tolist()}
+    _, miou = segment.score_folders(p3 / "validation", out)
+    assert miou == pytest.approx(summary["final"]["val_miou"], abs=1e-6)
+
+
+def test_fcn32s_shapes_and_bilinear_upsampling():
+    model = create_model("fcn32s_vgg16", 7, fc_channels=32).eval()
+    assert model(torch.rand(1, 3, 64, 96))["out"].shape == (1, 7, 64, 96)
+    assert model.upscore.kernel_size == (64, 64) and model.upscore.stride == (32, 32)
+    constant = torch.ones(1, 7, 4, 4)
+    up = model.upscore(constant)
+    interior = up[..., 32:-32, 32:-32]
+    assert interior.shape == (1, 7, 96, 96) and torch.allclose(interior, torch.ones_like(interior))  # bilinear
+    with pytest.raises(DlcvError, match="multiples of 32"):
+        model(torch.rand(1, 3, 50, 64))
+
+
+def test_torchvision_segmenters_heads_and_backbone_file(tmp_path):
+    torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "r50.pth")
+    model = create_model("fcn_resnet50", 7, backbone_weights=str(tmp_path / "r50.pth"))
+    assert model.classifier[4].out_channels == 7 and model.aux_classifier[4].out_channels == 7
+    source = torch.load(tmp_path / "r50.pth")
+    assert torch.equal(model.backbone.layer1[0].conv1.weight, source["layer1.0.conv1.weight"])
+    out = create_model("deeplabv3_resnet50", 7, aux=False).eval()(torch.rand(1, 3, 64, 64))
+    assert set(out) == {"out"} and out["out"].shape == (1, 7, 64, 64)
+    with pytest.raises(DlcvError, match="not both"):
+        create_model("fcn_resnet50", 7, weights="DEFAULT", backbone_weights="IMAGENET1K_V1")
