@@ -13,9 +13,12 @@ def resolve(recipe=None, sets=()):
     return config.resolve(classify.DEFAULTS, classify.choices(), classify.TYPES, recipe or {}, list(sets))
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("p1_*.yaml")), ids=lambda p: p.name)
-def test_every_p1_recipe_resolves(path):
-    cfg = resolve(config.load_yaml(path))
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_resolves(path):
+    from dlcv.tasks import segment
+    recipe = config.load_yaml(path)
+    task = {"classify": classify, "segment": segment}[recipe["task"]]
+    cfg = config.resolve(task.DEFAULTS, task.choices(), task.TYPES, recipe, [])
     for key in ("data.root", "model.name", "model.weights", "train.epochs", "train.batch_size",
                 "train.max_steps", "train.precision", "train.seed", "device"):
         config.get(cfg, key)  # the issue fixes these names for every task
@@ -70,3 +73,10 @@ def test_set_without_equals_is_an_error():
 
 def test_int_is_accepted_where_float_expected():
     assert resolve(sets=["optim.lr=1"])["optim"]["lr"] == 1
+
+
+def test_overriding_model_options_replaces_them():
+    cfg = resolve({"model": {"name": "efficientnet_v2_l", "options": {"dropout": 0.4}}},
+                  ["model.name=resnet18_cifar", "model.options={keep_maxpool: true}"])
+    assert cfg["model"]["options"] == {"keep_maxpool": True}
+    assert resolve({"model": {"options": {"a": 1}}}, ["model.options.b=2"])["model"]["options"] == {"a": 1, "b": 2}

@@ -32,3 +32,37 @@ def test_real_val_gt_csv_labels_match_file_names():
     from dlcv.data.labels import read_labelled_csv
     names, labels = read_labelled_csv(REAL_DATA / "p1_data" / "val_gt.csv")
     assert len(names) == 2500 and all(n.split("_")[0] == l for n, l in zip(names, labels))
+
+
+def test_real_p3_pairs_masks_and_scoring(tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from dlcv.data.masks import pair_folder, read_mask
+    from dlcv.tasks import segment
+
+    pairs = pair_folder(REAL_DATA / "p3_data" / "validation")
+    ids = [i for i, _, _ in pairs]
+    assert len(pairs) == 257 and {"0013", "0062", "0104"} <= set(ids)
+    classes, _ = read_mask(pairs[13][2], 6)
+    assert classes.shape == (512, 512) and classes.max() <= 6
+    for d in ("gt", "pred"):
+        (tmp_path / d).mkdir()
+        for _, _, mask in pairs[:4]:
+            shutil.copy(mask, tmp_path / d / mask.name)
+    ious, miou = segment.score_folders(tmp_path / "gt", tmp_path / "pred")
+    assert all(iou == 1.0 for iou in ious if not np.isnan(iou))
+
+
+def test_real_p3_slice_trains(tmp_path):
+    from dlcv import config
+    from dlcv.tasks import segment
+
+    recipe = {"task": "segment", "device": "cpu", "data": {"root": str(REAL_DATA / "p3_data"), "crop_size": 128,
+              "limit_train": 4, "limit_val": 3}, "model": {"name": "fcn_small", "options": {"width": 8}},
+              "train": {"epochs": 1, "batch_size": 2, "eval_batch_size": 3}}
+    cfg = config.resolve(segment.DEFAULTS, segment.choices(), segment.TYPES, recipe, [])
+    summary = Trainer(segment.SegmentTask(cfg), cfg, tmp_path / "run").fit()
+    assert 0 <= summary["final"]["pixel_acc"] <= 1
+    assert (tmp_path / "run" / "figures" / "mask_grid.png").is_file()

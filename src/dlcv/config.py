@@ -130,6 +130,8 @@ def resolve(task_defaults: dict, task_choices: dict[str, tuple], task_types: dic
     cfg = deep_merge(schema, recipe or {})
     for item in overrides:
         path, value = parse_override(item)
+        if ".".join(path) in free:  # free-form mappings (model.options) are replaced, not merged:
+            cfg = deep_merge(cfg, nest(path, None))  # options of another model must not linger
         cfg = deep_merge(cfg, nest(path, value))
     _check(cfg, schema, choices, "", set(free), {**COMMON_NULLABLE_TYPES, **task_types})
     return cfg

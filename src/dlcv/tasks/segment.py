@@ -29,6 +29,8 @@ log = logging.getLogger("dlcv")
 
 SCORED = 6  # classes 0..5 are averaged; unknown (6) is not, but its pixels still count as FP / FN
 
+# data.crop_size: the training input side (null: the tile's); each training tile is a random crop covering
+# augment.scale of the tile's area (square), resized to crop_size: scale [1, 1] is a plain resize.
 DEFAULTS: dict[str, Any] = {
     "task": "segment",
     "data": {"root": None, "train_dir": "train", "val_dir": "validation", "crop_size": None,
