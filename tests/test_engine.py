@@ -133,3 +133,9 @@ def test_existing_run_is_not_overwritten_and_complete_run_not_resumed(two_epoch_
         Trainer(ClassifyTask(cfg), cfg, out)
     with pytest.raises(DlcvError, match="already complete"):
         train(cfg, out, resume=True)
+
+
+def test_missing_data_root_is_a_clear_error(tmp_path):
+    cfg = small_classify_cfg("x", **{"data.root": "null"})
+    with pytest.raises(DlcvError, match="data.root is not set"):
+        Trainer(ClassifyTask(cfg), cfg, tmp_path / "run")

@@ -56,6 +56,8 @@ def snapshot_epochs(requested: list[int] | None, epochs: int) -> list[int]:
 class Trainer:
     def __init__(self, task: Task, cfg: dict, run_dir: str | Path, resume: bool = False):
         self.task, self.cfg, self.resume = task, cfg, resume
+        if cfg["data"]["root"] is None:
+            raise DlcvError("data.root is not set: the problem's data folder (e.g. hw1_data/p1_data)")
         if not resume and (Path(run_dir) / "checkpoints" / "last.pt").exists():
             raise DlcvError(f"{run_dir} already holds a run; continue it with --resume or pick another --out")
         self.env = distributed.setup(cfg["device"])

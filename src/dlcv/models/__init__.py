@@ -49,5 +49,13 @@ def create_model(name: str, num_classes: int, weights: str | None = None, **opti
     return spec.builder(num_classes=num_classes, weights=weights, **options)
 
 
+def model_from_checkpoint(state: dict, num_classes: int) -> nn.Module:
+    """Rebuilds the model a dlcv checkpoint was trained with (its config) and loads its weights."""
+    m = state["config"]["model"]
+    model = create_model(m["name"], num_classes=num_classes, weights=None, **m["options"])
+    model.load_state_dict(state["model"])
+    return model
+
+
 def _import_builders() -> None:
     from dlcv.models import classifiers, segmenters  # noqa: F401  (register on import)

@@ -18,7 +18,7 @@ from dlcv.data import augment, labels as labels_mod
 from dlcv.data.images import list_images, load_images
 from dlcv.engine import batches, checkpoint, distributed
 from dlcv.errors import DlcvError
-from dlcv.models import create_model, list_models, model_spec
+from dlcv.models import create_model, list_models, model_from_checkpoint, model_spec
 from dlcv.viz import figures
 
 log = logging.getLogger("dlcv")
@@ -96,8 +96,6 @@ class ClassifyTask:
     def setup(self, engine) -> None:
         self.engine = engine
         d, seed = self.cfg["data"], self.cfg["train"]["seed"]
-        if d["root"] is None:
-            raise DlcvError("data.root is not set: the folder holding the train and val image folders")
         root = Path(d["root"])
         train_files, train_labels = _subset(*labelled_split(root / d["train_dir"], _resolve(root, d["train_csv"])),
                                             d["limit_train"], seed)
@@ -214,10 +212,7 @@ def capture_head_input(model: nn.Module, head: str):
 
 def load_classifier(ckpt_path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     state = checkpoint.load(ckpt_path, "classify")
-    m = state["config"]["model"]
-    model = create_model(m["name"], num_classes=len(state["classes"]), weights=None, **m["options"])
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), state
+    return model_from_checkpoint(state, len(state["classes"])).to(device).eval(), state
 
 
 def infer(model: nn.Module, state: dict[str, Any], files: Sequence[Path], device: torch.device,

@@ -21,7 +21,7 @@ from dlcv.data.images import cached, read_rgb
 from dlcv.data.masks import CLASS_NAMES, IGNORE, NUM_CLASSES, UNKNOWN, pair_folder, read_mask, sat_images, write_mask
 from dlcv.engine import batches, checkpoint, distributed
 from dlcv.errors import DlcvError
-from dlcv.models import create_model, list_models
+from dlcv.models import create_model, list_models, model_from_checkpoint
 from dlcv.tasks.classify import IMAGENET_MEAN, IMAGENET_STD
 from dlcv.viz import figures
 
@@ -95,8 +95,6 @@ class SegmentTask:
     def setup(self, engine) -> None:
         self.engine = engine
         d, seed = self.cfg["data"], self.cfg["train"]["seed"]
-        if d["root"] is None:
-            raise DlcvError("data.root is not set: the folder holding the train and validation folders")
         root = Path(d["root"])
         device = engine.device
         splits = {}
@@ -219,10 +217,7 @@ class SegmentTask:
 
 def load_segmenter(ckpt_path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     state = checkpoint.load(ckpt_path, "segment")
-    m = state["config"]["model"]
-    model = create_model(m["name"], num_classes=NUM_CLASSES, weights=None, **m["options"])
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), state
+    return model_from_checkpoint(state, NUM_CLASSES).to(device).eval(), state
 
 
 def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path, device: torch.device) -> int:
