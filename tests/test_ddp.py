@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
 
 
 def run_dlcv(args, nproc, tmp_path):

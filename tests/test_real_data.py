@@ -1,5 +1,4 @@
 """Slices of the real course data (../shared/data/hw1_data); skipped cleanly where it is absent."""
-import pytest
 
 from conftest import REAL_DATA, needs_real_data, small_classify_cfg
 from dlcv.cli import main
