@@ -85,6 +85,12 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         cfg, t, env = self.cfg, self.cfg["train"], self.env
         started = time.time()
+        state = checkpoint.load(self.run.checkpoints / "last.pt", self.task.name) if self.resume else None
+        if state is not None and (state["epoch"] >= t["epochs"] or
+                                  (t["max_steps"] is not None and state["step"] >= t["max_steps"])):
+            # checked before the data is decoded: a finished run is refused at once
+            raise DlcvError(f"{self.run.path} is already complete ({state['epoch']} epochs, {state['step']} "
+                            "steps); extend it with --set train.epochs=N (or train.max_steps=N)")
         torch.manual_seed(t["seed"])  # identical initial weights on every rank
         self.task.setup(self)
         self.module = self.task.build_model().to(self.device)
@@ -96,8 +102,7 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype is torch.float16)
         start_epoch, step, best, past_wall = 1, 0, -math.inf, 0.0
         torch.manual_seed(t["seed"] + 1 + env.rank)  # dropout etc. differ per rank
-        if self.resume:
-            state = checkpoint.load(self.run.checkpoints / "last.pt", self.task.name)
+        if state is not None:
             self.module.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -107,10 +112,6 @@ class Trainer:
             checkpoint.restore_rng_states(state["rng"][min(env.rank, len(state["rng"]) - 1)])
             self.run.load_metrics(state["epoch"])
             log.info("resumed %s at epoch %d (step %d)", self.run.path, state["epoch"], step)
-            done = state["epoch"] >= t["epochs"] or (t["max_steps"] is not None and step >= t["max_steps"])
-            if done:
-                raise DlcvError(f"{self.run.path} is already complete ({state['epoch']} epochs, {step} steps); "
-                                "extend it with --set train.epochs=N (or train.max_steps=N)")
         self.run.write_config(cfg)
 
         fast = torch.compile(self.module) if t["compile"] else self.module
@@ -145,7 +146,7 @@ class Trainer:
                      epoch, epochs)
             value = metrics[self.task.monitor]  # may be NaN (e.g. a class absent from a tiny val set)
             if value > best or not (self.run.checkpoints / "best.pt").exists():
-                best = value if value > best else best
+                best = max(best, value)  # a NaN value leaves best as it was
                 self._save_weights(self.run.checkpoints / "best.pt", epoch, step)
             last_metrics = metrics
             wall = past_wall + time.time() - started
