@@ -34,8 +34,10 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 
 class Task(Protocol):
+    """A task may also define `monitor_mode = "min"` (default "max") and `after_step(step)`, called after
+    every optimizer step (BYOL's target update); `engine.total_steps` is set before training starts."""
     name: str
-    monitor: str  # metric whose maximum selects checkpoints/best.pt
+    monitor: str  # metric (of the epoch's row: evaluate()'s scalars or train_loss) that selects best.pt
 
     def setup(self, engine: "Trainer") -> None: ...
     def build_model(self) -> nn.Module: ...
@@ -100,7 +102,10 @@ class Trainer:
         optimizer = build_optimizer(trainable_parameters(self.module), cfg)
         scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype is torch.float16)
-        start_epoch, step, best, past_wall = 1, 0, -math.inf, 0.0
+        self.total_steps = steps_per_epoch * t["epochs"]
+        if t["max_steps"] is not None:
+            self.total_steps = min(self.total_steps, t["max_steps"])
+        start_epoch, step, best, past_wall = 1, 0, -math.inf if self._maximise else math.inf, 0.0
         torch.manual_seed(t["seed"] + 1 + env.rank)  # dropout etc. differ per rank
         if state is not None:
             self.module.load_state_dict(state["model"])
@@ -144,9 +149,9 @@ class Trainer:
             self.run.log_epoch(row)
             log.info("epoch %d/%d  " + "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"),
                      epoch, epochs)
-            value = metrics[self.task.monitor]  # may be NaN (e.g. a class absent from a tiny val set)
-            if value > best or not (self.run.checkpoints / "best.pt").exists():
-                best = max(best, value)  # a NaN value leaves best as it was
+            value = row[self.task.monitor]  # may be NaN (e.g. a class absent from a tiny val set)
+            if self._better(value, best) or not (self.run.checkpoints / "best.pt").exists():
+                best = value if self._better(value, best) else best  # a NaN value leaves best as it was
                 self._save_weights(self.run.checkpoints / "best.pt", epoch, step)
             last_metrics = metrics
             wall = past_wall + time.time() - started
@@ -171,6 +176,7 @@ class Trainer:
         max_steps = t["max_steps"]
         total = steps_per_epoch if max_steps is None else min(steps_per_epoch, max_steps - step)
         bar = tqdm(total=total, desc=f"epoch {epoch}", disable=not env.is_main, leave=False, dynamic_ncols=True)
+        after_step = getattr(self.task, "after_step", None)
         batch_iter: Iterator = batches.train_batches(self.task.num_train(), t["batch_size"], t["seed"], epoch,
                                                      env.rank, env.world_size)
         for i, (indices, offset) in enumerate(batch_iter):
@@ -191,6 +197,8 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
+            if after_step is not None:
+                after_step(step)
             seen += len(indices)
             loss_sum += loss.detach().double() * len(indices)
             bar.update()
@@ -220,10 +228,18 @@ class Trainer:
                 "rng": rng, "wall_time_s": wall})
         distributed.barrier()
 
+    @property
+    def _maximise(self) -> bool:
+        return getattr(self.task, "monitor_mode", "max") == "max"
+
+    def _better(self, value: float, best: float) -> bool:
+        return value > best if self._maximise else value < best
+
     def _summary(self, status, row, best, metrics, wall) -> dict[str, Any]:
         extras = {k: v for k, v in metrics.items() if not isinstance(v, (int, float))}
-        best_row = max(self.run.rows, key=lambda r: r[self.task.monitor], default={})
+        scored = [r for r in self.run.rows if not math.isnan(r[self.task.monitor])]
+        best_row = (max if self._maximise else min)(scored, key=lambda r: r[self.task.monitor], default={})
         return {"task": self.task.name, "status": status, "monitor": self.task.monitor,
-                "best": {self.task.monitor: best if best > -math.inf else None, "epoch": best_row.get("epoch")},
+                "best": {self.task.monitor: best if math.isfinite(best) else None, "epoch": best_row.get("epoch")},
                 "final": row, **extras, "seed": self.cfg["train"]["seed"], "wall_time_s": round(wall, 2),
                 "environment": {**self.environment, "precision": self.precision}, "run_dir": str(self.run.path)}
