@@ -7,6 +7,7 @@ import math
 import torch
 import torchvision
 from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
 
 from dlcv.errors import DlcvError
 from dlcv.models import register_model
@@ -35,6 +36,46 @@ def resnet50_cifar(num_classes: int, weights: str | None = None, keep_maxpool: b
 def resnet18_cifar(num_classes: int, weights: str | None = None, keep_maxpool: bool = False) -> nn.Module:
     """The standard CIFAR ResNet-18 (torchvision's, CIFAR stem): our improved from-scratch GPU recipe."""
     return _cifar_resnet("resnet18", num_classes, weights, keep_maxpool)
+
+
+def freeze_all_but(model: nn.Module, head: str) -> None:
+    """A frozen backbone: no gradients outside `head`, and every BatchNorm outside it replaced by
+    torchvision's FrozenBatchNorm2d (fixed statistics in train mode too; the report's frozen settings
+    kept updating the running statistics because the model was still put in train mode)."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith(head + "."))
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.BatchNorm2d) and not name.startswith(head + "."):
+            frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(module, key).detach())
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, frozen)
+
+
+def _torchvision_resnet(arch: str, num_classes: int, weights: str | None, freeze_backbone: bool) -> nn.Module:
+    """A torchvision ResNet with its ImageNet stem. `weights` (torchvision name or a plain state_dict file,
+    e.g. an exported BYOL or supervised backbone) must load strictly into the 1000-class model; the fc
+    is then replaced when num_classes differs."""
+    model = getattr(torchvision.models, arch)()
+    load_pretrained(model, weights, arch)
+    if num_classes != model.fc.out_features:
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    if freeze_backbone:
+        freeze_all_but(model, "fc")
+    return model
+
+
+@register_model("resnet50", head="fc")
+def resnet50(num_classes: int, weights: str | None = None, freeze_backbone: bool = False) -> nn.Module:
+    """torchvision ResNet-50: P2's backbone (BYOL, supervised) and its transfer classifier (settings A-E)."""
+    return _torchvision_resnet("resnet50", num_classes, weights, freeze_backbone)
+
+
+@register_model("resnet18", head="fc")
+def resnet18(num_classes: int, weights: str | None = None, freeze_backbone: bool = False) -> nn.Module:
+    """torchvision ResNet-18: P2 at a CPU budget."""
+    return _torchvision_resnet("resnet18", num_classes, weights, freeze_backbone)
 
 
 @register_model("efficientnet_v2_l", head="classifier.1")
