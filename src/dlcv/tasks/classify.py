@@ -30,13 +30,15 @@ DEFAULTS: dict[str, Any] = {
     "task": "classify",
     "data": {"root": None, "train_dir": "train_50", "val_dir": "val_50", "train_csv": None, "val_csv": None,
              "image_size": 32, "input_size": None, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-             "cache_dir": None, "limit_train": None, "limit_val": None},
+             "cache_dir": None, "limit_train": None, "limit_val": None, "val_fraction": 0.1},
     "model": {"name": "resnet50_cifar"},
-    "augment": {"flip": False, "crop_padding": 0, "pad_mode": "zeros", "rotation": 0.0, "cutout": 0},
+    "augment": {"flip": False, "crop_padding": 0, "pad_mode": "zeros", "rotation": 0.0, "cutout": 0,
+                "resized_crop_scale": None},
     "loss": {"label_smoothing": 0.0},
     "snapshot": {"tsne_perplexity": 30.0},
 }
-TYPES = {"data.train_csv": str, "data.val_csv": str, "data.input_size": int, "data.cache_dir": str,
+TYPES = {"augment.resized_crop_scale": list, "data.val_dir": str, "data.train_csv": str, "data.val_csv": str,
+         "data.input_size": int, "data.cache_dir": str,
          "data.limit_train": int, "data.limit_val": int}
 
 
@@ -44,7 +46,7 @@ def choices() -> dict[str, tuple]:
     return {"augment.pad_mode": ("zeros", "reflect", "replicate"), "model.name": tuple(list_models("classify"))}
 
 
-def _resolve(root: Path, name: str | None) -> Path | None:
+def resolve_path(root: Path, name: str | None) -> Path | None:
     if name is None:
         return None
     path = Path(name)
@@ -68,6 +70,15 @@ def labelled_split(folder: Path, csv_path: Path | None) -> tuple[list[Path], lis
 def _subset(files: list[Path], labels: list[str], limit: int | None, seed: int):
     keep = batches.seeded_subset(len(files), limit, seed)
     return [files[i] for i in keep], [labels[i] for i in keep]
+
+
+def _holdout(files: list[Path], labels: list[str], fraction: float, seed: int):
+    if not 0 < fraction < 1:
+        raise DlcvError(f"data.val_fraction must be in (0, 1) when data.val_dir is null, got {fraction}")
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, round(fraction * len(files)))
+    val, train = sorted(order[:n_val]), sorted(order[n_val:])
+    return ([files[i] for i in train], [labels[i] for i in train], [files[i] for i in val], [labels[i] for i in val])
 
 
 class Preprocess:
@@ -97,18 +108,22 @@ class ClassifyTask:
         self.engine = engine
         d, seed = self.cfg["data"], self.cfg["train"]["seed"]
         root = Path(d["root"])
-        train_files, train_labels = _subset(*labelled_split(root / d["train_dir"], _resolve(root, d["train_csv"])),
-                                            d["limit_train"], seed)
-        val_files, val_labels = _subset(*labelled_split(root / d["val_dir"], _resolve(root, d["val_csv"])),
-                                        d["limit_val"], seed)
+        train_files, train_labels = labelled_split(root / d["train_dir"], resolve_path(root, d["train_csv"]))
+        if d["val_dir"] is None:  # no validation folder (mini-ImageNet): hold out a seeded fraction of train
+            train_files, train_labels, val_files, val_labels = _holdout(train_files, train_labels,
+                                                                        d["val_fraction"], seed)
+        else:
+            val_files, val_labels = labelled_split(root / d["val_dir"], resolve_path(root, d["val_csv"]))
+        train_files, train_labels = _subset(train_files, train_labels, d["limit_train"], seed)
+        val_files, val_labels = _subset(val_files, val_labels, d["limit_val"], seed)
         self.classes = labels_mod.sorted_classes(train_labels)
         self.val_files = val_files
         device = engine.device
         self.train_x = load_images(train_files, d["image_size"], d["cache_dir"]).to(device)
         self.train_y = torch.tensor(labels_mod.encode(train_labels, self.classes, "training set"), device=device)
         self.val_x = load_images(val_files, d["image_size"], d["cache_dir"]).to(device)
-        self.val_y = torch.tensor(labels_mod.encode(val_labels, self.classes, f"validation set {d['val_dir']}"),
-                                  device=device)
+        val_source = f"validation set {d['val_dir'] or '(held out of the training set)'}"
+        self.val_y = torch.tensor(labels_mod.encode(val_labels, self.classes, val_source), device=device)
         self.meta = {"image_size": d["image_size"], "input_size": d["input_size"], "mean": d["mean"],
                      "std": d["std"]}
         self.preprocess = Preprocess(self.meta, device)
@@ -167,7 +182,7 @@ class ClassifyTask:
                 idx = idx.to(self.engine.device)
                 net(self.engine.to_device_images(self.preprocess(self.val_x[idx])))
                 targets.append(self.val_y[idx].cpu())
-        feats = torch.cat(captured).half()
+        feats = torch.cat(captured).bfloat16()  # half the size; float16 could overflow
         checkpoint.save(self.engine.run.snapshots / f"features_epoch_{epoch:03d}.pt",
                         {"task": self.name, "model": {}, "epoch": epoch, "features": feats,
                          "labels": torch.cat(targets), "classes": self.classes})
@@ -240,6 +255,23 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_csv: str | Path,
     classes = state["classes"]
     labels_mod.write_csv(out_csv, ["filename", "label"], [(f.name, classes[p]) for f, p in zip(files, preds)])
     return len(files)
+
+
+def predict_csv(ckpt: str | Path, in_csv: str | Path, image_dir: str | Path, out_csv: str | Path,
+                device: torch.device, batch_size: int = 256) -> int:
+    """SPEC 4 (hw1_2.sh): `id,filename,label` with id and filename copied from IN_CSV in its order; the
+    input's label column, if any, is ignored (it may be `None`)."""
+    rows = labels_mod.read_csv_rows(in_csv, ("id", "filename"))
+    files = [Path(image_dir) / r["filename"] for r in rows]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DlcvError(f"{in_csv}: {len(missing)} listed image(s) not found in {image_dir}, e.g. {missing[0]}")
+    model, state = load_classifier(ckpt, device)
+    preds, _ = infer(model, state, files, device, batch_size)
+    classes = state["classes"]
+    labels_mod.write_csv(out_csv, ["id", "filename", "label"],
+                         [(r["id"], r["filename"], classes[p]) for r, p in zip(rows, preds)])
+    return len(rows)
 
 
 def embed_figure(ckpt: str | Path, image_dir: str | Path, method: str, out: str | Path,
