@@ -45,6 +45,30 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", required=True, help="figure file (.png or .svg)")
     embed.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
+    ssl = sub.add_parser("ssl", help="P2 BYOL pre-training and transfer settings A-E").add_subparsers(
+        dest="cmd", required=True)
+    _add_train_args(ssl.add_parser("pretrain", help="BYOL pre-training on an unlabeled image folder"))
+    export = ssl.add_parser("export", help="write a plain torchvision ResNet state_dict from a checkpoint")
+    export.add_argument("ckpt", help="an ssl pretrain checkpoint, or a classify checkpoint of resnet50/resnet18")
+    export.add_argument("out", help="backbone file (.pt)")
+    finetune = ssl.add_parser("finetune", help="train one transfer setting (A-E) with the classify task")
+    _add_train_args(finetune)
+    finetune.add_argument("--setting", required=True, choices=tuple("ABCDE"))
+    finetune.add_argument("--backbone", help="backbone file for B-E (supervised for B/D, BYOL for C/E)")
+    table = ssl.add_parser("table", help="run settings A-E and write table.md / table.csv")
+    table.add_argument("-c", "--config", required=True, help="the fine-tuning recipe (e.g. p2_finetune)")
+    table.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    table.add_argument("--sl-backbone", help="supervised backbone file (settings B, D)")
+    table.add_argument("--ssl-backbone", help="BYOL backbone file (settings C, E)")
+    table.add_argument("--settings", default="ABCDE", help="subset to run, e.g. ACE (default ABCDE)")
+    table.add_argument("--out", default="runs/p2_table")
+    ssl_predict = ssl.add_parser("predict", help="write id,filename,label for the rows of a CSV")
+    ssl_predict.add_argument("--ckpt", required=True)
+    ssl_predict.add_argument("in_csv")
+    ssl_predict.add_argument("image_dir")
+    ssl_predict.add_argument("out_csv")
+    ssl_predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
     segment = sub.add_parser("segment", help="P3 semantic segmentation").add_subparsers(dest="cmd", required=True)
     _add_train_args(segment.add_parser("train", help="train a segmentation model"))
     seg_predict = segment.add_parser("predict", help="write xxxx_mask.png for every xxxx_sat.jpg of a folder")
@@ -70,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(task_module, task_cls, args) -> int:
+def _train(task_module, task_cls, args, extra_overrides: list[str] = ()) -> int:
     from dlcv.engine.run import default_run_dir
     from dlcv.engine.trainer import Trainer
 
@@ -87,7 +111,7 @@ def _train(task_module, task_cls, args) -> int:
     elif not args.resume:
         raise DlcvError("a config is required: -c CONFIG (see configs/)")
     cfg = config_mod.resolve(task_module.DEFAULTS, task_module.choices(), task_module.TYPES, recipe,
-                             args.overrides)
+                             [*args.overrides, *extra_overrides])
     out = args.out or default_run_dir(args.config, cfg["task"])
     summary = Trainer(task_cls(cfg), cfg, out, resume=args.resume).fit()
     log.info("best %s %s (epoch %s); run directory %s", summary["monitor"], summary["best"][summary["monitor"]],
@@ -125,6 +149,27 @@ def run(args) -> int:
             classify.embed_figure(args.ckpt, args.image_dir, args.method, args.out, device)
             log.info("wrote %s", args.out)
             return 0
+    if args.group == "ssl":
+        from dlcv.tasks import classify, ssl
+        if args.cmd == "pretrain":
+            return _train(ssl, ssl.SSLTask, args)
+        if args.cmd == "finetune":
+            if args.resume and not args.config:  # the saved config already holds the setting
+                return _train(classify, classify.ClassifyTask, args)
+            return _train(classify, classify.ClassifyTask, args, ssl.setting_overrides(args.setting, args.backbone))
+        if args.cmd == "export":
+            arch = ssl.export_backbone(args.ckpt, args.out)
+            log.info("wrote %s (torchvision %s state_dict)", args.out, arch)
+            return 0
+        if args.cmd == "table":
+            text = ssl.run_table(config_mod.load_yaml(args.config), args.overrides, args.sl_backbone,
+                                 args.ssl_backbone, Path(args.out), args.settings)
+            print(text, end="")
+            return 0
+        from dlcv.engine.distributed import pick_device
+        n = classify.predict_csv(args.ckpt, args.in_csv, args.image_dir, args.out_csv, pick_device(args.device))
+        log.info("wrote %d predictions to %s", n, args.out_csv)
+        return 0
     if args.group == "segment":
         from dlcv.tasks import segment
         if args.cmd == "train":

@@ -1,0 +1,262 @@
+"""P2: BYOL pre-training as a thin task over the engine, backbone export, and the five transfer settings
+(A-E) as classification runs of one architecture."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from dlcv import config as config_mod
+from dlcv.data import labels as labels_mod
+from dlcv.data.augment import normalize, resize
+from dlcv.data.images import list_images, load_images
+from dlcv.data.views import ViewSpec, two_views
+from dlcv.engine import batches, checkpoint
+from dlcv.errors import DlcvError
+from dlcv.fileio import atomic_path, write_text
+from dlcv.models import create_model
+from dlcv.models.byol import BYOL, resnet_features, target_momentum
+from dlcv.models.weights import load_strict
+from dlcv.tasks import classify
+from dlcv.viz import figures
+
+log = logging.getLogger("dlcv")
+
+BACKBONES = ("resnet50", "resnet18")
+
+DEFAULTS: dict[str, Any] = {
+    "task": "ssl",
+    "data": {"root": None, "unlabeled_dir": "mini/train", "image_size": 128, "input_size": None,
+             "mean": classify.IMAGENET_MEAN, "std": classify.IMAGENET_STD, "cache_dir": None, "limit_train": None},
+    "model": {"name": "resnet50"},
+    "byol": {"projector_hidden": 4096, "projector_dim": 256, "base_momentum": 0.99, "final_momentum": 1.0},
+    "views": {k: list(v) if isinstance(v, tuple) else v for k, v in ViewSpec().__dict__.items()},
+    # k-NN monitor on a labelled set (weighted vote of the k nearest train features, Wu et al. 2018);
+    # knn.train_dir=null turns it off, and best.pt then follows the lowest training loss.
+    "knn": {"train_dir": "office/train", "train_csv": "office/train.csv", "val_dir": "office/val",
+            "val_csv": "office/val.csv", "k": 20, "temperature": 0.07},
+    "embed_std_images": 512,
+}
+TYPES = {"data.input_size": int, "data.cache_dir": str, "data.limit_train": int, "knn.train_dir": str,
+         "knn.train_csv": str, "knn.val_dir": str, "knn.val_csv": str}
+
+
+def choices() -> dict[str, tuple]:
+    return {"model.name": BACKBONES}
+
+
+def knn_accuracy(train_feats: torch.Tensor, train_y: torch.Tensor, val_feats: torch.Tensor, val_y: torch.Tensor,
+                 k: int, temperature: float, num_classes: int) -> float:
+    """Cosine-similarity k-NN with exp(sim / T) weighted votes."""
+    train_feats, val_feats = F.normalize(train_feats.float(), dim=1), F.normalize(val_feats.float(), dim=1)
+    k = min(k, len(train_y))
+    correct = 0
+    for chunk, y in zip(val_feats.split(1024), val_y.split(1024)):
+        sims, idx = (chunk @ train_feats.T).topk(k, dim=1)
+        votes = torch.zeros(len(chunk), num_classes, device=chunk.device)
+        votes.scatter_add_(1, train_y[idx], (sims / temperature).exp())
+        correct += (votes.argmax(1) == y).sum().item()
+    return correct / len(val_y)
+
+
+class SSLTask:
+    name = "ssl"
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.use_knn = cfg["knn"]["train_dir"] is not None
+        self.monitor, self.monitor_mode = ("knn_acc", "max") if self.use_knn else ("train_loss", "min")
+
+    def setup(self, engine) -> None:
+        self.engine = engine
+        d, device = self.cfg["data"], engine.device
+        root = Path(d["root"])
+        files = list_images(root / d["unlabeled_dir"])
+        keep = batches.seeded_subset(len(files), d["limit_train"], self.cfg["train"]["seed"])
+        files = [files[i] for i in keep]
+        self.images = load_images(files, d["image_size"], d["cache_dir"]).to(device)
+        self.input_size = d["input_size"] or d["image_size"]
+        self.mean, self.std = torch.tensor(d["mean"], device=device), torch.tensor(d["std"], device=device)
+        self.views = ViewSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.cfg["views"].items()})
+        if self.use_knn:
+            kn = self.cfg["knn"]
+            train_files, train_labels = classify.labelled_split(root / kn["train_dir"],
+                                                                classify.resolve_path(root, kn["train_csv"]))
+            val_files, val_labels = classify.labelled_split(root / kn["val_dir"], classify.resolve_path(root, kn["val_csv"]))
+            self.knn_classes = labels_mod.sorted_classes(train_labels)
+            self.knn_train = (load_images(train_files, d["image_size"], d["cache_dir"]).to(device),
+                              torch.tensor(labels_mod.encode(train_labels, self.knn_classes, "k-NN train set"),
+                                           device=device))
+            self.knn_val = (load_images(val_files, d["image_size"], d["cache_dir"]).to(device),
+                            torch.tensor(labels_mod.encode(val_labels, self.knn_classes, "k-NN val set"), device=device))
+        log.info("ssl: %d unlabeled images at %d px (views %d px)%s", len(files), d["image_size"], self.input_size,
+                 f"; k-NN monitor on {len(self.knn_train[1])}/{len(self.knn_val[1])} labelled images"
+                 if self.use_knn else "")
+
+    def build_model(self) -> nn.Module:
+        m, b = self.cfg["model"], self.cfg["byol"]
+        backbone = create_model(m["name"], num_classes=1000, weights=m["weights"], **m["options"])
+        return BYOL(backbone, b["projector_hidden"], b["projector_dim"])
+
+    def num_train(self) -> int:
+        return len(self.images)
+
+    def _prepare(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        x = resize(x_uint8.float().div_(255), self.input_size)
+        return self.engine.to_device_images(normalize(x, self.mean, self.std))
+
+    def train_batch(self, indices, offset, gen, global_size):
+        x = self.images[indices.to(self.engine.device)].float().div_(255)
+        v1, v2 = two_views(x, self.views, self.input_size, gen, global_size, offset)
+        return (self.engine.to_device_images(normalize(v1, self.mean, self.std)),
+                self.engine.to_device_images(normalize(v2, self.mean, self.std)))
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        return model(*batch)
+
+    def after_step(self, step: int) -> None:
+        b = self.cfg["byol"]
+        self.engine.module.update_target(target_momentum(step, self.engine.total_steps, b["base_momentum"],
+                                                         b["final_momentum"]))
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        net = self.engine.module.backbone
+        return torch.cat([resnet_features(net, self._prepare(chunk)).float()
+                          for chunk in images.split(self.cfg["train"]["eval_batch_size"])])
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        """Every rank evaluates the same fixed images (small sets), so no reduction is needed.
+
+        embed_std: per-dimension std of the L2-normalised online projections of un-augmented images,
+        times sqrt(dim): about 1 for well-spread embeddings, 0 when BYOL has collapsed to a constant."""
+        byol = self.engine.module
+        sample = self.images[:self.cfg["embed_std_images"]]
+        z = torch.cat([F.normalize(byol.embed(self._prepare(c)).float(), dim=1)
+                       for c in sample.split(self.cfg["train"]["eval_batch_size"])])
+        metrics = {"embed_std": (z.std(0).mean() * math.sqrt(z.shape[1])).item()}
+        if self.use_knn:
+            kn = self.cfg["knn"]
+            metrics["knn_acc"] = knn_accuracy(self._features(self.knn_train[0]), self.knn_train[1],
+                                              self._features(self.knn_val[0]), self.knn_val[1], kn["k"],
+                                              kn["temperature"], len(self.knn_classes))
+        return metrics
+
+    def snapshot(self, model: nn.Module, epoch: int) -> None:
+        """Nothing beyond the engine's epoch checkpoint (export any of them with `dlcv ssl export`)."""
+
+    def finish(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            figures.training_curves(rows, self.engine.run.figures / "training_curves.png")
+        save_state_dict(self.engine.module.backbone.state_dict(), self.engine.run.path / "backbone.pt")
+        log.info("backbone (torchvision %s state_dict) written to %s", self.cfg["model"]["name"],
+                 self.engine.run.path / "backbone.pt")
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"backbone_arch": self.cfg["model"]["name"]}
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
+
+
+def export_backbone(ckpt: str | Path, out: str | Path) -> str:
+    """A plain torchvision ResNet state_dict (fc 1000 x features included, so it loads strictly into
+    `torchvision.models.resnet50()`) from a `dlcv ssl pretrain` checkpoint (the online backbone) or a
+    `dlcv classify train` checkpoint of a torchvision ResNet (its fc, trained for other classes, is
+    replaced by a freshly initialised 1000-class fc, seed 0). Returns the architecture name."""
+    state = checkpoint.load(ckpt)
+    arch = state["config"]["model"]["name"]
+    if state["task"] == "ssl":
+        weights = {k.removeprefix("backbone."): v for k, v in state["model"].items() if k.startswith("backbone.")}
+    elif state["task"] == "classify" and arch in BACKBONES:
+        if state["config"]["model"]["options"].get("freeze_backbone"):
+            raise DlcvError(f"{ckpt}: a frozen-backbone run (FrozenBatchNorm2d) is not a backbone to export")
+        weights = {k: v for k, v in state["model"].items() if not k.startswith("fc.")}
+        torch.manual_seed(0)
+        fc = getattr(torchvision.models, arch)().fc
+        weights.update({"fc.weight": fc.weight.detach(), "fc.bias": fc.bias.detach()})
+    else:
+        raise DlcvError(f"{ckpt}: a checkpoint of task '{state['task']}' with model '{arch}'; export needs "
+                        f"an ssl checkpoint or a classify checkpoint of {' / '.join(BACKBONES)}")
+    load_strict(getattr(torchvision.models, arch)(), weights, f"{ckpt} (exported backbone)")
+    save_state_dict(weights, out)
+    return arch
+
+
+# -- transfer settings A-E -------------------------------------------------------------------------------
+
+SETTINGS = {  # setting: (backbone source, pre-training, fine-tuning)
+    "A": (None, "none (random init)", "full model"),
+    "B": ("sl", "supervised", "full model"),
+    "C": ("ssl", "BYOL (ours)", "full model"),
+    "D": ("sl", "supervised", "backbone frozen, classifier only"),
+    "E": ("ssl", "BYOL (ours)", "backbone frozen, classifier only"),
+}
+
+
+def setting_overrides(setting: str, backbone: str | None) -> list[str]:
+    """The config overrides that turn the shared fine-tuning recipe into setting A-E."""
+    source, _, tuning = SETTINGS[setting]
+    if source is not None and backbone is None:
+        raise DlcvError(f"setting {setting} needs a {'supervised' if source == 'sl' else 'BYOL'} backbone file "
+                        "(--backbone PATH, or --sl-backbone / --ssl-backbone for `ssl table`)")
+    frozen = tuning.startswith("backbone frozen")
+    return [f"model.weights={json.dumps(backbone) if source else 'null'}",
+            f"model.options.freeze_backbone={str(frozen).lower()}"]
+
+
+def finetune_config(recipe: dict, overrides: list[str], setting: str, backbone: str | None) -> dict:
+    return config_mod.resolve(classify.DEFAULTS, classify.choices(), classify.TYPES, recipe,
+                              [*overrides, *setting_overrides(setting, backbone)])
+
+
+def run_setting(cfg: dict, run_dir: Path) -> dict[str, Any]:
+    """Trains one setting; a finished run is reused and an interrupted one resumed (a killed table goes on)."""
+    from dlcv.engine.trainer import Trainer
+    summary_file = run_dir / "summary.json"
+    if summary_file.is_file():
+        summary = json.loads(summary_file.read_text())
+        if summary.get("status") == "finished":
+            log.info("%s is finished; reusing it", run_dir)
+            return summary
+    resume = (run_dir / "checkpoints" / "last.pt").is_file()
+    return Trainer(classify.ClassifyTask(cfg), cfg, run_dir, resume=resume).fit()
+
+
+def write_table(rows: list[dict[str, Any]], out_dir: Path) -> str:
+    header = ["setting", "pre-training", "fine-tuning", "val_acc", "best_val_acc", "best_epoch", "run"]
+    labels_mod.write_csv(out_dir / "table.csv", header, [[r[h] for h in header] for r in rows])
+    lines = ["| setting | pre-training | fine-tuning | val accuracy (final) | best (epoch) |", "|---|---|---|---|---|"]
+    lines += [f"| {r['setting']} | {r['pre-training']} | {r['fine-tuning']} | {r['val_acc']:.4f} | "
+              f"{r['best_val_acc']:.4f} ({r['best_epoch']}) |" for r in rows]
+    text = "\n".join(lines) + "\n"
+    write_text(out_dir / "table.md", text)
+    return text
+
+
+def run_table(recipe: dict, overrides: list[str], sl_backbone: str | None, ssl_backbone: str | None,
+              out_dir: Path, settings: str = "ABCDE") -> str:
+    """Runs the settings one after another into OUT/setting_X and writes the report's table."""
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown or not settings:
+        raise DlcvError(f"--settings {settings!r}: use letters of ABCDE (unknown: {', '.join(unknown) or 'none given'})")
+    rows = []
+    for setting in settings:
+        source, pretraining, tuning = SETTINGS[setting]
+        backbone = {"sl": sl_backbone, "ssl": ssl_backbone, None: None}[source]
+        cfg = finetune_config(recipe, overrides, setting, backbone)
+        log.info("== setting %s: %s pre-training, %s", setting, pretraining, tuning)
+        summary = run_setting(cfg, out_dir / f"setting_{setting}")
+        rows.append({"setting": setting, "pre-training": pretraining + (f" ({backbone})" if backbone else ""),
+                     "fine-tuning": tuning, "val_acc": summary["final"]["val_acc"],
+                     "best_val_acc": summary["best"]["val_acc"], "best_epoch": summary["best"]["epoch"],
+                     "run": str(out_dir / f"setting_{setting}")})
+    return write_table(rows, out_dir)
