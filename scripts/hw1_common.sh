@@ -1,0 +1,20 @@
+# Sourced by hw1_1.sh, hw1_2.sh and hw1_3.sh (the course's inference contracts, SPEC 4).
+# hw1_run USAGE NARGS CKPT_VAR DEFAULT_CKPT "dlcv subcommand words" -- ARGS...
+# checks the argument count, then runs `python -m dlcv SUBCOMMAND --ckpt CKPT ARGS...` where CKPT is
+# $CKPT_VAR if set, else checkpoints/DEFAULT_CKPT beside the scripts, and python is $DLCV_PYTHON, else
+# .venv/bin/python beside the scripts, else python3.
+hw1_run() {
+  local usage="$1" nargs="$2" ckpt_var="$3" default_ckpt="$4" subcommand="$5"
+  shift 6
+  if [ "$#" -ne "$nargs" ]; then
+    echo "usage: $usage" >&2
+    exit 2
+  fi
+  local repo ckpt py
+  repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  ckpt="${!ckpt_var:-$repo/checkpoints/$default_ckpt}"
+  py="${DLCV_PYTHON:-$repo/.venv/bin/python}"
+  [ -x "$py" ] || py=python3
+  # shellcheck disable=SC2086  # the subcommand is several words on purpose
+  exec "$py" -m dlcv $subcommand --ckpt "$ckpt" "$@"
+}
