@@ -1,11 +1,12 @@
 """`dlcv demo`: the report's experiments, scaled down to minutes on a laptop CPU, on built-in data.
 
-For now P1 (classification) and P3 (segmentation); P2 and the report join as they land. Every experiment
-is a shipped recipe plus overrides, run through the same engine as a full run, so the demo exercises
-exactly the code a user's real run does.
+P1 (classification), P2 (BYOL, a supervised backbone, settings A-E) and P3 (segmentation); the report
+joins when it lands. Every experiment is a shipped recipe plus overrides, run through the same engine as
+a full run, so the demo exercises exactly the code a user's real run does.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from dlcv.data.labels import write_csv
 from dlcv.data.synth import write_tree
 from dlcv.engine.trainer import Trainer
 from dlcv.fileio import write_text
-from dlcv.tasks import classify, segment
+from dlcv.tasks import classify, segment, ssl
 
 log = logging.getLogger("dlcv")
 
@@ -30,6 +31,14 @@ EXPERIMENTS = [
     (classify, classify.ClassifyTask, "p1_data", "p1_fast", "p1_fast", "our from-scratch recipe: airbench-style convnet, SGD + one-cycle "
      "(8 epochs, all images, lr 0.01 for the tiny set)",
      ["model.options={widths: [32, 64, 128]}", "optim.lr=0.01", "train.epochs=8", "train.batch_size=50"]),
+    (ssl, ssl.SSLTask, "p2_data", "p2_byol", "p2_byol", "our BYOL recipe on the unlabeled mini folder "
+     "(scaled: ResNet-18, 32 px, projector 256 -> 64, 6 epochs)", ["model.name=resnet18", "data.image_size=32",
+     "byol.projector_hidden=256", "byol.projector_dim=64", "train.epochs=6", "train.batch_size=32", "optim.lr=0.05",
+     "sched.warmup_epochs=1"]),
+    (classify, classify.ClassifyTask, "p2_data", "p2_supervised", "p2_supervised",
+     "supervised backbone on the mini labels (settings B/D; scaled: ResNet-18, 32 px, 6 epochs)",
+     ["model.name=resnet18", "data.image_size=32", "train.epochs=6", "train.batch_size=32", "optim.lr=0.05",
+      "sched.warmup_epochs=1", "snapshot.epochs=[6]"]),
     (segment, segment.SegmentTask, "p3_data", "p3_model_a", "p3_model_a",
      "report's model A: VGG16-FCN32s (no download: random init, fc6/fc7 64 wide; 3 epochs on 128 px tiles)",
      ["model.weights=null", "model.options={fc_channels: 64}", "optim.lr=1e-3", "train.epochs=3",
@@ -57,10 +66,13 @@ def run_demo(out: str | Path, data: str | Path | None = None, device: str = "aut
         cfg = config_mod.resolve(task_module.DEFAULTS, task_module.choices(), task_module.TYPES,
                                  config_mod.load_yaml(recipe), sets)
         summary = Trainer(task_cls(cfg), cfg, out / "runs" / run_name).fit()
-        command = f"dlcv {cfg['task']} train -c configs/{recipe}.yaml " + " ".join(f"--set '{s}'" for s in sets)
+        verb = "pretrain" if cfg["task"] == "ssl" else "train"
+        command = f"dlcv {cfg['task']} {verb} -c configs/{recipe}.yaml " + " ".join(f"--set '{s}'" for s in sets)
         results.append({"run": run_name, "what": what, "metric": summary["monitor"],
                         "value": summary["best"][summary["monitor"]], "wall_s": summary["wall_time_s"],
                         "command": command})
+        if run_name == "p2_supervised":  # both P2 backbones exist now: the transfer table follows
+            results += _transfer_table(out, data / "p2_data", device)
     rows = [(r["run"], r["metric"], f"{r['value']:.4f}", r["wall_s"], r["command"]) for r in results]
     write_csv(out / "results.csv", ["run", "metric", "best", "wall_s", "command"], rows)
     table = ["| run | what | metric | best | wall s |", "|---|---|---|---|---|"]
@@ -68,4 +80,28 @@ def run_demo(out: str | Path, data: str | Path | None = None, device: str = "aut
               for r in results]
     write_text(out / "results.md", "\n".join(table) + "\n")
     log.info("\n%s\nruns, figures and checkpoints under %s", "\n".join(table), out / "runs")
+    return results
+
+
+# The A-E table at demo scale, on the two backbones trained above (the same recipe as `dlcv ssl table`).
+TABLE_OVERRIDES = ["model.name=resnet18", "data.image_size=32", "train.epochs=4", "train.batch_size=32",
+                   "snapshot.epochs=[4]"]
+
+
+def _transfer_table(out: Path, p2_root: Path, device: str) -> list[dict]:
+    runs = out / "runs"
+    sl_backbone = runs / "p2_supervised" / "sl_backbone.pt"
+    ssl.export_backbone(runs / "p2_supervised" / "checkpoints" / "last.pt", sl_backbone)
+    sets = [f"data.root={p2_root}", f"device={device}", *TABLE_OVERRIDES]
+    ssl_backbone = runs / "p2_byol" / "backbone.pt"
+    log.info("== p2 settings A-E on the office set")
+    ssl.run_table(config_mod.load_yaml("p2_finetune"), sets, str(sl_backbone), str(ssl_backbone), runs / "p2_table")
+    command = (f"dlcv ssl table -c configs/p2_finetune.yaml --sl-backbone {sl_backbone} --ssl-backbone "
+               f"{ssl_backbone} --out {runs / 'p2_table'} " + " ".join(f"--set '{s}'" for s in sets))
+    results = []
+    for setting, (_, pretraining, tuning) in ssl.SETTINGS.items():
+        summary = json.loads((runs / "p2_table" / f"setting_{setting}" / "summary.json").read_text())
+        results.append({"run": f"p2_setting_{setting}", "what": f"setting {setting}: {pretraining}, {tuning}",
+                        "metric": "val_acc (final)", "value": summary["final"]["val_acc"], "wall_s": summary["wall_time_s"],
+                        "command": command})
     return results
