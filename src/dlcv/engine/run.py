@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -35,8 +36,17 @@ def environment(device: torch.device, world_size: int) -> dict[str, Any]:
         "dlcv": dlcv.__version__, "python": platform.python_version(), "torch": torch.__version__,
         "torchvision": torchvision.__version__, "platform": platform.platform(), "device": str(device),
         "device_name": name, "world_size": world_size, "cpu_threads": torch.get_num_threads(),
-        "git_commit": commit, "command": " ".join(sys.argv),
+        "git_commit": commit, "command": command_line(),
     }
+
+
+def command_line() -> str:
+    """The dlcv command as a user would retype it (`dlcv ...` whether started as the console script,
+    `python -m dlcv` or under torchrun); other entry points (the demo's API calls, tests) as they were."""
+    script = Path(sys.argv[0]).name
+    if script in ("dlcv", "__main__.py") and Path(sys.argv[0]).parent.name in ("bin", "dlcv", "Scripts"):
+        return shlex.join(["dlcv", *sys.argv[1:]])
+    return shlex.join(sys.argv)
 
 
 class RunDir:
@@ -68,9 +78,7 @@ class RunDir:
         """On resume: keep the rows of the epochs the checkpoint covers, drop any later ones."""
         f = self.path / "metrics.csv"
         if f.is_file():
-            with open(f, newline="") as fh:
-                self.rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(fh)
-                             if int(r["epoch"]) <= upto_epoch]
+            self.rows = [r for r in read_metrics(f) if r["epoch"] <= upto_epoch]
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -104,6 +112,12 @@ class RunDir:
             if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == self.path:
                 log.removeHandler(handler)
                 handler.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.csv with numbers as numbers."""
+    with open(path, newline="") as fh:
+        return [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(fh)]
 
 
 def _number(value: str) -> Any:
