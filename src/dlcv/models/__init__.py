@@ -15,14 +15,15 @@ class ModelSpec:
     builder: Callable[..., nn.Module]
     head: str  # dotted name of the final layer; its input is the "second-last-layer" feature vector
     task: str
+    input_size: int  # the side its recipes feed it (architecture diagrams use it)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, head: str, task: str = "classify"):
+def register_model(name: str, head: str, task: str = "classify", input_size: int | None = None):
     def wrap(fn):
-        _REGISTRY[name] = ModelSpec(fn, head, task)
+        _REGISTRY[name] = ModelSpec(fn, head, task, input_size or (512 if task == "segment" else 224))
         return fn
     return wrap
 

@@ -26,13 +26,13 @@ def _cifar_resnet(arch: str, num_classes: int, weights: str | None, keep_maxpool
     return model
 
 
-@register_model("resnet50_cifar", head="fc")
+@register_model("resnet50_cifar", head="fc", input_size=32)
 def resnet50_cifar(num_classes: int, weights: str | None = None, keep_maxpool: bool = False) -> nn.Module:
     """Report's P1 model A: torchvision ResNet-50 with the CIFAR stem."""
     return _cifar_resnet("resnet50", num_classes, weights, keep_maxpool)
 
 
-@register_model("resnet18_cifar", head="fc")
+@register_model("resnet18_cifar", head="fc", input_size=32)
 def resnet18_cifar(num_classes: int, weights: str | None = None, keep_maxpool: bool = False) -> nn.Module:
     """The standard CIFAR ResNet-18 (torchvision's, CIFAR stem): our improved from-scratch GPU recipe."""
     return _cifar_resnet("resnet18", num_classes, weights, keep_maxpool)
@@ -142,7 +142,7 @@ class CifarConvNet(nn.Module):
         return self.fc(self.pool(self.blocks(self.stem(x))))
 
 
-@register_model("cifar_convnet", head="fc")
+@register_model("cifar_convnet", head="fc", input_size=32)
 def cifar_convnet(num_classes: int, weights: str | None = None, widths=(64, 256, 256),
                   norm: str = "batch") -> nn.Module:
     if weights is not None:
