@@ -87,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the registered models")
 
+    report = sub.add_parser("report", help="the course report (HTML + Markdown twin) from run directories")
+    report.add_argument("runs", nargs="+", help="run directories, ssl table directories, or folders of them")
+    report.add_argument("--out", default="report.html")
+
+    viz = sub.add_parser("viz", help="figures").add_subparsers(dest="cmd", required=True)
+    arch = viz.add_parser("arch", help="architecture diagram of a registered model (blocks with output shapes)")
+    arch.add_argument("model")
+    arch.add_argument("--out", required=True, help="figure file (.png or .svg)")
+    arch.add_argument("--input-size", type=int, help="input side (default: the model's usual one)")
+    arch.add_argument("--num-classes", type=int)
+    arch.add_argument("--options", default="{}", help="model options as YAML, e.g. '{widths: [32, 64, 128]}'")
+
     demo = sub.add_parser("demo", help="run the report's experiments, scaled down, on built-in data")
     demo.add_argument("--out", default="demo_out")
     demo.add_argument("--data", help="a real hw1_data tree instead of the synthetic one")
@@ -180,6 +192,19 @@ def run(args) -> int:
         from dlcv.engine.distributed import pick_device
         n = segment.predict_folder(args.ckpt, args.image_dir, args.out_dir, pick_device(args.device))
         log.info("wrote %d masks to %s", n, args.out_dir)
+        return 0
+    if args.group == "report":
+        from dlcv.report.build import build_report
+        html_path, md_path = build_report(args.runs, args.out)
+        log.info("wrote %s and %s", html_path, md_path)
+        return 0
+    if args.group == "viz":
+        from dlcv.viz.arch import architecture_figure
+        options = config_mod.parse_override(f"options={args.options}")[1]
+        if not isinstance(options, dict):
+            raise DlcvError(f"--options must be a YAML mapping, got {args.options!r}")
+        architecture_figure(args.model, args.out, args.input_size, args.num_classes, options)
+        log.info("wrote %s", args.out)
         return 0
     if args.group == "demo":
         from dlcv.demo import run_demo

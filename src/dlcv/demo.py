@@ -1,8 +1,9 @@
 """`dlcv demo`: the report's experiments, scaled down to minutes on a laptop CPU, on built-in data.
 
-P1 (classification), P2 (BYOL, a supervised backbone, settings A-E) and P3 (segmentation); the report
-joins when it lands. Every experiment is a shipped recipe plus overrides, run through the same engine as
-a full run, so the demo exercises exactly the code a user's real run does.
+P1 (classification), P2 (BYOL, a supervised backbone, settings A-E) and P3 (segmentation), then the
+report (report.html and its Markdown twin) built from the runs. Every experiment is a shipped recipe
+plus overrides, run through the same engine as a full run, so the demo exercises exactly the code a
+user's real run does.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dlcv.data.labels import write_csv
 from dlcv.data.synth import write_tree
 from dlcv.engine.trainer import Trainer
 from dlcv.fileio import write_text
+from dlcv.report.build import build_report
 from dlcv.tasks import classify, segment, ssl
 
 log = logging.getLogger("dlcv")
@@ -79,7 +81,9 @@ def run_demo(out: str | Path, data: str | Path | None = None, device: str = "aut
     table += [f"| {r['run']} | {r['what']} | {r['metric']} | {r['value']:.4f} | {r['wall_s']:.0f} |"
               for r in results]
     write_text(out / "results.md", "\n".join(table) + "\n")
-    log.info("\n%s\nruns, figures and checkpoints under %s", "\n".join(table), out / "runs")
+    build_report([out / "runs"], out / "report.html")
+    log.info("\n%s\nruns, figures and checkpoints under %s; the report: %s", "\n".join(table), out / "runs",
+             out / "report.html")
     return results
 
 

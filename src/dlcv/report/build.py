@@ -1,0 +1,195 @@
+"""The course report, question by question, from run directories: every number is read from a run's
+summary.json and printed next to the command that produced it and the run's environment; a question
+without its run says so and gives the command that would produce it."""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from dlcv.report import document
+from dlcv.report.runs import Run, Table, collect
+from dlcv.viz.arch import architecture_figure
+
+log = logging.getLogger("dlcv")
+
+MISSING_COMMANDS = {
+    ("p1", "A"): "dlcv classify train -c configs/p1_model_a.yaml --out runs/p1_model_a",
+    ("p1", "B"): "dlcv classify train -c configs/p1_model_b.yaml --out runs/p1_model_b",
+    ("p2", "byol"): "dlcv ssl pretrain -c configs/p2_byol.yaml --out runs/p2_byol",
+    ("p2", "table"): "dlcv ssl table -c configs/p2_finetune.yaml --sl-backbone SL_BACKBONE.pt "
+                     "--ssl-backbone runs/p2_byol/backbone.pt --out runs/p2_table",
+    ("p3", "A"): "dlcv segment train -c configs/p3_model_a.yaml --out runs/p3_model_a",
+    ("p3", "B"): "dlcv segment train -c configs/p3_model_b.yaml --out runs/p3_model_b",
+}
+DEFAULT_MODELS = {("p1", "A"): "resnet50_cifar", ("p1", "B"): "efficientnet_v2_l",
+                  ("p3", "A"): "fcn32s_vgg16", ("p3", "B"): "fcn_resnet50"}
+
+
+def fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def environment_line(run: Run) -> str:
+    env, s = run.summary.get("environment", {}), run.summary
+    return (f"{run.path}: {env.get('device_name', '?')} ({env.get('device', '?')}, {env.get('world_size', 1)} "
+            f"process(es)), torch {env.get('torch', '?')}, precision {env.get('precision', '?')}, seed "
+            f"{s.get('seed')}, wall time {s.get('wall_time_s')} s, git {str(env.get('git_commit'))[:10]}")
+
+
+def _provenance(doc: document.Document, runs: list[Run]) -> None:
+    for run in runs:
+        doc.text(environment_line(run))
+        doc.command(run.command)
+
+
+def _pick(runs: list[Run], problem: str, role: str) -> Run | None:
+    """The best run of a role (several runs of one role: the one with the highest monitored value)."""
+    candidates = [r for r in runs if r.problem == problem and r.role == role and r.best is not None]
+    return max(candidates, key=lambda r: r.best, default=None)
+
+
+def _input_size(run: Run | None) -> int | None:
+    if run is None:
+        return None
+    d = run.config["data"]
+    return d.get("input_size") or d.get("crop_size") or d.get("image_size")
+
+
+def _architectures(doc, runs, problem, arch_dir: Path) -> None:
+    for role in ("A", "B"):
+        run = _pick(runs, problem, role)
+        name = run.model if run else DEFAULT_MODELS[(problem, role)]
+        options = run.config["model"]["options"] if run else {}
+        path = architecture_figure(name, arch_dir / f"{problem}_{role}_{name}.png", _input_size(run), options=options)
+        source = f"as trained in {run.path}" if run else "the report's model (no run given)"
+        doc.figure(path, f"Model {role}: {name}, {source}; `dlcv viz arch {name} --out FILE`")
+
+
+def _results_table(doc, runs: list[Run], metric_label: str, extra_columns=()) -> None:
+    header = ["role", "run", "model", f"best {metric_label} (epoch)", f"final {metric_label}", "epochs",
+              *[c for c, _ in extra_columns]]
+    rows = []
+    for r in runs:
+        final = r.summary.get("final", {})
+        rows.append([r.role, str(r.path), r.model, f"{fmt(r.best)} ({r.summary['best']['epoch']})",
+                     fmt(final.get(r.monitor)), final.get("epoch"), *[fn(r) for _, fn in extra_columns]])
+    doc.table(header, rows)
+
+
+def _missing_roles(doc, runs, problem) -> None:
+    for role in ("A", "B"):
+        if _pick(runs, problem, role) is None:
+            doc.missing(f"no run of the report's model {role} ({DEFAULT_MODELS[(problem, role)]})",
+                        MISSING_COMMANDS[(problem, role)])
+
+
+def _p1(doc, runs: list[Run], arch_dir: Path) -> None:
+    doc.heading(1, "Problem 1: image classification")
+    doc.heading(2, "1. Architectures of model A and model B")
+    _architectures(doc, runs, "p1", arch_dir)
+    doc.heading(2, "2. Validation accuracy")
+    p1 = sorted((r for r in runs if r.problem == "p1"), key=lambda r: (r.role, str(r.path)))
+    if p1:
+        _results_table(doc, p1, "val_acc")
+        doc.text("Accuracy over all validation images. Commands and environments:")
+        _provenance(doc, p1)
+    _missing_roles(doc, runs, "p1")
+    model_a = _pick(runs, "p1", "A")
+    for title, prefix in (("3. PCA of model A's second-last-layer features (validation set)", "pca_"),
+                          ("4. t-SNE of the same features at the snapshot epochs (first, middle, last)", "tsne_")):
+        doc.heading(2, title)
+        figs = model_a.figures_like(prefix) if model_a else []
+        if not figs:
+            doc.missing(f"model A's {prefix.strip('_').upper()} figures", MISSING_COMMANDS[("p1", "A")])
+        for fig in figs[-1:] if prefix == "pca_" else figs:
+            doc.figure(fig, f"{fig.stem.replace('_', ' ')}, model A, {model_a.path}")
+    doc.heading(2, "5. Per-class accuracy, confusion matrix and training curves")
+    for r in p1:
+        for name in ("per_class_accuracy", "confusion_matrix", "training_curves"):
+            if name in r.figures:
+                doc.figure(r.figures[name], f"{name.replace('_', ' ')}, model {r.role} ({r.model}), {r.path}")
+
+
+def _p2(doc, runs: list[Run], tables: list[Table]) -> None:
+    doc.heading(1, "Problem 2: self-supervised pre-training (BYOL) and transfer")
+    byol_runs = [r for r in runs if r.task == "ssl"]
+    doc.heading(2, "1. The BYOL recipe used")
+    if not byol_runs:
+        doc.missing("no BYOL pre-training run", MISSING_COMMANDS[("p2", "byol")])
+    for r in byol_runs:
+        c = r.config
+        doc.table(["key", "value"], [
+            ["run", str(r.path)], ["backbone", c["model"]["name"] + " (no pretrained weights)"
+                                   if not c["model"]["weights"] else c["model"]["weights"]],
+            ["images", f"{c['data']['unlabeled_dir']}, cached at {c['data']['image_size']} px, views at "
+                       f"{c['data']['input_size'] or c['data']['image_size']} px"],
+            ["projector / predictor", f"{c['byol']['projector_hidden']} -> {c['byol']['projector_dim']}"],
+            ["target momentum", f"{c['byol']['base_momentum']} -> {c['byol']['final_momentum']} (cosine)"],
+            ["optimizer", f"{c['optim']['name']} lr {c['optim']['lr']} weight decay {c['optim']['weight_decay']}"],
+            ["schedule", f"{c['sched']['name']} (warm-up {c['sched']['warmup_epochs']} epochs)"],
+            ["batch / epochs", f"{c['train']['batch_size']} / {c['train']['epochs']}"],
+            ["final k-NN accuracy", fmt(r.summary["final"].get("knn_acc"))],
+        ])
+        _provenance(doc, [r])
+    doc.heading(2, "2. Transfer settings A-E (validation accuracy)")
+    if not tables:
+        doc.missing("no A-E table", MISSING_COMMANDS[("p2", "table")])
+    for t in tables:
+        rows = []
+        for row in t.rows:
+            run = t.runs.get(row["setting"])
+            final = run.summary["final"]["val_acc"] if run else None
+            best = f"{fmt(run.best)} ({run.summary['best']['epoch']})" if run else "-"
+            rows.append([row["setting"], row["pre-training"], row["fine-tuning"], fmt(final), best])
+        doc.table(["setting", "pre-training", "fine-tuning", "val acc (final)", "best (epoch)"], rows)
+        _provenance(doc, list(t.runs.values()))
+    sl_runs = [r for r in runs if r.problem == "p2" and r.task == "classify"]
+    if sl_runs:
+        doc.text("Backbone and transfer runs given on their own:")
+        _results_table(doc, sl_runs, "val_acc")
+        _provenance(doc, sl_runs)
+    doc.heading(2, "3. k-NN accuracy and the collapse monitor over epochs")
+    for r in byol_runs:
+        doc.table(["epoch", "train_loss", "embed_std", "knn_acc"],
+                  [[row["epoch"], fmt(row["train_loss"]), fmt(row.get("embed_std")), fmt(row.get("knn_acc"))]
+                   for row in r.rows])
+        if "training_curves" in r.figures:
+            doc.figure(r.figures["training_curves"], f"BYOL loss, embed_std and k-NN accuracy, {r.path}")
+
+
+def _p3(doc, runs: list[Run], arch_dir: Path) -> None:
+    doc.heading(1, "Problem 3: semantic segmentation")
+    doc.heading(2, "1. Architectures of model A and model B")
+    _architectures(doc, runs, "p3", arch_dir)
+    doc.heading(2, "2. Validation mIoU (the course's evaluator) and per-class IoU")
+    p3 = sorted((r for r in runs if r.problem == "p3"), key=lambda r: (r.role, str(r.path)))
+    if p3:
+        classes = list(p3[0].summary.get("per_class_iou", {}))
+        columns = [(f"IoU {c} (final)", lambda r, c=c: fmt(r.summary.get("per_class_iou", {}).get(c)))
+                   for c in classes]
+        _results_table(doc, p3, "val_miou", columns)
+        _provenance(doc, p3)
+    _missing_roles(doc, runs, "p3")
+    doc.heading(2, "3. Predicted masks of 0013, 0062, 0104 at the first, middle and last epoch")
+    shown = _pick(runs, "p3", "B") or max(p3, key=lambda r: r.best or 0, default=None)
+    if shown is None or "mask_grid" not in shown.figures:
+        doc.missing("model B's mask snapshots", MISSING_COMMANDS[("p3", "B")])
+    else:
+        doc.figure(shown.figures["mask_grid"], f"model {shown.role} ({shown.model}), {shown.path}")
+    doc.heading(2, "4. Training curves")
+    for r in p3:
+        if "training_curves" in r.figures:
+            doc.figure(r.figures["training_curves"], f"model {r.role} ({r.model}), {r.path}")
+
+
+def build_report(paths: list[str | Path], out_html: str | Path) -> tuple[Path, Path]:
+    runs, tables = collect(paths)
+    doc = document.Document("DLCV homework 1: the report, reproduced by dlcv")
+    doc.text(f"Built from {len(runs)} run(s) and {len(tables)} A-E table(s). Every number comes from its run's "
+             "summary.json; below each table are the command and the environment that produced it.")
+    with tempfile.TemporaryDirectory() as arch_dir:
+        _p1(doc, runs, Path(arch_dir))
+        _p2(doc, runs, tables)
+        _p3(doc, runs, Path(arch_dir))
+        return document.write(doc, out_html)

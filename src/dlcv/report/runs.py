@@ -1,0 +1,128 @@
+"""Reading finished run directories (config.yaml, summary.json, metrics.csv, figures/) and sorting them into
+the course report's problems and roles. Only files are read: the report never imports a task."""
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dlcv import config as config_mod
+from dlcv.engine.run import read_metrics
+from dlcv.errors import DlcvError
+
+# The report's models by architecture; any other model is one of ours.
+ROLES = {
+    "p1": {"resnet50_cifar": "A", "efficientnet_v2_l": "B", "efficientnet_lite0": "B"},
+    "p3": {"fcn32s_vgg16": "A", "fcn_resnet50": "B"},
+}
+VERBS = {"classify": "classify train", "segment": "segment train", "ssl": "ssl pretrain"}
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]]
+    figures: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return self.config["task"]
+
+    @property
+    def model(self) -> str:
+        return self.config["model"]["name"]
+
+    @property
+    def problem(self) -> str:
+        if self.task == "segment":
+            return "p3"
+        if self.task == "ssl" or Path(str(self.config["data"]["root"])).name == "p2_data":
+            return "p2"
+        return "p1"
+
+    @property
+    def role(self) -> str:
+        return ROLES.get(self.problem, {}).get(self.model, "ours")
+
+    @property
+    def monitor(self) -> str:
+        return self.summary["monitor"]
+
+    @property
+    def best(self) -> float | None:
+        return self.summary["best"][self.monitor]
+
+    @property
+    def command(self) -> str:
+        """The recorded command when it was a dlcv command line, else the equivalent one."""
+        recorded = self.summary.get("environment", {}).get("command", "")
+        if recorded.startswith("dlcv ") or " -m dlcv " in f" {recorded} ":
+            return recorded
+        return self.rerun_command
+
+    @property
+    def rerun_command(self) -> str:
+        """Retrains this run exactly from its resolved config."""
+        return f"dlcv {VERBS[self.task]} -c {shlex.quote(str(self.path / 'config.yaml'))} --out NEW_RUN_DIR"
+
+    def figures_like(self, prefix: str) -> list[Path]:
+        return [p for name, p in sorted(self.figures.items()) if name.startswith(prefix)]
+
+
+def load_run(path: str | Path) -> Run:
+    path = Path(path)
+    files = {name: path / name for name in ("config.yaml", "summary.json")}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise DlcvError(f"{path} is not a dlcv run directory (missing {', '.join(missing)})")
+    try:
+        summary = json.loads(files["summary.json"].read_text())
+    except json.JSONDecodeError as exc:
+        raise DlcvError(f"{files['summary.json']}: not valid JSON ({exc})") from None
+    rows = read_metrics(path / "metrics.csv") if (path / "metrics.csv").is_file() else []
+    figures = {p.stem: p for p in sorted((path / "figures").glob("*.png"))}
+    return Run(path, config_mod.load_yaml(files["config.yaml"]), summary, rows, figures)
+
+
+@dataclass
+class Table:
+    """A `dlcv ssl table` directory: table.csv and one run per setting."""
+    path: Path
+    rows: list[dict[str, str]]
+    runs: dict[str, Run]
+
+
+def load_table(path: Path) -> Table:
+    with open(path / "table.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    runs = {r["setting"]: load_run(path / f"setting_{r['setting']}") for r in rows
+            if (path / f"setting_{r['setting']}" / "summary.json").is_file()}
+    return Table(path, rows, runs)
+
+
+def collect(paths: list[str | Path]) -> tuple[list[Run], list[Table]]:
+    """Run directories and table directories among `paths` (a folder holding several runs, such as a
+    demo's `runs/`, is searched one level down)."""
+    runs, tables = [], []
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_dir():
+            raise DlcvError(f"{path}: not a directory")
+        if (path / "table.csv").is_file():
+            tables.append(load_table(path))
+        elif (path / "summary.json").is_file():
+            runs.append(load_run(path))
+        else:
+            found = [p for p in sorted(path.iterdir()) if p.is_dir() and
+                     ((p / "summary.json").is_file() or (p / "table.csv").is_file())]
+            if not found:
+                raise DlcvError(f"{path}: neither a run directory, a table directory nor a folder of them")
+            more_runs, more_tables = collect(found)
+            runs += more_runs
+            tables += more_tables
+    return runs, tables
