@@ -44,3 +44,39 @@ def small_classify_cfg(root, **overrides):
 
 needs_real_data = pytest.mark.skipif(not (REAL_DATA / "p1_data").is_dir(),
                                      reason="real course data (../shared/data/hw1_data) not present")
+
+
+def seg_cfg(root, **overrides):
+    """A resolved segment config for the CPU-sized fcn_small on the synthetic P3 data."""
+    from dlcv import config
+    from dlcv.tasks import segment
+
+    recipe = {"task": "segment", "device": "cpu", "data": {"root": str(root)},
+              "model": {"name": "fcn_small", "options": {"width": 16}},
+              "augment": {"flip": True, "rotate90": True},
+              "optim": {"name": "adam", "lr": 3e-3},
+              "train": {"epochs": 8, "batch_size": 4, "eval_batch_size": 8, "precision": "fp32", "seed": 0}}
+    return config.resolve(segment.DEFAULTS, segment.choices(), segment.TYPES, recipe,
+                          [f"{k}={v}" for k, v in overrides.items()])
+
+
+TINY_SSL = {  # resnet18 at 32 px with a narrow projector: a few seconds per epoch on 2 cores
+    "model.name": "resnet18", "data.image_size": 32, "byol.projector_hidden": 256, "byol.projector_dim": 64,
+    "train.batch_size": 32, "train.eval_batch_size": 128, "optim.lr": 0.05, "sched.warmup_epochs": 0,
+    "train.precision": "fp32", "device": "cpu", "train.channels_last": False,
+}
+
+
+def sets_of(values: dict) -> list[str]:
+    """--set strings of a {dotted.key: value} mapping (lists as JSON, which is YAML)."""
+    import json
+    return [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in values.items()]
+
+
+def ssl_cfg(p2_root, **overrides):
+    """A resolved BYOL config (the shipped p2_byol recipe at TINY_SSL scale) on the synthetic P2 data."""
+    from dlcv import config
+    from dlcv.tasks import ssl
+
+    sets = sets_of({**TINY_SSL, "data.root": str(p2_root), **overrides})
+    return config.resolve(ssl.DEFAULTS, ssl.choices(), ssl.TYPES, config.load_yaml("p2_byol"), sets)

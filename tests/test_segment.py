@@ -11,24 +11,13 @@ import torchvision
 from PIL import Image
 from torchvision import tv_tensors
 
-from conftest import REPO
-from dlcv import config
+from conftest import REPO, seg_cfg
 from dlcv.cli import main
 from dlcv.data.masks import PALETTE, class_to_rgb, pair_folder, read_mask
 from dlcv.engine.trainer import Trainer
 from dlcv.errors import DlcvError
 from dlcv.models import create_model
 from dlcv.tasks import segment
-
-
-def seg_cfg(root, **overrides):
-    recipe = {"task": "segment", "device": "cpu", "data": {"root": str(root)},
-              "model": {"name": "fcn_small", "options": {"width": 16}},
-              "augment": {"flip": True, "rotate90": True},
-              "optim": {"name": "adam", "lr": 3e-3},
-              "train": {"epochs": 8, "batch_size": 4, "eval_batch_size": 8, "precision": "fp32", "seed": 0}}
-    return config.resolve(segment.DEFAULTS, segment.choices(), segment.TYPES, recipe,
-                          [f"{k}={v}" for k, v in overrides.items()])
 
 
 def test_course_iou_by_hand():

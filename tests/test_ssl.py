@@ -8,8 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import REPO
-from dlcv import config
+from conftest import REPO, sets_of, ssl_cfg
 from dlcv.cli import main
 from dlcv.data import augment, views
 from dlcv.engine import checkpoint
@@ -18,23 +17,9 @@ from dlcv.errors import DlcvError
 from dlcv.models.byol import BYOL, target_momentum
 from dlcv.tasks import ssl
 
-TINY_SSL = {  # resnet18 at 32 px with a narrow projector: a few seconds per epoch on 2 cores
-    "model.name": "resnet18", "data.image_size": 32, "byol.projector_hidden": 256, "byol.projector_dim": 64,
-    "train.batch_size": 32, "train.eval_batch_size": 128, "optim.lr": 0.05, "sched.warmup_epochs": 0,
-    "train.precision": "fp32", "device": "cpu", "train.channels_last": False,
-}
 TINY_FINETUNE = {"model.name": "resnet18", "data.image_size": 32, "train.epochs": 2, "train.batch_size": 32,
                  "train.precision": "fp32", "device": "cpu", "train.channels_last": False,
                  "snapshot.epochs": [2]}
-
-
-def _sets(values: dict) -> list[str]:
-    return [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in values.items()]
-
-
-def ssl_cfg(p2_root, **overrides):
-    sets = _sets({**TINY_SSL, "data.root": str(p2_root), **overrides})
-    return config.resolve(ssl.DEFAULTS, ssl.choices(), ssl.TYPES, config.load_yaml("p2_byol"), sets)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +39,7 @@ def pretrained(p2_root, tmp_path_factory):
 def supervised_backbone(p2_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("sl")
     assert main(["classify", "train", "-c", "p2_supervised", "--out", str(out / "run"),
-                 *[a for s in _sets({**TINY_FINETUNE, "data.root": str(p2_root), "snapshot.epochs": [1]})
+                 *[a for s in sets_of({**TINY_FINETUNE, "data.root": str(p2_root), "snapshot.epochs": [1]})
                    for a in ("--set", s)]]) == 0
     assert main(["ssl", "export", str(out / "run" / "checkpoints" / "last.pt"), str(out / "sl.pt")]) == 0
     return out / "sl.pt"
@@ -224,7 +209,7 @@ def test_empty_unlabeled_folder_is_a_clear_error(tmp_path, capsys):
 # -- transfer settings ---------------------------------------------------------------------------------------
 
 def finetune_args(p2_root, **extra):
-    return [a for s in _sets({**TINY_FINETUNE, "data.root": str(p2_root), **extra}) for a in ("--set", s)]
+    return [a for s in sets_of({**TINY_FINETUNE, "data.root": str(p2_root), **extra}) for a in ("--set", s)]
 
 
 def test_frozen_setting_keeps_backbone_weights_and_bn_statistics(pretrained, p2_root, tmp_path):
