@@ -55,8 +55,20 @@ EXPERIMENTS = [
 ]
 
 
+# With --data (a real hw1_data tree) the same experiments run on slices of the real data about the size of
+# the built-in set (P3 trains on 128 px crops of the 512 px tiles), so the budget stays the demo's.
+REAL_DATA_SLICES = {
+    "p1_data": ["data.limit_train=400", "data.limit_val=100"],
+    "p2_data": ["data.limit_train=384"],  # BYOL's unlabeled images
+    "p2_supervised": ["data.limit_train=1280", "data.limit_val=128"],  # ~20 images of each of 64 classes
+    "p2_table": ["data.limit_train=720", "data.limit_val=180"],  # ~20 images of each of 36 classes
+    "p3_data": ["data.limit_train=24", "data.limit_val=8", "data.crop_size=128"],
+}
+
+
 def run_demo(out: str | Path, data: str | Path | None = None, device: str = "auto") -> list[dict]:
     out = Path(out)
+    real = data is not None
     if data is None:
         data = write_tree(out / "data", seed=0)
         log.info("synthetic data written to %s", data)
@@ -65,6 +77,8 @@ def run_demo(out: str | Path, data: str | Path | None = None, device: str = "aut
     for task_module, task_cls, problem, run_name, recipe, what, overrides in EXPERIMENTS:
         log.info("== %s: %s", run_name, what)
         sets = [f"data.root={data / problem}", f"device={device}", *overrides]
+        if real:
+            sets += REAL_DATA_SLICES.get(run_name, REAL_DATA_SLICES[problem])
         cfg = config_mod.resolve(task_module.DEFAULTS, task_module.choices(), task_module.TYPES,
                                  config_mod.load_yaml(recipe), sets)
         summary = Trainer(task_cls(cfg), cfg, out / "runs" / run_name).fit()
@@ -74,7 +88,7 @@ def run_demo(out: str | Path, data: str | Path | None = None, device: str = "aut
                         "value": summary["best"][summary["monitor"]], "wall_s": summary["wall_time_s"],
                         "command": command})
         if run_name == "p2_supervised":  # both P2 backbones exist now: the transfer table follows
-            results += _transfer_table(out, data / "p2_data", device)
+            results += _transfer_table(out, data / "p2_data", device, REAL_DATA_SLICES["p2_table"] if real else [])
     rows = [(r["run"], r["metric"], f"{r['value']:.4f}", r["wall_s"], r["command"]) for r in results]
     write_csv(out / "results.csv", ["run", "metric", "best", "wall_s", "command"], rows)
     table = ["| run | what | metric | best | wall s |", "|---|---|---|---|---|"]
@@ -92,11 +106,11 @@ TABLE_OVERRIDES = ["model.name=resnet18", "data.image_size=32", "train.epochs=4"
                    "snapshot.epochs=[4]"]
 
 
-def _transfer_table(out: Path, p2_root: Path, device: str) -> list[dict]:
+def _transfer_table(out: Path, p2_root: Path, device: str, slices: list[str]) -> list[dict]:
     runs = out / "runs"
     sl_backbone = runs / "p2_supervised" / "sl_backbone.pt"
     ssl.export_backbone(runs / "p2_supervised" / "checkpoints" / "last.pt", sl_backbone)
-    sets = [f"data.root={p2_root}", f"device={device}", *TABLE_OVERRIDES]
+    sets = [f"data.root={p2_root}", f"device={device}", *TABLE_OVERRIDES, *slices]
     ssl_backbone = runs / "p2_byol" / "backbone.pt"
     log.info("== p2 settings A-E on the office set")
     ssl.run_table(config_mod.load_yaml("p2_finetune"), sets, str(sl_backbone), str(ssl_backbone), runs / "p2_table")

@@ -101,7 +101,11 @@ class SegmentTask:
         for split, folder, limit, red_as in (("train", d["train_dir"], d["limit_train"], IGNORE),
                                              ("val", d["val_dir"], d["limit_val"], UNKNOWN)):
             pairs = pair_folder(root / folder)
-            pairs = [pairs[i] for i in batches.seeded_subset(len(pairs), limit, seed)]
+            keep = batches.seeded_subset(len(pairs), limit, seed)
+            if split == "val":  # a limited val set still holds the report's snapshot tiles
+                snapshot_ids = set(self.cfg["snapshot"]["images"])
+                keep = sorted(set(keep) | {i for i, (ident, _, _) in enumerate(pairs) if ident in snapshot_ids})
+            pairs = [pairs[i] for i in keep]
             files = [p for _, sat, mask in pairs for p in (sat, mask)]
             data = cached(files, f"segment:{red_as}", lambda: _decode_split(pairs, red_as, split), d["cache_dir"])
             if data["red"]:
