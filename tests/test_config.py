@@ -15,13 +15,23 @@ def resolve(recipe=None, sets=()):
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_recipe_resolves(path):
-    from dlcv.tasks import segment
+    from dlcv.tasks import segment, ssl
     recipe = config.load_yaml(path)
-    task = {"classify": classify, "segment": segment}[recipe["task"]]
+    task = {"classify": classify, "segment": segment, "ssl": ssl}[recipe["task"]]
     cfg = config.resolve(task.DEFAULTS, task.choices(), task.TYPES, recipe, [])
     for key in ("data.root", "model.name", "model.weights", "train.epochs", "train.batch_size",
                 "train.max_steps", "train.precision", "train.seed", "device"):
         config.get(cfg, key)  # the issue fixes these names for every task
+
+
+def test_report_byol_recipe_is_the_reports():
+    from dlcv.tasks import ssl
+    cfg = config.resolve(ssl.DEFAULTS, ssl.choices(), ssl.TYPES, config.load_yaml("p2_byol_report"), [])
+    assert (cfg["model"]["name"], cfg["model"]["weights"], cfg["data"]["image_size"]) == ("resnet50", None, 128)
+    assert cfg["byol"] == {"projector_hidden": 4096, "projector_dim": 256, "base_momentum": 0.99,
+                           "final_momentum": 0.99}
+    assert (cfg["optim"]["name"], cfg["optim"]["lr"], cfg["train"]["batch_size"], cfg["train"]["epochs"]) == \
+        ("adam", 1e-4, 8, 100)
 
 
 def test_report_model_a_recipe_is_the_reports():
