@@ -220,11 +220,11 @@ def test_frozen_setting_keeps_backbone_weights_and_bn_statistics(pretrained, p2_
     tuned = checkpoint.load(tmp_path / "E" / "checkpoints" / "last.pt", "classify")["model"]
     compared = 0
     for key, value in tuned.items():
-        if key.startswith("fc."):
-            assert value.shape[0] == 6  # the synthetic office classes
+        if key.startswith("fc."):  # the head: BatchNorm1d (no affine) + Linear to the 6 synthetic classes
             continue
         assert torch.equal(value, original[key]), key
         compared += 1
+    assert tuned["fc.1.weight"].shape == (6, 512) and "fc.0.running_var" in tuned
     # every backbone tensor was compared (FrozenBatchNorm2d has no num_batches_tracked counter)
     assert compared == sum(not k.startswith("fc.") and "num_batches" not in k for k in original)
     assert any("running_var" in k for k in tuned)

@@ -53,29 +53,35 @@ def freeze_all_but(model: nn.Module, head: str) -> None:
             setattr(model.get_submodule(parent) if parent else model, child, frozen)
 
 
-def _torchvision_resnet(arch: str, num_classes: int, weights: str | None, freeze_backbone: bool) -> nn.Module:
+def _torchvision_resnet(arch: str, num_classes: int, weights: str | None, freeze_backbone: bool,
+                        head_norm: bool) -> nn.Module:
     """A torchvision ResNet with its ImageNet stem. `weights` (torchvision name or a plain state_dict file,
     e.g. an exported BYOL or supervised backbone) must load strictly into the 1000-class model; the fc
-    is then replaced when num_classes differs."""
+    is then replaced when num_classes differs. `head_norm` puts a BatchNorm1d without affine parameters
+    before the fc (MAE's linear-probe head): features of differently pre-trained backbones differ in
+    scale by orders of magnitude, and normalising them lets one learning rate serve every setting."""
     model = getattr(torchvision.models, arch)()
     load_pretrained(model, weights, arch)
-    if num_classes != model.fc.out_features:
-        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    if num_classes != model.fc.out_features or head_norm:
+        linear = nn.Linear(model.fc.in_features, num_classes)
+        model.fc = nn.Sequential(nn.BatchNorm1d(model.fc.in_features, affine=False), linear) if head_norm else linear
     if freeze_backbone:
         freeze_all_but(model, "fc")
     return model
 
 
 @register_model("resnet50", head="fc")
-def resnet50(num_classes: int, weights: str | None = None, freeze_backbone: bool = False) -> nn.Module:
+def resnet50(num_classes: int, weights: str | None = None, freeze_backbone: bool = False,
+             head_norm: bool = False) -> nn.Module:
     """torchvision ResNet-50: P2's backbone (BYOL, supervised) and its transfer classifier (settings A-E)."""
-    return _torchvision_resnet("resnet50", num_classes, weights, freeze_backbone)
+    return _torchvision_resnet("resnet50", num_classes, weights, freeze_backbone, head_norm)
 
 
 @register_model("resnet18", head="fc")
-def resnet18(num_classes: int, weights: str | None = None, freeze_backbone: bool = False) -> nn.Module:
+def resnet18(num_classes: int, weights: str | None = None, freeze_backbone: bool = False,
+             head_norm: bool = False) -> nn.Module:
     """torchvision ResNet-18: P2 at a CPU budget."""
-    return _torchvision_resnet("resnet18", num_classes, weights, freeze_backbone)
+    return _torchvision_resnet("resnet18", num_classes, weights, freeze_backbone, head_norm)
 
 
 @register_model("efficientnet_v2_l", head="classifier.1")
