@@ -55,8 +55,8 @@ def test_views_are_per_sample_in_range_and_asymmetric():
     assert len({tuple(v.flatten()[:50].tolist()) for v in v1}) == 64  # every copy augmented differently
     assert not torch.allclose(v1, v2)
     # solarisation (view 2 only, p = 0.2): pixels above 0.5 are inverted, so view 1 never needs it
-    only_solarize = views.ViewSpec(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=0.0, jitter=0.0, grayscale=0.0, blur=(0.0, 0.0),
-                                   solarize=(0.0, 1.0))
+    only_solarize = views.ViewSpec(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=0.0, jitter=0.0,
+                                   grayscale=0.0, blur=(0.0, 0.0), solarize=(0.0, 1.0))
     a, b = views.two_views(x, only_solarize, 32, torch.Generator().manual_seed(0), 64, 0)
     assert torch.allclose(a, x, atol=1e-5)
     assert torch.allclose(b, torch.where(x >= 0.5, 1 - x, x), atol=1e-5)

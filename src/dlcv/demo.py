@@ -120,6 +120,7 @@ def _transfer_table(out: Path, p2_root: Path, device: str, slices: list[str]) ->
     for setting, (_, pretraining, tuning) in ssl.SETTINGS.items():
         summary = json.loads((runs / "p2_table" / f"setting_{setting}" / "summary.json").read_text())
         results.append({"run": f"p2_setting_{setting}", "what": f"setting {setting}: {pretraining}, {tuning}",
-                        "metric": "val_acc (final)", "value": summary["final"]["val_acc"], "wall_s": summary["wall_time_s"],
+                        "metric": "val_acc (final)", "value": summary["final"]["val_acc"],
+                        "wall_s": summary["wall_time_s"],
                         "command": command})
     return results

@@ -84,7 +84,8 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 def one_view(x: torch.Tensor, spec: ViewSpec, view: int, out_size: int, draw: GlobalDraw) -> torch.Tensor:
     """x: float images in [0, 1] (this process's slice). Returns the augmented view, still in [0, 1]."""
-    y = random_resized_crop(x, out_size, draw, tuple(spec.crop_scale), tuple(spec.crop_ratio), flip=draw.chance(spec.flip))
+    flip = draw.chance(spec.flip)
+    y = random_resized_crop(x, out_size, draw, tuple(spec.crop_scale), tuple(spec.crop_ratio), flip=flip)
     y = colour_jitter(y, spec, draw)
     y = torch.where(_per_image(draw.chance(spec.grayscale)), _gray(y).expand_as(y), y)
     blur, sigma = draw.chance(spec.blur[view]), draw.uniform(*spec.blur_sigma)

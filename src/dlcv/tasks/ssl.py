@@ -87,15 +87,14 @@ class SSLTask:
         self.views = ViewSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.cfg["views"].items()})
         if self.use_knn:
             kn = self.cfg["knn"]
-            train_files, train_labels = classify.labelled_split(root / kn["train_dir"],
-                                                                classify.resolve_path(root, kn["train_csv"]))
-            val_files, val_labels = classify.labelled_split(root / kn["val_dir"], classify.resolve_path(root, kn["val_csv"]))
-            self.knn_classes = labels_mod.sorted_classes(train_labels)
-            self.knn_train = (load_images(train_files, d["image_size"], d["cache_dir"]).to(device),
-                              torch.tensor(labels_mod.encode(train_labels, self.knn_classes, "k-NN train set"),
-                                           device=device))
-            self.knn_val = (load_images(val_files, d["image_size"], d["cache_dir"]).to(device),
-                            torch.tensor(labels_mod.encode(val_labels, self.knn_classes, "k-NN val set"), device=device))
+            splits = {split: classify.labelled_split(root / kn[f"{split}_dir"],
+                                                     classify.resolve_path(root, kn[f"{split}_csv"]))
+                      for split in ("train", "val")}
+            self.knn_classes = labels_mod.sorted_classes(splits["train"][1])
+            self.knn_train, self.knn_val = (
+                (load_images(files, d["image_size"], d["cache_dir"]).to(device),
+                 torch.tensor(labels_mod.encode(labels, self.knn_classes, f"k-NN {split} set"), device=device))
+                for split, (files, labels) in splits.items())
         log.info("ssl: %d unlabeled images at %d px (views %d px)%s", len(files), d["image_size"], self.input_size,
                  f"; k-NN monitor on {len(self.knn_train[1])}/{len(self.knn_val[1])} labelled images"
                  if self.use_knn else "")
@@ -247,7 +246,8 @@ def run_table(recipe: dict, overrides: list[str], sl_backbone: str | None, ssl_b
     """Runs the settings one after another into OUT/setting_X and writes the report's table."""
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown or not settings:
-        raise DlcvError(f"--settings {settings!r}: use letters of ABCDE (unknown: {', '.join(unknown) or 'none given'})")
+        raise DlcvError(f"--settings {settings!r}: use letters of ABCDE "
+                        f"(unknown: {', '.join(unknown) or 'none given'})")
     rows = []
     for setting in settings:
         source, pretraining, tuning = SETTINGS[setting]
