@@ -14,7 +14,7 @@ from pathlib import Path
 from dlcv import config as config_mod
 from dlcv.data.labels import write_csv
 from dlcv.data.synth import write_tree
-from dlcv.engine.trainer import Trainer
+from dlcv.engine.trainer import fit_or_reuse
 from dlcv.fileio import write_text
 from dlcv.report.build import build_report
 from dlcv.tasks import classify, segment, ssl
@@ -81,7 +81,7 @@ def run_demo(out: str | Path, data: str | Path | None = None, device: str = "aut
             sets += REAL_DATA_SLICES.get(run_name, REAL_DATA_SLICES[problem])
         cfg = config_mod.resolve(task_module.DEFAULTS, task_module.choices(), task_module.TYPES,
                                  config_mod.load_yaml(recipe), sets)
-        summary = Trainer(task_cls(cfg), cfg, out / "runs" / run_name).fit()
+        summary = fit_or_reuse(task_cls(cfg), cfg, out / "runs" / run_name)  # a rerun goes on where it stopped
         verb = "pretrain" if cfg["task"] == "ssl" else "train"
         command = f"dlcv {cfg['task']} {verb} -c configs/{recipe}.yaml " + " ".join(f"--set '{s}'" for s in sets)
         results.append({"run": run_name, "what": what, "metric": summary["monitor"],
@@ -89,16 +89,22 @@ def run_demo(out: str | Path, data: str | Path | None = None, device: str = "aut
                         "command": command})
         if run_name == "p2_supervised":  # both P2 backbones exist now: the transfer table follows
             results += _transfer_table(out, data / "p2_data", device, REAL_DATA_SLICES["p2_table"] if real else [])
-    rows = [(r["run"], r["metric"], f"{r['value']:.4f}", r["wall_s"], r["command"]) for r in results]
+    rows = [(r["run"], r["metric"], _fmt(r["value"]), r["wall_s"], r["command"]) for r in results]
     write_csv(out / "results.csv", ["run", "metric", "best", "wall_s", "command"], rows)
     table = ["| run | what | metric | best | wall s |", "|---|---|---|---|---|"]
-    table += [f"| {r['run']} | {r['what']} | {r['metric']} | {r['value']:.4f} | {r['wall_s']:.0f} |"
+    table += [f"| {r['run']} | {r['what']} | {r['metric']} | {_fmt(r['value'])} | {r['wall_s']:.0f} |"
               for r in results]
     write_text(out / "results.md", "\n".join(table) + "\n")
     build_report([out / "runs"], out / "report.html")
     log.info("\n%s\nruns, figures and checkpoints under %s; the report: %s", "\n".join(table), out / "runs",
              out / "report.html")
     return results
+
+
+def _fmt(value: float | None) -> str:
+    """None: no epoch gave a finite value (e.g. mIoU on a tiny val set missing a class is NaN, as the
+    official evaluator)."""
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 # The A-E table at demo scale, on the two backbones trained above (the same recipe as `dlcv ssl table`).

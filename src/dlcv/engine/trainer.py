@@ -4,6 +4,7 @@ snapshots) lives here once."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -48,6 +49,19 @@ class Task(Protocol):
     def snapshot(self, model: nn.Module, epoch: int) -> None: ...
     def finish(self, rows: list[dict[str, Any]]) -> None: ...
     def checkpoint_meta(self) -> dict[str, Any]: ...
+
+
+def fit_or_reuse(task: Task, cfg: dict, run_dir: str | Path) -> dict[str, Any]:
+    """For pipelines of runs (`ssl table`, `demo`): a finished run is reused, an interrupted one resumed
+    and a missing one started, so a killed pipeline goes on where it stopped."""
+    summary_file = Path(run_dir) / "summary.json"
+    if summary_file.is_file():
+        summary = json.loads(summary_file.read_text())
+        if summary.get("status") == "finished":
+            log.info("%s is finished; reusing it", run_dir)
+            return summary
+    resume = (Path(run_dir) / "checkpoints" / "last.pt").is_file()
+    return Trainer(task, cfg, run_dir, resume=resume).fit()
 
 
 def snapshot_epochs(requested: list[int] | None, epochs: int) -> list[int]:

@@ -19,6 +19,7 @@ from dlcv.data.augment import normalize, resize
 from dlcv.data.images import list_images, load_images
 from dlcv.data.views import ViewSpec, two_views
 from dlcv.engine import batches, checkpoint
+from dlcv.engine.trainer import fit_or_reuse
 from dlcv.errors import DlcvError
 from dlcv.fileio import atomic_path, write_text
 from dlcv.models import create_model
@@ -217,19 +218,6 @@ def finetune_config(recipe: dict, overrides: list[str], setting: str, backbone: 
                               [*overrides, *setting_overrides(setting, backbone)])
 
 
-def run_setting(cfg: dict, run_dir: Path) -> dict[str, Any]:
-    """Trains one setting; a finished run is reused and an interrupted one resumed (a killed table goes on)."""
-    from dlcv.engine.trainer import Trainer
-    summary_file = run_dir / "summary.json"
-    if summary_file.is_file():
-        summary = json.loads(summary_file.read_text())
-        if summary.get("status") == "finished":
-            log.info("%s is finished; reusing it", run_dir)
-            return summary
-    resume = (run_dir / "checkpoints" / "last.pt").is_file()
-    return Trainer(classify.ClassifyTask(cfg), cfg, run_dir, resume=resume).fit()
-
-
 def write_table(rows: list[dict[str, Any]], out_dir: Path) -> str:
     header = ["setting", "pre-training", "fine-tuning", "val_acc", "best_val_acc", "best_epoch", "run"]
     labels_mod.write_csv(out_dir / "table.csv", header, [[r[h] for h in header] for r in rows])
@@ -254,7 +242,7 @@ def run_table(recipe: dict, overrides: list[str], sl_backbone: str | None, ssl_b
         backbone = {"sl": sl_backbone, "ssl": ssl_backbone, None: None}[source]
         cfg = finetune_config(recipe, overrides, setting, backbone)
         log.info("== setting %s: %s pre-training, %s", setting, pretraining, tuning)
-        summary = run_setting(cfg, out_dir / f"setting_{setting}")
+        summary = fit_or_reuse(classify.ClassifyTask(cfg), cfg, out_dir / f"setting_{setting}")
         rows.append({"setting": setting, "pre-training": pretraining + (f" ({backbone})" if backbone else ""),
                      "fine-tuning": tuning, "val_acc": summary["final"]["val_acc"],
                      "best_val_acc": summary["best"]["val_acc"], "best_epoch": summary["best"]["epoch"],
