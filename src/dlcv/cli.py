@@ -21,6 +21,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
 
 
+def _add_predict_args(p: argparse.ArgumentParser, *positionals: str) -> None:
+    p.add_argument("--ckpt", required=True)
+    for name in positionals:
+        p.add_argument(name)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlcv", description=__doc__)
     sub = parser.add_subparsers(dest="group", required=True)
@@ -33,17 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     classify = sub.add_parser("classify", help="P1 image classification").add_subparsers(dest="cmd", required=True)
     _add_train_args(classify.add_parser("train", help="train a classifier"))
     predict = classify.add_parser("predict", help="write filename,label for every image of a folder")
-    predict.add_argument("--ckpt", required=True)
-    predict.add_argument("image_dir")
-    predict.add_argument("out_csv")
-    predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    _add_predict_args(predict, "image_dir", "out_csv")
     predict.add_argument("--batch-size", type=int, default=256)
     embed = classify.add_parser("embed", help="PCA or t-SNE figure of a checkpoint's features on a folder")
-    embed.add_argument("--ckpt", required=True)
-    embed.add_argument("image_dir")
+    _add_predict_args(embed, "image_dir")
     embed.add_argument("--method", choices=("pca", "tsne"), default="pca")
     embed.add_argument("--out", required=True, help="figure file (.png or .svg)")
-    embed.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
     ssl = sub.add_parser("ssl", help="P2 BYOL pre-training and transfer settings A-E").add_subparsers(
         dest="cmd", required=True)
@@ -63,19 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--settings", default="ABCDE", help="subset to run, e.g. ACE (default ABCDE)")
     table.add_argument("--out", default="runs/p2_table")
     ssl_predict = ssl.add_parser("predict", help="write id,filename,label for the rows of a CSV")
-    ssl_predict.add_argument("--ckpt", required=True)
-    ssl_predict.add_argument("in_csv")
-    ssl_predict.add_argument("image_dir")
-    ssl_predict.add_argument("out_csv")
-    ssl_predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    _add_predict_args(ssl_predict, "in_csv", "image_dir", "out_csv")
 
     segment = sub.add_parser("segment", help="P3 semantic segmentation").add_subparsers(dest="cmd", required=True)
     _add_train_args(segment.add_parser("train", help="train a segmentation model"))
     seg_predict = segment.add_parser("predict", help="write xxxx_mask.png for every xxxx_sat.jpg of a folder")
-    seg_predict.add_argument("--ckpt", required=True)
-    seg_predict.add_argument("image_dir")
-    seg_predict.add_argument("out_dir")
-    seg_predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    _add_predict_args(seg_predict, "image_dir", "out_dir")
     miou = segment.add_parser("miou", help="the course's mIoU of a folder of predicted masks")
     miou.add_argument("gt_dir")
     miou.add_argument("pred_dir")
