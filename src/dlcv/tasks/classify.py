@@ -94,6 +94,10 @@ class Preprocess:
         x = augment.resize(x_uint8.float().div_(255), self.input_size)
         if aug is not None:
             x = augment.augment_batch(x, aug, gen, global_size, offset)
+        return self.normalize(x)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1] (e.g. views augmented elsewhere) -> the model's normalised input."""
         return augment.normalize(x, self.mean, self.std)
 
 

@@ -15,7 +15,6 @@ from torch import nn
 
 from dlcv import config as config_mod
 from dlcv.data import labels as labels_mod
-from dlcv.data.augment import normalize, resize
 from dlcv.data.images import list_images, load_images
 from dlcv.data.views import ViewSpec, two_views
 from dlcv.engine import batches, checkpoint
@@ -84,7 +83,7 @@ class SSLTask:
         files = [files[i] for i in keep]
         self.images = load_images(files, d["image_size"], d["cache_dir"]).to(device)
         self.input_size = d["input_size"] or d["image_size"]
-        self.mean, self.std = torch.tensor(d["mean"], device=device), torch.tensor(d["std"], device=device)
+        self.preprocess = classify.Preprocess({k: d[k] for k in ("image_size", "input_size", "mean", "std")}, device)
         self.views = ViewSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.cfg["views"].items()})
         if self.use_knn:
             kn = self.cfg["knn"]
@@ -93,9 +92,9 @@ class SSLTask:
                       for split in ("train", "val")}
             self.knn_classes = labels_mod.sorted_classes(splits["train"][1])
             self.knn_train, self.knn_val = (
-                (load_images(files, d["image_size"], d["cache_dir"]).to(device),
-                 torch.tensor(labels_mod.encode(labels, self.knn_classes, f"k-NN {split} set"), device=device))
-                for split, (files, labels) in splits.items())
+                (load_images(split_files, d["image_size"], d["cache_dir"]).to(device),
+                 torch.tensor(labels_mod.encode(split_labels, self.knn_classes, f"k-NN {split} set"), device=device))
+                for split, (split_files, split_labels) in splits.items())
         log.info("ssl: %d unlabeled images at %d px (views %d px)%s", len(files), d["image_size"], self.input_size,
                  f"; k-NN monitor on {len(self.knn_train[1])}/{len(self.knn_val[1])} labelled images"
                  if self.use_knn else "")
@@ -109,14 +108,12 @@ class SSLTask:
         return len(self.images)
 
     def _prepare(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        x = resize(x_uint8.float().div_(255), self.input_size)
-        return self.engine.to_device_images(normalize(x, self.mean, self.std))
+        return self.engine.to_device_images(self.preprocess(x_uint8))
 
     def train_batch(self, indices, offset, gen, global_size):
         x = self.images[indices.to(self.engine.device)].float().div_(255)
-        v1, v2 = two_views(x, self.views, self.input_size, gen, global_size, offset)
-        return (self.engine.to_device_images(normalize(v1, self.mean, self.std)),
-                self.engine.to_device_images(normalize(v2, self.mean, self.std)))
+        views = two_views(x, self.views, self.input_size, gen, global_size, offset)
+        return tuple(self.engine.to_device_images(self.preprocess.normalize(v)) for v in views)
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         return model(*batch)
@@ -180,13 +177,14 @@ def export_backbone(ckpt: str | Path, out: str | Path) -> str:
         if state["config"]["model"]["options"].get("freeze_backbone"):
             raise DlcvError(f"{ckpt}: a frozen-backbone run (FrozenBatchNorm2d) is not a backbone to export")
         weights = {k: v for k, v in state["model"].items() if not k.startswith("fc.")}
-        torch.manual_seed(0)
-        fc = getattr(torchvision.models, arch)().fc
-        weights.update({"fc.weight": fc.weight.detach(), "fc.bias": fc.bias.detach()})
     else:
         raise DlcvError(f"{ckpt}: a checkpoint of task '{state['task']}' with model '{arch}'; export needs "
                         f"an ssl checkpoint or a classify checkpoint of {' / '.join(BACKBONES)}")
-    load_strict(getattr(torchvision.models, arch)(), weights, f"{ckpt} (exported backbone)")
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, arch)()  # its seeded fc fills in a classifier's missing one
+    if state["task"] == "classify":
+        weights.update({"fc.weight": reference.fc.weight.detach(), "fc.bias": reference.fc.bias.detach()})
+    load_strict(reference, weights, f"{ckpt} (exported backbone)")
     save_state_dict(weights, out)
     return arch
 
