@@ -67,18 +67,21 @@ def labelled_split(folder: Path, csv_path: Path | None) -> tuple[list[Path], lis
     return files, labels
 
 
-def _subset(files: list[Path], labels: list[str], limit: int | None, seed: int):
-    keep = batches.seeded_subset(len(files), limit, seed)
+def _take(files: list[Path], labels: list[str], keep: list[int]):
     return [files[i] for i in keep], [labels[i] for i in keep]
 
 
+def _subset(files: list[Path], labels: list[str], limit: int | None, seed: int):
+    return _take(files, labels, batches.seeded_subset(len(files), limit, seed))
+
+
 def _holdout(files: list[Path], labels: list[str], fraction: float, seed: int):
+    """(train files, train labels, val files, val labels): a seeded `fraction` of the files held out."""
     if not 0 < fraction < 1:
         raise DlcvError(f"data.val_fraction must be in (0, 1) when data.val_dir is null, got {fraction}")
-    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = max(1, round(fraction * len(files)))
-    val, train = sorted(order[:n_val]), sorted(order[n_val:])
-    return ([files[i] for i in train], [labels[i] for i in train], [files[i] for i in val], [labels[i] for i in val])
+    val = batches.seeded_subset(len(files), max(1, round(fraction * len(files))), seed)
+    train = sorted(set(range(len(files))) - set(val))
+    return (*_take(files, labels, train), *_take(files, labels, val))
 
 
 class Preprocess:
