@@ -61,7 +61,7 @@ class Run:
     def command(self) -> str:
         """The recorded command when it was a dlcv command line, else the equivalent one."""
         recorded = self.summary.get("environment", {}).get("command", "")
-        if recorded.startswith("dlcv ") or " -m dlcv " in f" {recorded} ":
+        if recorded.startswith("dlcv "):  # engine.run.command_line() writes dlcv commands this way
             return recorded
         return self.rerun_command
 
