@@ -84,17 +84,24 @@ def _missing_roles(doc, runs, problem) -> None:
                         MISSING_COMMANDS[(problem, role)])
 
 
+def _role_results(doc, runs: list[Run], problem: str, metric: str, extra_columns=()) -> list[Run]:
+    """A problem's results table (every run, sorted by role), the runs' commands and environments, and the
+    report's models A / B that have no run. Returns the problem's runs."""
+    mine = sorted((r for r in runs if r.problem == problem), key=lambda r: (r.role, str(r.path)))
+    if mine:
+        _results_table(doc, mine, metric, extra_columns)
+        doc.text("Commands and environments:")
+        _provenance(doc, mine)
+    _missing_roles(doc, runs, problem)
+    return mine
+
+
 def _p1(doc, runs: list[Run], arch_dir: Path) -> None:
     doc.heading(1, "Problem 1: image classification")
     doc.heading(2, "1. Architectures of model A and model B")
     _architectures(doc, runs, "p1", arch_dir)
-    doc.heading(2, "2. Validation accuracy")
-    p1 = sorted((r for r in runs if r.problem == "p1"), key=lambda r: (r.role, str(r.path)))
-    if p1:
-        _results_table(doc, p1, "val_acc")
-        doc.text("Accuracy over all validation images. Commands and environments:")
-        _provenance(doc, p1)
-    _missing_roles(doc, runs, "p1")
+    doc.heading(2, "2. Validation accuracy (over all validation images)")
+    p1 = _role_results(doc, runs, "p1", "val_acc")
     model_a = _pick(runs, "p1", "A")
     for title, prefix in (("3. PCA of model A's second-last-layer features (validation set)", "pca_"),
                           ("4. t-SNE of the same features at the snapshot epochs (first, middle, last)", "tsne_")):
@@ -163,14 +170,10 @@ def _p3(doc, runs: list[Run], arch_dir: Path) -> None:
     doc.heading(2, "1. Architectures of model A and model B")
     _architectures(doc, runs, "p3", arch_dir)
     doc.heading(2, "2. Validation mIoU (the course's evaluator) and per-class IoU")
-    p3 = sorted((r for r in runs if r.problem == "p3"), key=lambda r: (r.role, str(r.path)))
-    if p3:
-        classes = list(p3[0].summary.get("per_class_iou", {}))
-        columns = [(f"IoU {c} (final)", lambda r, c=c: fmt(r.summary.get("per_class_iou", {}).get(c)))
-                   for c in classes]
-        _results_table(doc, p3, "val_miou", columns)
-        _provenance(doc, p3)
-    _missing_roles(doc, runs, "p3")
+    classes = next((list(r.summary["per_class_iou"]) for r in runs if r.problem == "p3"), [])
+    columns = [(f"IoU {c} (final)", lambda r, c=c: fmt(r.summary.get("per_class_iou", {}).get(c)))
+               for c in classes]
+    p3 = _role_results(doc, runs, "p3", "val_miou", columns)
     doc.heading(2, "3. Predicted masks of 0013, 0062, 0104 at the first, middle and last epoch")
     shown = _pick(runs, "p3", "B") or max(p3, key=lambda r: r.best or 0, default=None)
     if shown is None or "mask_grid" not in shown.figures:
