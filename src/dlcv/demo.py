@@ -83,7 +83,7 @@ def run_demo(out: str | Path, data: str | Path | None = None, device: str = "aut
                                  config_mod.load_yaml(recipe), sets)
         summary = fit_or_reuse(task_cls(cfg), cfg, out / "runs" / run_name)  # a rerun goes on where it stopped
         verb = "pretrain" if cfg["task"] == "ssl" else "train"
-        command = f"dlcv {cfg['task']} {verb} -c configs/{recipe}.yaml " + " ".join(f"--set '{s}'" for s in sets)
+        command = f"dlcv {cfg['task']} {verb} -c configs/{recipe}.yaml {_set_flags(sets)}"
         results.append({"run": run_name, "what": what, "metric": summary["monitor"],
                         "value": summary["best"][summary["monitor"]], "wall_s": summary["wall_time_s"],
                         "command": command})
@@ -99,6 +99,10 @@ def run_demo(out: str | Path, data: str | Path | None = None, device: str = "aut
     log.info("\n%s\nruns, figures and checkpoints under %s; the report: %s", "\n".join(table), out / "runs",
              out / "report.html")
     return results
+
+
+def _set_flags(sets: list[str]) -> str:
+    return " ".join(f"--set '{s}'" for s in sets)
 
 
 def _fmt(value: float | None) -> str:
@@ -121,7 +125,7 @@ def _transfer_table(out: Path, p2_root: Path, device: str, slices: list[str]) ->
     log.info("== p2 settings A-E on the office set")
     ssl.run_table(config_mod.load_yaml("p2_finetune"), sets, str(sl_backbone), str(ssl_backbone), runs / "p2_table")
     command = (f"dlcv ssl table -c configs/p2_finetune.yaml --sl-backbone {sl_backbone} --ssl-backbone "
-               f"{ssl_backbone} --out {runs / 'p2_table'} " + " ".join(f"--set '{s}'" for s in sets))
+               f"{ssl_backbone} --out {runs / 'p2_table'} {_set_flags(sets)}")
     results = []
     for setting, (_, pretraining, tuning) in ssl.SETTINGS.items():
         summary = json.loads((runs / "p2_table" / f"setting_{setting}" / "summary.json").read_text())
