@@ -164,8 +164,9 @@ class Trainer:
             log.info("epoch %d/%d  " + "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"),
                      epoch, epochs)
             value = row[self.task.monitor]  # may be NaN (e.g. a class absent from a tiny val set)
-            if self._better(value, best) or not (self.run.checkpoints / "best.pt").exists():
-                best = value if self._better(value, best) else best  # a NaN value leaves best as it was
+            improved = self._better(value, best)  # False for NaN: best stays as it was
+            if improved or not (self.run.checkpoints / "best.pt").exists():
+                best = value if improved else best
                 self._save_weights(self.run.checkpoints / "best.pt", epoch, step)
             last_metrics = metrics
             wall = past_wall + time.time() - started
