@@ -69,3 +69,47 @@ def test_train_batches_split_over_ranks_reassemble_the_single_process_batches():
 def test_eval_batches_cover_every_item_once():
     seen = torch.cat([b for r in range(3) for b in batches.eval_batches(10, 2, r, 3)])
     assert sorted(seen.tolist()) == list(range(10))
+
+
+def _draw(global_size, offset=0, n=None, seed=0):
+    return augment.GlobalDraw(torch.Generator().manual_seed(seed), global_size, offset, n or global_size,
+                              torch.device("cpu"))
+
+
+def _dihedral(t):
+    """The 8 flips / 90-degree rotations of the last two dimensions."""
+    return [r.flip(-1) if f else r for k in range(4) for r in [t.rot90(k, (-2, -1))] for f in (False, True)]
+
+
+def test_tile_flips_and_rotations_are_exact_per_sample_and_joint():
+    x = torch.rand(16, 3, 8, 8)
+    y = torch.randint(0, 7, (16, 8, 8), dtype=torch.uint8)
+    out_x, out_y = augment.tile_geometry(x, y, _draw(16), 8, flip=True, rotate90=True)
+    used = set()
+    for i in range(16):
+        match = [k for k, t in enumerate(_dihedral(x[i])) if torch.allclose(t, out_x[i], atol=1e-6)]
+        assert len(match) == 1, i  # the image is exactly one of the 8 symmetries of the tile
+        assert torch.equal(_dihedral(y[i])[match[0]], out_y[i])  # and the mask got the same one
+        used.add(match[0])
+    assert len(used) >= 4  # per-sample parameters
+
+
+def test_tile_crops_keep_image_and_mask_aligned():
+    classes = torch.randint(0, 7, (4, 4, 4)).repeat_interleave(32, 1).repeat_interleave(32, 2).to(torch.uint8)
+    image = (classes.float() / 6)[:, None].expand(-1, 3, -1, -1)  # the image encodes each pixel's class
+    x, y = augment.tile_geometry(image, classes, _draw(4), 64, flip=True, rotate90=True, scale=(0.4, 1.0))
+    assert x.shape == (4, 3, 64, 64) and y.shape == (4, 64, 64) and y.dtype == torch.uint8
+    assert set(y.unique().tolist()) <= set(range(7))  # nearest: no blended class values
+    agree = (x[:, 0] * 6).round() == y.float()
+    assert agree.float().mean() > 0.9  # bilinear image vs nearest mask differ only along class edges
+    assert not torch.equal(x[0], x[1])
+
+
+def test_tile_geometry_of_a_rank_slice_equals_the_global_batch():
+    x = torch.rand(6, 3, 16, 16)
+    y = torch.randint(0, 7, (6, 16, 16), dtype=torch.uint8)
+    opts = {"flip": True, "rotate90": True, "scale": (0.3, 1.0)}
+    whole = augment.tile_geometry(x, y, _draw(6), 12, **opts)
+    halves = [augment.tile_geometry(x[o:o + 3], y[o:o + 3], _draw(6, o, 3), 12, **opts) for o in (0, 3)]
+    assert torch.allclose(whole[0], torch.cat([h[0] for h in halves]))
+    assert torch.equal(whole[1], torch.cat([h[1] for h in halves]))

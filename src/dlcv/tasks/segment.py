@@ -1,5 +1,5 @@
 """P3 semantic segmentation as a thin task over the engine: satellite tiles and masks decoded once into
-uint8 tensors on the device, joint image/mask augmentation (torchvision transforms v2 + tv_tensors.Mask),
+uint8 tensors on the device, joint image/mask augmentation on the device (per-sample flips, 90-degree rotations, crops),
 and validation scored with the course's exact mIoU."""
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 from dlcv.data import augment
 from dlcv.data.images import cached, read_rgb
@@ -116,21 +114,14 @@ class SegmentTask:
         (_, self.train_x, self.train_y), (self.val_pairs, self.val_x, self.val_y) = splits["train"], splits["val"]
         self.mean = torch.tensor(d["mean"], device=device)
         self.std = torch.tensor(d["std"], device=device)
-        self.transform = self._build_transform()
+        a = self.cfg["augment"]
+        self.geometry = {"flip": a["flip"], "rotate90": a["rotate90"], "scale": tuple(a["scale"])}
+        self.crop_size = d["crop_size"] or self.train_x.shape[-1]
+        self.augmenting = a["flip"] or a["rotate90"] or self.geometry["scale"] != (1.0, 1.0) \
+            or self.crop_size != self.train_x.shape[-1]
         self.confusion = MulticlassConfusionMatrix(NUM_CLASSES).to(device)
         log.info("segment: %d train / %d val tiles of %dx%d px", len(self.train_x), len(self.val_x),
                  self.train_x.shape[-1], self.train_x.shape[-2])
-
-    def _build_transform(self):
-        a, crop = self.cfg["augment"], self.cfg["data"]["crop_size"]
-        ops = []
-        if a["flip"]:
-            ops += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
-        if a["rotate90"]:
-            ops.append(v2.RandomChoice([v2.RandomRotation((k, k)) for k in (0, 90, 180, 270)]))
-        if crop or tuple(a["scale"]) != (1.0, 1.0):
-            ops.append(v2.RandomResizedCrop(crop or self.train_x.shape[-1], scale=tuple(a["scale"]), ratio=(1.0, 1.0)))
-        return v2.Compose(ops) if ops else None
 
     def build_model(self) -> nn.Module:
         m = self.cfg["model"]
@@ -139,15 +130,18 @@ class SegmentTask:
     def num_train(self) -> int:
         return len(self.train_x)
 
-    def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        return self.engine.to_device_images(augment.normalize(x_uint8.float().div_(255), self.mean, self.std))
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 tiles, or floats in [0, 1], -> the model's normalised input."""
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        return self.engine.to_device_images(augment.normalize(x, self.mean, self.std))
 
     def train_batch(self, indices, offset, gen, global_size):
         idx = indices.to(self.engine.device)
         x, y = self.train_x[idx], self.train_y[idx]
-        if self.transform is not None:  # joint geometry per sample; masks resampled nearest-neighbour
-            pairs = [self.transform(tv_tensors.Image(xi), tv_tensors.Mask(yi)) for xi, yi in zip(x, y)]
-            x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        if self.augmenting:  # joint geometry on the device, per-sample parameters (data/augment.py)
+            draw = augment.GlobalDraw(gen, global_size, offset, len(idx), x.device)
+            x, y = augment.tile_geometry(x.float().div_(255), y, draw, self.crop_size, **self.geometry)
         return self.normalize(x), y.long()
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
