@@ -44,6 +44,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
               "final_lr_ratio": 0.0},
     "train": {"epochs": 1, "batch_size": 32, "eval_batch_size": 256, "max_steps": None,
               "precision": "fp32", "seed": 0, "channels_last": False, "compile": False,
+              "sync_batchnorm": False,
               "grad_clip": None, "log_every": 20},
     "snapshot": {"epochs": None},  # epochs whose features/masks are kept; null = first, middle, last
 }

@@ -97,6 +97,15 @@ class Trainer:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 
+    def _sync_batchnorm(self, module: nn.Module) -> nn.Module:
+        """BatchNorm statistics over the global batch instead of each process's share (BYOL and
+        segmentation use small per-GPU batches). torch's SyncBatchNorm runs on CUDA only."""
+        if self.device.type != "cuda":
+            log.warning("train.sync_batchnorm: SyncBatchNorm needs CUDA; on %s each process keeps its own "
+                        "BatchNorm statistics", self.device.type)
+            return module
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         cfg, t, env = self.cfg, self.cfg["train"], self.env
@@ -110,6 +119,8 @@ class Trainer:
         torch.manual_seed(t["seed"])  # identical initial weights on every rank
         self.task.setup(self)
         self.module = self.task.build_model().to(self.device)
+        if t["sync_batchnorm"] and env.distributed:
+            self.module = self._sync_batchnorm(self.module)
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
         steps_per_epoch = batches.steps_per_epoch(self.task.num_train(), t["batch_size"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -56,6 +57,14 @@ def model_from_checkpoint(state: dict, num_classes: int) -> nn.Module:
     model = create_model(m["name"], num_classes=num_classes, weights=None, **m["options"])
     model.load_state_dict(state["model"])
     return model
+
+
+def norm_layer(channels: int, norm: str) -> nn.Module:
+    """BatchNorm, or GroupNorm (batch-independent: small test models use it to check that DDP matches
+    one process exactly, which per-process BatchNorm statistics cannot)."""
+    if norm not in ("batch", "group"):
+        raise DlcvError(f"model option norm must be 'batch' or 'group', got {norm!r}")
+    return nn.BatchNorm2d(channels) if norm == "batch" else nn.GroupNorm(math.gcd(8, channels), channels)
 
 
 def _import_builders() -> None:

@@ -2,7 +2,6 @@
 fast networks for CPU runs and our improved from-scratch recipe."""
 from __future__ import annotations
 
-import math
 
 import torch
 import torchvision
@@ -10,7 +9,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from dlcv.errors import DlcvError
-from dlcv.models import register_model
+from dlcv.models import norm_layer, register_model
 from dlcv.models.weights import load_pretrained, load_strict
 
 
@@ -114,14 +113,10 @@ def efficientnet_lite0(num_classes: int, weights: str | None = None, dropout: fl
     return model
 
 
-def _norm(channels: int, norm: str) -> nn.Module:
-    return nn.BatchNorm2d(channels) if norm == "batch" else nn.GroupNorm(math.gcd(8, channels), channels)
-
-
 def _conv_block(cin: int, cout: int, norm: str) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2), _norm(cout, norm), nn.GELU(),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), _norm(cout, norm), nn.GELU(),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2), norm_layer(cout, norm), nn.GELU(),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), norm_layer(cout, norm), nn.GELU(),
     )
 
 
@@ -132,10 +127,8 @@ class CifarConvNet(nn.Module):
 
     def __init__(self, num_classes: int, widths=(64, 256, 256), norm: str = "batch"):
         super().__init__()
-        if norm not in ("batch", "group"):
-            raise DlcvError(f"model option norm must be 'batch' or 'group', got {norm!r}")
         stem = widths[0] // 2
-        self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, padding=1, bias=False), _norm(stem, norm), nn.GELU())
+        self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, padding=1, bias=False), norm_layer(stem, norm), nn.GELU())
         blocks, cin = [], stem
         for w in widths:
             blocks.append(_conv_block(cin, w, norm))

@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.models import segmentation
 
 from dlcv.errors import DlcvError
-from dlcv.models import register_model
+from dlcv.models import norm_layer, register_model
 from dlcv.models.weights import is_weight_file, load_pretrained, load_strict, read_state_dict, torchvision_state_dict
 
 
@@ -70,12 +70,12 @@ def fcn32s_vgg16(num_classes: int, weights: str | None = None, fc_channels: int 
 class SmallFCN(nn.Module):
     """A few strided conv blocks, a 1x1 classifier and bilinear upsampling: for CPU demos and tests."""
 
-    def __init__(self, num_classes: int, width: int = 32):
+    def __init__(self, num_classes: int, width: int = 32, norm: str = "batch"):
         super().__init__()
         layers, cin = [], 3
         for w in (width, 2 * width, 4 * width):
-            layers += [nn.Conv2d(cin, w, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                       nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(cin, w, 3, stride=2, padding=1, bias=False), norm_layer(w, norm), nn.ReLU(inplace=True),
+                       nn.Conv2d(w, w, 3, padding=1, bias=False), norm_layer(w, norm), nn.ReLU(inplace=True)]
             cin = w
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Conv2d(cin, num_classes, 1)
@@ -86,10 +86,10 @@ class SmallFCN(nn.Module):
 
 
 @register_model("fcn_small", head="classifier", task="segment")
-def fcn_small(num_classes: int, weights: str | None = None, width: int = 32) -> nn.Module:
+def fcn_small(num_classes: int, weights: str | None = None, width: int = 32, norm: str = "batch") -> nn.Module:
     if weights is not None:
         raise DlcvError("fcn_small has no pretrained weights; set model.weights=null")
-    return SmallFCN(num_classes, width)
+    return SmallFCN(num_classes, width, norm)
 
 
 def _torchvision_segmenter(arch: str, num_classes: int, weights: str | None, backbone_weights: str | None,
