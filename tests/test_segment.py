@@ -127,6 +127,15 @@ def test_segmentation_learns_and_predict_scores_like_training(synth_root, tmp_pa
     assert {tuple(c) for c in mask.reshape(-1, 3)} <= {tuple(c) for c in PALETTE.tolist()}
     _, miou = segment.score_folders(p3 / "validation", out)
     assert miou == pytest.approx(summary["final"]["val_miou"], abs=1e-6)
+    # a batch that mixes tile sizes is predicted tile by tile, each mask at its tile's size
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    Image.open(p3 / "validation/0013_sat.jpg").resize((96, 64)).save(mixed / "0001_sat.jpg")
+    shutil.copy(p3 / "validation/0062_sat.jpg", mixed / "0002_sat.jpg")
+    assert segment.predict_folder(run / "checkpoints/last.pt", mixed, tmp_path / "mixed_out", torch.device("cpu"),
+                                  batch_size=2) == 2
+    assert Image.open(tmp_path / "mixed_out/0001_mask.png").size == (96, 64)
+    assert Image.open(tmp_path / "mixed_out/0002_mask.png").size == (128, 128)
 
 
 def test_fcn32s_shapes_and_bilinear_upsampling():

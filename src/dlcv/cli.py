@@ -21,11 +21,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
 
 
-def _add_predict_args(p: argparse.ArgumentParser, *positionals: str) -> None:
+def _add_predict_args(p: argparse.ArgumentParser, *positionals: str, batch_size: int = 256) -> None:
     p.add_argument("--ckpt", required=True)
     for name in positionals:
         p.add_argument(name)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"images per forward pass (default {batch_size})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(classify.add_parser("train", help="train a classifier"))
     predict = classify.add_parser("predict", help="write filename,label for every image of a folder")
     _add_predict_args(predict, "image_dir", "out_csv")
-    predict.add_argument("--batch-size", type=int, default=256)
     embed = classify.add_parser("embed", help="PCA or t-SNE figure of a checkpoint's features on a folder")
     _add_predict_args(embed, "image_dir")
     embed.add_argument("--method", choices=("pca", "tsne"), default="pca")
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment = sub.add_parser("segment", help="P3 semantic segmentation").add_subparsers(dest="cmd", required=True)
     _add_train_args(segment.add_parser("train", help="train a segmentation model"))
     seg_predict = segment.add_parser("predict", help="write xxxx_mask.png for every xxxx_sat.jpg of a folder")
-    _add_predict_args(seg_predict, "image_dir", "out_dir")
+    _add_predict_args(seg_predict, "image_dir", "out_dir", batch_size=8)
     miou = segment.add_parser("miou", help="the course's mIoU of a folder of predicted masks")
     miou.add_argument("gt_dir")
     miou.add_argument("pred_dir")
@@ -174,7 +174,8 @@ def run(args) -> int:
             print(text, end="")
             return 0
         from dlcv.engine.distributed import pick_device
-        n = classify.predict_csv(args.ckpt, args.in_csv, args.image_dir, args.out_csv, pick_device(args.device))
+        n = classify.predict_csv(args.ckpt, args.in_csv, args.image_dir, args.out_csv, pick_device(args.device),
+                                 args.batch_size)
         log.info("wrote %d predictions to %s", n, args.out_csv)
         return 0
     if args.group == "segment":
@@ -185,7 +186,8 @@ def run(args) -> int:
             print(segment.format_scores(*segment.score_folders(args.gt_dir, args.pred_dir)), end="")
             return 0
         from dlcv.engine.distributed import pick_device
-        n = segment.predict_folder(args.ckpt, args.image_dir, args.out_dir, pick_device(args.device))
+        n = segment.predict_folder(args.ckpt, args.image_dir, args.out_dir, pick_device(args.device),
+                                   args.batch_size)
         log.info("wrote %d masks to %s", n, args.out_dir)
         return 0
     if args.group == "report":

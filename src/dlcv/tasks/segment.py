@@ -218,18 +218,26 @@ def load_segmenter(ckpt_path: str | Path, device: torch.device) -> tuple[nn.Modu
     return model_from_checkpoint(state, NUM_CLASSES).to(device).eval(), state
 
 
-def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path, device: torch.device) -> int:
-    """`xxxx_mask.png` (RGB, course palette, the input's size) for every `xxxx_sat.jpg`, written atomically."""
+def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path, device: torch.device,
+                   batch_size: int = 8) -> int:
+    """`xxxx_mask.png` (RGB, course palette, the input's size) for every `xxxx_sat.jpg`, written atomically.
+    Tiles go through the model `batch_size` at a time (one at a time where a batch mixes tile sizes)."""
     model, state = load_segmenter(ckpt, device)
     mean = torch.tensor(state["preprocess"]["mean"], device=device)
     std = torch.tensor(state["preprocess"]["std"], device=device)
     files = sat_images(image_dir)
     out_dir = Path(out_dir)
     with torch.inference_mode():
-        for f in files:
-            x = torch.from_numpy(read_rgb(f).transpose(2, 0, 1).copy()).to(device)[None]
-            pred = model(augment.normalize(x.float() / 255, mean, std))["out"].argmax(1)[0]
-            write_mask(out_dir / f.name.replace("_sat.jpg", "_mask.png"), pred.to(torch.uint8).cpu().numpy())
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            arrays = [read_rgb(f).transpose(2, 0, 1) for f in chunk]
+            groups = [arrays] if len({a.shape for a in arrays}) == 1 else [[a] for a in arrays]
+            preds = []
+            for group in groups:
+                x = torch.from_numpy(np.stack(group)).to(device)
+                preds += model(augment.normalize(x.float() / 255, mean, std))["out"].argmax(1).to(torch.uint8).cpu()
+            for f, pred in zip(chunk, preds):
+                write_mask(out_dir / f.name.replace("_sat.jpg", "_mask.png"), pred.numpy())
     return len(files)
 
 
