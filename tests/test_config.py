@@ -49,10 +49,10 @@ def test_report_model_b_recipe_is_the_reports():
 
 def test_set_overrides_parse_yaml_values():
     cfg = resolve(sets=["train.epochs=7", "optim.lr=3e-4", "sched.milestones=[2, 4]", "model.weights=null",
-                        "train.channels_last=true", "model.options.keep_maxpool=true"])
+                        "train.channels_last=false", "model.options.keep_maxpool=true"])
     assert cfg["train"]["epochs"] == 7 and cfg["optim"]["lr"] == 3e-4
     assert cfg["sched"]["milestones"] == [2, 4] and cfg["model"]["weights"] is None
-    assert cfg["train"]["channels_last"] is True and cfg["model"]["options"] == {"keep_maxpool": True}
+    assert cfg["train"]["channels_last"] is False and cfg["model"]["options"] == {"keep_maxpool": True}
 
 
 def test_unknown_key_names_the_key_and_the_valid_ones():

@@ -42,8 +42,12 @@ COMMON_DEFAULTS: dict[str, Any] = {
               "betas": [0.9, 0.999]},
     "sched": {"name": "constant", "milestones": [], "gamma": 0.1, "warmup_epochs": 0.0,
               "final_lr_ratio": 0.0},
+    # precision auto = bf16 on GPU, fp32 on CPU (engine/trainer.py: resolve_precision). channels_last on:
+    # faster on the 2-core CPU for every model measured (fp32 img/s, contiguous -> channels_last:
+    # resnet50_cifar b32 8.7 -> 9.8, cifar_convnet b64 99 -> 113, its 16-32-64 variant 1046 -> 1521) and
+    # the layout GPU tensor cores want.
     "train": {"epochs": 1, "batch_size": 32, "eval_batch_size": 256, "max_steps": None,
-              "precision": "fp32", "seed": 0, "channels_last": False, "compile": False,
+              "precision": "auto", "seed": 0, "channels_last": True, "compile": False,
               "sync_batchnorm": False,
               "grad_clip": None, "log_every": 20},
     "snapshot": {"epochs": None},  # epochs whose features/masks are kept; null = first, middle, last

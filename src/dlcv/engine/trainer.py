@@ -27,8 +27,10 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """`auto`: bf16 on CUDA, fp32 on CPU. Measured on this project's 2-core AVX-512-bf16 CPU (torch 2.14,
-    cifar_convnet, batch 64): fp32 274 img/s vs bf16 autocast 15 img/s, so bf16 is never a CPU default."""
+    """`auto`: bf16 on CUDA, fp32 on CPU. Measured on this project's 2-core CPU (torch 2.14, no native bf16:
+    torch.ops.mkldnn._is_mkldnn_bf16_supported() is False): resnet50_cifar batch 32 trains at 8.7 img/s in
+    fp32 and 0.6 img/s under bf16 autocast (cifar_convnet batch 64: 274 vs 15), so bf16 is never a CPU
+    default here; `benchmarks/speed.py --ablate` measures it on a CPU that has it."""
     if name != "auto":
         return name
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -83,7 +85,7 @@ class Trainer:
         self.precision = resolve_precision(t["precision"], self.device)
         self.dtype = PRECISIONS[self.precision]
         if self.dtype is torch.float16 and self.device.type == "cpu":
-            log.warning("fp16 on CPU is slow; bf16 is the CPU's fast low precision")
+            log.warning("fp16 on CPU is slow (emulated); fp32 is usually fastest there")
         self.channels_last = t["channels_last"]
         self.environment = environment(self.device, self.env.world_size)
 
