@@ -42,12 +42,10 @@ COMMON_DEFAULTS: dict[str, Any] = {
               "betas": [0.9, 0.999]},
     "sched": {"name": "constant", "milestones": [], "gamma": 0.1, "warmup_epochs": 0.0,
               "final_lr_ratio": 0.0},
-    # precision auto = bf16 on GPU, fp32 on CPU (engine/trainer.py: resolve_precision). channels_last on:
-    # faster on the 2-core CPU for every model measured (fp32 img/s, contiguous -> channels_last:
-    # resnet50_cifar b32 8.7 -> 9.8, cifar_convnet b64 99 -> 113, its 16-32-64 variant 1046 -> 1521) and
-    # the layout GPU tensor cores want.
+    # precision / channels_last `auto`: chosen per device (and model) from measurements, see
+    # engine/trainer.py resolve_precision and resolve_channels_last.
     "train": {"epochs": 1, "batch_size": 32, "eval_batch_size": 256, "max_steps": None,
-              "precision": "auto", "seed": 0, "channels_last": True, "compile": False,
+              "precision": "auto", "seed": 0, "channels_last": "auto", "compile": False,
               "sync_batchnorm": False,
               "grad_clip": None, "log_every": 20},
     "snapshot": {"epochs": None},  # epochs whose features/masks are kept; null = first, middle, last
@@ -58,6 +56,7 @@ COMMON_CHOICES: dict[str, tuple] = {
     "optim.name": ("adam", "adamw", "sgd"),
     "sched.name": ("constant", "multistep", "cosine", "onecycle"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.channels_last": ("auto", True, False),
 }
 
 
@@ -108,9 +107,11 @@ def _check(node: Any, schema: Any, choices: dict[str, tuple], prefix: str, free:
                                   f"{' under ' + repr(prefix) if prefix else ''}: {', '.join(sorted(schema))}")
             _check(value, schema[key], choices, dotted, free, nullable_types)
         return
-    if prefix in choices and node not in choices[prefix]:
-        raise ConfigError(f"config key '{prefix}': invalid value {node!r}; valid choices: "
-                          f"{', '.join(map(str, choices[prefix]))}")
+    if prefix in choices:  # a listed choice is valid whatever its type (e.g. "auto" or a bool)
+        if node not in choices[prefix] or type(node) not in {type(c) for c in choices[prefix]}:  # 1 == True
+            raise ConfigError(f"config key '{prefix}': invalid value {node!r}; valid choices: "
+                              f"{', '.join(map(str, choices[prefix]))}")
+        return
     if node is None or prefix in free:
         return
     expected = type(schema) if schema is not None else nullable_types.get(prefix)

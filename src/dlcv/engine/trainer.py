@@ -20,6 +20,7 @@ from dlcv.engine import batches, checkpoint, distributed
 from dlcv.engine.optim import build_optimizer, build_scheduler, trainable_parameters
 from dlcv.engine.run import RunDir, environment
 from dlcv.errors import DlcvError
+from dlcv.models import model_spec
 
 log = logging.getLogger("dlcv")
 
@@ -34,6 +35,16 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name != "auto":
         return name
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def resolve_channels_last(setting, device: torch.device, model_name: str) -> bool:
+    """`auto`: on with CUDA (the layout tensor cores want); on CPU as measured for the model. On the 2-core
+    CPU (fp32 img/s, contiguous -> channels_last): resnet50_cifar b32 9.5 -> 10.5, BYOL ResNet-50 at 128 px
+    b16 3.0 -> 4.0 (benchmarks/results/cpu_2core.json), cifar_convnet b64 99 -> 113; but VGG16-FCN32s at
+    512 px 0.103 -> 0.089, so its registry entry turns it off there."""
+    if setting != "auto":
+        return setting
+    return device.type == "cuda" or model_spec(model_name).cpu_channels_last
 
 
 class Task(Protocol):
@@ -86,7 +97,7 @@ class Trainer:
         self.dtype = PRECISIONS[self.precision]
         if self.dtype is torch.float16 and self.device.type == "cpu":
             log.warning("fp16 on CPU is slow (emulated); fp32 is usually fastest there")
-        self.channels_last = t["channels_last"]
+        self.channels_last = resolve_channels_last(t["channels_last"], self.device, cfg["model"]["name"])
         self.environment = environment(self.device, self.env.world_size)
 
     # -- helpers offered to tasks -------------------------------------------------------------------
@@ -270,4 +281,5 @@ class Trainer:
         return {"task": self.task.name, "status": status, "monitor": self.task.monitor,
                 "best": {self.task.monitor: best if math.isfinite(best) else None, "epoch": best_row.get("epoch")},
                 "final": row, **extras, "seed": self.cfg["train"]["seed"], "wall_time_s": round(wall, 2),
-                "environment": {**self.environment, "precision": self.precision}, "run_dir": str(self.run.path)}
+                "environment": {**self.environment, "precision": self.precision,
+                                "channels_last": self.channels_last}, "run_dir": str(self.run.path)}

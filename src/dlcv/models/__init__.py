@@ -17,14 +17,17 @@ class ModelSpec:
     head: str  # dotted name of the final layer; its input is the "second-last-layer" feature vector
     task: str
     input_size: int  # the side its recipes feed it (architecture diagrams use it)
+    cpu_channels_last: bool  # train.channels_last=auto on CPU (measured per model; always on with CUDA)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, head: str, task: str = "classify", input_size: int | None = None):
+def register_model(name: str, head: str, task: str = "classify", input_size: int | None = None,
+                   cpu_channels_last: bool = True):
     def wrap(fn):
-        _REGISTRY[name] = ModelSpec(fn, head, task, input_size or (512 if task == "segment" else 224))
+        _REGISTRY[name] = ModelSpec(fn, head, task, input_size or (512 if task == "segment" else 224),
+                                    cpu_channels_last)
         return fn
     return wrap
 

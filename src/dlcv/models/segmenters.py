@@ -49,7 +49,9 @@ class FCN32s(nn.Module):
         return {"out": y[..., 16:16 + h, 16:16 + w]}  # (H/32 - 1) * 32 + 64 = H + 32: crop 16 each side
 
 
-@register_model("fcn32s_vgg16", head="score", task="segment")
+# channels_last on the 2-core CPU: conv backward 15.9 s vs 9.1 s contiguous for a batch of 2 512 px tiles
+# (torch.profiler); benchmarks/results/cpu_2core.json: 0.089 vs 0.103 img/s
+@register_model("fcn32s_vgg16", head="score", task="segment", cpu_channels_last=False)
 def fcn32s_vgg16(num_classes: int, weights: str | None = None, fc_channels: int = 4096, fc_kernel: int = 7,
                  dropout: float = 0.5) -> nn.Module:
     """weights: VGG16 ImageNet weights (torchvision name such as IMAGENET1K_V1, or a vgg16 state_dict file).

@@ -1,0 +1,179 @@
+"""The baseline: training written the way the report's code trains - a per-image PIL dataset with
+torchvision v1 transforms, a DataLoader, fp32, contiguous tensors, one optimizer step per batch. Same
+model, optimizer, batch size and data as the dlcv run it is compared with (both read one resolved dlcv
+config); only the data path and the numerics defaults differ."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from dlcv.data import labels as labels_mod
+from dlcv.data.images import list_images
+from dlcv.data.masks import IGNORE, pair_folder, read_mask
+from dlcv.engine import batches
+from dlcv.engine.optim import build_optimizer, trainable_parameters
+from dlcv.models import create_model
+from dlcv.models.byol import BYOL, target_momentum
+
+
+def _normalize(cfg):
+    return T.Normalize(cfg["data"]["mean"], cfg["data"]["std"])
+
+
+class LabelledImages(Dataset):
+    def __init__(self, files, targets, transform):
+        self.files, self.targets, self.transform = files, targets, transform
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        return self.transform(Image.open(self.files[i]).convert("RGB")), self.targets[i]
+
+
+class TwoViews(Dataset):
+    def __init__(self, files, view1, view2):
+        self.files, self.view1, self.view2 = files, view1, view2
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        image = Image.open(self.files[i]).convert("RGB")
+        return self.view1(image), self.view2(image)
+
+
+class Tiles(Dataset):
+    """(image, mask) pairs; random h/v flips and 90-degree rotations applied to both with numpy."""
+
+    def __init__(self, pairs, transform, flip: bool, rotate90: bool):
+        self.pairs, self.transform, self.flip, self.rotate90 = pairs, transform, flip, rotate90
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        _, sat, mask_file = self.pairs[i]
+        image = np.asarray(Image.open(sat).convert("RGB"))
+        mask, _ = read_mask(mask_file, IGNORE)
+        if self.flip and torch.rand(()) < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        if self.flip and torch.rand(()) < 0.5:
+            image, mask = image[::-1], mask[::-1]
+        if self.rotate90:
+            k = int(torch.randint(4, ()))
+            image, mask = np.rot90(image, k), np.rot90(mask, k)
+        return self.transform(image.copy()), torch.from_numpy(mask.astype(np.int64))
+
+
+def byol_view(cfg, view: int):
+    """The BYOL paper's view pipeline with v1 transforms, at the dlcv run's view size and probabilities."""
+    v, size = cfg["views"], cfg["data"]["input_size"] or cfg["data"]["image_size"]
+    kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=tuple(v["crop_scale"]), ratio=tuple(v["crop_ratio"])),
+        T.RandomHorizontalFlip(v["flip"]),
+        T.RandomApply([T.ColorJitter(v["brightness"], v["contrast"], v["saturation"], v["hue"])], p=v["jitter"]),
+        T.RandomGrayscale(v["grayscale"]),
+        T.RandomApply([T.GaussianBlur(kernel, tuple(v["blur_sigma"]))], p=v["blur"][view]),
+        T.RandomSolarize(128, p=v["solarize"][view]),
+        T.ToTensor(), _normalize(cfg)])
+
+
+def model_for(case: str, cfg: dict, num_classes: int) -> torch.nn.Module:
+    m = cfg["model"]
+    if case == "byol":
+        b = cfg["byol"]
+        return BYOL(create_model(m["name"], num_classes=1000, weights=None, **m["options"]),
+                    b["projector_hidden"], b["projector_dim"])
+    return create_model(m["name"], num_classes=num_classes, weights=None, **m["options"])
+
+
+def build(case: str, cfg: dict, device: torch.device):
+    """(model, dataset, loss(model, batch), after_step(step)) for one benchmark case."""
+    d, seed = cfg["data"], cfg["train"]["seed"]
+    root = Path(d["root"])
+    torch.manual_seed(seed)
+    if case == "p1":
+        files = list_images(root / d["train_dir"])
+        names = labels_mod.folder_labels(files)
+        classes = labels_mod.sorted_classes(names)
+        dataset = LabelledImages(files, labels_mod.encode(names, classes, "train"),
+                                 T.Compose([T.ToTensor(), _normalize(cfg)]))
+        model = model_for(case, cfg, len(classes)).to(device)
+        return model, dataset, lambda net, b: F.cross_entropy(net(b[0]), b[1]), None
+    if case == "byol":
+        files = list_images(root / d["unlabeled_dir"])
+        files = [files[i] for i in batches.seeded_subset(len(files), d["limit_train"], seed)]
+        dataset = TwoViews(files, byol_view(cfg, 0), byol_view(cfg, 1))
+        model, b = model_for(case, cfg, 1000).to(device), cfg["byol"]
+
+        def after_step(step):
+            model.update_target(target_momentum(step, cfg["train"]["max_steps"], b["base_momentum"],
+                                                b["final_momentum"]))
+        return model, dataset, lambda net, views: net(*views), after_step
+    if case == "seg":
+        pairs = pair_folder(root / d["train_dir"])
+        pairs = [pairs[i] for i in batches.seeded_subset(len(pairs), d["limit_train"], seed)]
+        a = cfg["augment"]
+        dataset = Tiles(pairs, T.Compose([T.ToTensor(), _normalize(cfg)]), a["flip"], a["rotate90"])
+        model = model_for(case, cfg, 7).to(device)
+        return model, dataset, lambda net, b: F.cross_entropy(net(b[0])["out"], b[1], ignore_index=IGNORE), None
+    raise ValueError(case)
+
+
+def _to(batch, device):
+    return [x.to(device, non_blocking=True) for x in batch]
+
+
+def train(case: str, cfg: dict, device: torch.device, workers: int, sync) -> dict:
+    """Runs cfg's train.max_steps steps; returns per-step (seconds, data-wait seconds, loss)."""
+    model, dataset, loss_fn, after_step = build(case, cfg, device)
+    optimizer = build_optimizer(trainable_parameters(model), cfg)
+    loader = DataLoader(dataset, batch_size=cfg["train"]["batch_size"], shuffle=True, drop_last=True,
+                        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    model.train()
+    steps, data_s, losses = [], [], []
+    it = iter(loader)
+    for step in range(1, cfg["train"]["max_steps"] + 1):
+        tic = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            batch = next(it)
+        batch = _to(batch, device)
+        sync()
+        data_s.append(time.perf_counter() - tic)
+        loss = loss_fn(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step(step)
+        losses.append(loss.item())
+        sync()
+        steps.append(time.perf_counter() - tic)
+    return model, {"step_s": steps, "data_s": data_s, "losses": losses}
+
+
+@torch.no_grad()
+def p1_val_accuracy(model, cfg: dict, device: torch.device) -> float:
+    """Accuracy on the same seeded val subset the dlcv run scores (data.limit_val, train.seed)."""
+    d = cfg["data"]
+    files = list_images(Path(d["root"]) / d["val_dir"])
+    files = [files[i] for i in batches.seeded_subset(len(files), d["limit_val"], cfg["train"]["seed"])]
+    names = labels_mod.folder_labels(files)
+    train_names = labels_mod.folder_labels(list_images(Path(d["root"]) / d["train_dir"]))
+    targets = labels_mod.encode(names, labels_mod.sorted_classes(train_names), "val")
+    loader = DataLoader(LabelledImages(files, targets, T.Compose([T.ToTensor(), _normalize(cfg)])), batch_size=256)
+    model.eval()
+    correct = sum((model(x.to(device)).argmax(1).cpu() == y).sum().item() for x, y in loader)
+    return correct / len(files)
