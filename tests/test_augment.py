@@ -1,7 +1,9 @@
+import pytest
 import torch
 
 from dlcv.data import augment
 from dlcv.engine import batches
+from dlcv.errors import DlcvError
 
 
 def test_random_crop_cuts_the_padded_image_at_each_samples_offset():
@@ -113,3 +115,15 @@ def test_tile_geometry_of_a_rank_slice_equals_the_global_batch():
     halves = [augment.tile_geometry(x[o:o + 3], y[o:o + 3], _draw(6, o, 3), 12, **opts) for o in (0, 3)]
     assert torch.allclose(whole[0], torch.cat([h[0] for h in halves]))
     assert torch.equal(whole[1], torch.cat([h[1] for h in halves]))
+
+
+def test_colour_jitter_is_per_sample_and_identity_at_zero_strength():
+    x = torch.rand(1, 3, 8, 8).repeat(4, 1, 1, 1)
+    spec = augment.AugmentSpec(color_jitter=(0.4, 0.4, 0.4, 0.1))
+    out = augment.augment_batch(x, spec, torch.Generator().manual_seed(0), 4, 0)
+    assert out.min() >= 0 and out.max() <= 1
+    assert all(not torch.allclose(out[0], out[i]) for i in (1, 2, 3))  # one draw per image
+    still = augment.augment_batch(x, augment.AugmentSpec(color_jitter=(0, 0, 0, 0)), torch.Generator(), 4, 0)
+    assert torch.allclose(still, x, atol=1e-5)
+    with pytest.raises(DlcvError, match="color_jitter needs 4 values"):
+        augment.AugmentSpec(color_jitter=(0.4, 0.4))

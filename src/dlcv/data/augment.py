@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dlcv.errors import DlcvError
+
 
 @dataclass(frozen=True)
 class AugmentSpec:
@@ -25,6 +27,12 @@ class AugmentSpec:
     rotation: float = 0.0  # max degrees, like RandomRotation(degrees)
     cutout: int = 0  # side of a random square set to zero (0 = off)
     resized_crop_scale: tuple | None = None  # (min, max) area: RandomResizedCrop to the same size first
+    color_jitter: tuple | None = None  # (brightness, contrast, saturation, hue), like ColorJitter(...)
+
+    def __post_init__(self):
+        if self.color_jitter is not None and len(self.color_jitter) != 4:
+            raise DlcvError("augment.color_jitter needs 4 values (brightness, contrast, saturation, hue), "
+                            f"got {list(self.color_jitter)}")
 
 
 def resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -89,6 +97,45 @@ class GlobalDraw:
         return self._slice(torch.randint(high, (self.size,), generator=self.gen, device=self.gen.device))
 
 
+_GRAY = (0.299, 0.587, 0.114)
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    w = torch.tensor(_GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def per_image(v: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, 1, 1, 1)
+
+
+def colour_jitter(x: torch.Tensor, draw: GlobalDraw, brightness: float, contrast: float, saturation: float,
+                  hue: float, p: float = 1.0) -> torch.Tensor:
+    """ColorJitter(brightness, contrast, saturation, hue) per image, applied with probability p, on float
+    images in [0, 1]. Two batch-friendly simplifications: a fixed order (torchvision shuffles it) and the
+    hue shift as a rotation of the chroma plane in YIQ space instead of a shift of HSV hue (the same effect
+    for small shifts; linear, so one 3x3 matrix per image)."""
+    apply = per_image(draw.chance(p))
+    b = draw.uniform(1 - brightness, 1 + brightness)
+    c = draw.uniform(1 - contrast, 1 + contrast)
+    s = draw.uniform(1 - saturation, 1 + saturation)
+    h = draw.uniform(-hue, hue) * (2 * math.pi)
+    y = (x * per_image(b)).clamp(0, 1)
+    mean = grayscale(y).mean((2, 3), keepdim=True)
+    y = ((y - mean) * per_image(c) + mean).clamp(0, 1)
+    gray = grayscale(y)
+    y = ((y - gray) * per_image(s) + gray).clamp(0, 1)
+    # hue: rotate (I, Q) by angle h in YIQ space, one 3x3 matrix per image
+    to_yiq = _RGB_TO_YIQ.to(x.device, x.dtype)
+    cos, sin, one, zero = torch.cos(h), torch.sin(h), torch.ones_like(h), torch.zeros_like(h)
+    rotation = torch.stack([torch.stack([one, zero, zero], 1), torch.stack([zero, cos, -sin], 1),
+                            torch.stack([zero, sin, cos], 1)], 1)
+    matrix = torch.linalg.inv(to_yiq) @ rotation @ to_yiq  # N x 3 x 3
+    y = torch.einsum("nij,njhw->nihw", matrix, y).clamp(0, 1)
+    return torch.where(apply, y, x)
+
+
 def random_resized_crop(x: torch.Tensor, out_size: int, draw: GlobalDraw, scale=(0.08, 1.0),
                         ratio=(3 / 4, 4 / 3), flip: torch.Tensor | None = None) -> torch.Tensor:
     """RandomResizedCrop (+ optional horizontal flip) for every image at once with one affine grid_sample.
@@ -112,8 +159,8 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator, glob
                   offset: int) -> torch.Tensor:
     """Augment `x` (this process's slice [offset, offset+len(x)) of a global batch of `global_size`).
 
-    Order as the report's model-B pipeline: flip, rotation, padded random crop; then cutout. A random
-    resized crop, when asked for, comes first.
+    Order as the report's model-B pipeline: flip, rotation, padded random crop; then colour jitter and
+    cutout. A random resized crop, when asked for, comes first.
     """
     draw = GlobalDraw(gen, global_size, offset, x.shape[0], x.device)
     if spec.resized_crop_scale:
@@ -125,6 +172,8 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator, glob
     if spec.crop_padding:
         span = 2 * spec.crop_padding + 1
         x = random_crop(x, spec.crop_padding, draw.integers(span), draw.integers(span), spec.pad_mode)
+    if spec.color_jitter:
+        x = colour_jitter(x, draw, *spec.color_jitter)
     if spec.cutout:
         x = random_cutout(x, spec.cutout, draw.integers(x.shape[-2]), draw.integers(x.shape[-1]))
     return x

@@ -2,25 +2,17 @@
 
 Hand-written for the reason given in `augment.py` (torchvision's v2 transforms draw one parameter set
 per call). The pipeline is BYOL's (Grill et al. 2020, table 6): random resized crop, horizontal flip,
-colour jitter with probability 0.8, grayscale 0.2, Gaussian blur (1.0 / 0.1) and solarisation
-(0.0 / 0.2) - the last two asymmetric between the views. Two simplifications, both batch-friendly:
-jitter is applied in a fixed order (torchvision shuffles it) and the hue shift is a rotation of the
-chroma plane in YIQ space rather than a shift of HSV hue (the same effect for small shifts; linear,
-so one matrix per image).
+colour jitter with probability 0.8 (augment.colour_jitter), grayscale 0.2, Gaussian blur (1.0 / 0.1)
+and solarisation (0.0 / 0.2) - the last two asymmetric between the views.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from dlcv.data.augment import GlobalDraw, random_resized_crop
-
-_GRAY = (0.299, 0.587, 0.114)
-_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-
+from dlcv.data.augment import GlobalDraw, colour_jitter, grayscale, per_image, random_resized_crop
 
 @dataclass(frozen=True)
 class ViewSpec:
@@ -36,36 +28,6 @@ class ViewSpec:
     blur: tuple = (1.0, 0.1)  # probability per view
     blur_sigma: tuple = (0.1, 2.0)
     solarize: tuple = (0.0, 0.2)  # probability per view
-
-
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor(_GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
-
-
-def _per_image(v: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, 1, 1, 1)
-
-
-def colour_jitter(x: torch.Tensor, spec: ViewSpec, draw: GlobalDraw) -> torch.Tensor:
-    apply = _per_image(draw.chance(spec.jitter))
-    b = draw.uniform(1 - spec.brightness, 1 + spec.brightness)
-    c = draw.uniform(1 - spec.contrast, 1 + spec.contrast)
-    s = draw.uniform(1 - spec.saturation, 1 + spec.saturation)
-    h = draw.uniform(-spec.hue, spec.hue) * (2 * math.pi)
-    y = (x * _per_image(b)).clamp(0, 1)
-    mean = _gray(y).mean((2, 3), keepdim=True)
-    y = ((y - mean) * _per_image(c) + mean).clamp(0, 1)
-    gray = _gray(y)
-    y = ((y - gray) * _per_image(s) + gray).clamp(0, 1)
-    # hue: rotate (I, Q) by angle h in YIQ space, one 3x3 matrix per image
-    to_yiq = _RGB_TO_YIQ.to(x.device, x.dtype)
-    cos, sin, one, zero = torch.cos(h), torch.sin(h), torch.ones_like(h), torch.zeros_like(h)
-    rotation = torch.stack([torch.stack([one, zero, zero], 1), torch.stack([zero, cos, -sin], 1),
-                            torch.stack([zero, sin, cos], 1)], 1)
-    matrix = torch.linalg.inv(to_yiq) @ rotation @ to_yiq  # N x 3 x 3
-    y = torch.einsum("nij,njhw->nihw", matrix, y).clamp(0, 1)
-    return torch.where(apply, y, x)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -86,13 +48,13 @@ def one_view(x: torch.Tensor, spec: ViewSpec, view: int, out_size: int, draw: Gl
     """x: float images in [0, 1] (this process's slice). Returns the augmented view, still in [0, 1]."""
     flip = draw.chance(spec.flip)
     y = random_resized_crop(x, out_size, draw, tuple(spec.crop_scale), tuple(spec.crop_ratio), flip=flip)
-    y = colour_jitter(y, spec, draw)
-    y = torch.where(_per_image(draw.chance(spec.grayscale)), _gray(y).expand_as(y), y)
+    y = colour_jitter(y, draw, spec.brightness, spec.contrast, spec.saturation, spec.hue, p=spec.jitter)
+    y = torch.where(per_image(draw.chance(spec.grayscale)), grayscale(y).expand_as(y), y)
     blur, sigma = draw.chance(spec.blur[view]), draw.uniform(*spec.blur_sigma)
     if blur.any():
         y = y.clone()
         y[blur] = gaussian_blur(y[blur], sigma[blur])
-    solarize = _per_image(draw.chance(spec.solarize[view]))
+    solarize = per_image(draw.chance(spec.solarize[view]))
     return torch.where(solarize & (y >= 0.5), 1 - y, y)
 
 

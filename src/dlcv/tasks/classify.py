@@ -33,11 +33,11 @@ DEFAULTS: dict[str, Any] = {
              "cache_dir": None, "limit_train": None, "limit_val": None, "val_fraction": 0.1},
     "model": {"name": "resnet50_cifar"},
     "augment": {"flip": False, "crop_padding": 0, "pad_mode": "zeros", "rotation": 0.0, "cutout": 0,
-                "resized_crop_scale": None},
+                "resized_crop_scale": None, "color_jitter": None},
     "loss": {"label_smoothing": 0.0},
     "snapshot": {"tsne_perplexity": 30.0},
 }
-TYPES = {"augment.resized_crop_scale": list, "data.val_dir": str, "data.train_csv": str, "data.val_csv": str,
+TYPES = {"augment.resized_crop_scale": list, "augment.color_jitter": list, "data.val_dir": str, "data.train_csv": str, "data.val_csv": str,
          "data.input_size": int, "data.cache_dir": str,
          "data.limit_train": int, "data.limit_val": int}
 
