@@ -5,6 +5,7 @@ config); only the data path and the numerics defaults differ."""
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,54 +24,56 @@ from dlcv.models import create_model
 from dlcv.models.byol import BYOL, target_momentum
 
 
-def _normalize(cfg):
-    return T.Normalize(cfg["data"]["mean"], cfg["data"]["std"])
+def _to_input(cfg):
+    """ToTensor + Normalize: the report's per-image conversion to the model's input."""
+    return T.Compose([T.ToTensor(), T.Normalize(cfg["data"]["mean"], cfg["data"]["std"])])
 
 
-class LabelledImages(Dataset):
-    def __init__(self, files, targets, transform):
-        self.files, self.targets, self.transform = files, targets, transform
+class PerItem(Dataset):
+    """`load(items[i])`: all the per-image work of the report's datasets happens in __getitem__."""
 
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, i):
-        return self.transform(Image.open(self.files[i]).convert("RGB")), self.targets[i]
-
-
-class TwoViews(Dataset):
-    def __init__(self, files, view1, view2):
-        self.files, self.view1, self.view2 = files, view1, view2
+    def __init__(self, items, load):
+        self.items, self.load = items, load
 
     def __len__(self):
-        return len(self.files)
+        return len(self.items)
 
     def __getitem__(self, i):
-        image = Image.open(self.files[i]).convert("RGB")
-        return self.view1(image), self.view2(image)
+        return self.load(self.items[i])
 
 
-class Tiles(Dataset):
-    """(image, mask) pairs; random h/v flips and 90-degree rotations applied to both with numpy."""
+# the loaders are module-level functions (bound with functools.partial) so DataLoader workers can pickle them
+def labelled_image(transform, item):
+    file, target = item
+    return transform(Image.open(file).convert("RGB")), target
 
-    def __init__(self, pairs, transform, flip: bool, rotate90: bool):
-        self.pairs, self.transform, self.flip, self.rotate90 = pairs, transform, flip, rotate90
 
-    def __len__(self):
-        return len(self.pairs)
+def two_views(view1, view2, file):
+    image = Image.open(file).convert("RGB")
+    return view1(image), view2(image)
 
-    def __getitem__(self, i):
-        _, sat, mask_file = self.pairs[i]
-        image = np.asarray(Image.open(sat).convert("RGB"))
-        mask, _ = read_mask(mask_file, IGNORE)
-        if self.flip and torch.rand(()) < 0.5:
-            image, mask = image[:, ::-1], mask[:, ::-1]
-        if self.flip and torch.rand(()) < 0.5:
-            image, mask = image[::-1], mask[::-1]
-        if self.rotate90:
-            k = int(torch.randint(4, ()))
-            image, mask = np.rot90(image, k), np.rot90(mask, k)
-        return self.transform(image.copy()), torch.from_numpy(mask.astype(np.int64))
+
+def tile(transform, flip: bool, rotate90: bool, item):
+    """(image, mask); random h/v flips and 90-degree rotations applied to both with numpy."""
+    _, sat, mask_file = item
+    image = np.asarray(Image.open(sat).convert("RGB"))
+    mask, _ = read_mask(mask_file, IGNORE)
+    if flip and torch.rand(()) < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    if flip and torch.rand(()) < 0.5:
+        image, mask = image[::-1], mask[::-1]
+    if rotate90:
+        k = int(torch.randint(4, ()))
+        image, mask = np.rot90(image, k), np.rot90(mask, k)
+    return transform(image.copy()), torch.from_numpy(mask.astype(np.int64))
+
+
+def labelled_files(folder: Path, classes: list[str] | None = None):
+    """(files, class indices, classes) of a `{label}_{id}.png` folder; classes from the folder if not given."""
+    files = list_images(folder)
+    names = labels_mod.folder_labels(files)
+    classes = classes or labels_mod.sorted_classes(names)
+    return files, labels_mod.encode(names, classes, str(folder)), classes
 
 
 def byol_view(cfg, view: int):
@@ -84,7 +87,7 @@ def byol_view(cfg, view: int):
         T.RandomGrayscale(v["grayscale"]),
         T.RandomApply([T.GaussianBlur(kernel, tuple(v["blur_sigma"]))], p=v["blur"][view]),
         T.RandomSolarize(128, p=v["solarize"][view]),
-        T.ToTensor(), _normalize(cfg)])
+        _to_input(cfg)])
 
 
 def model_for(case: str, cfg: dict, num_classes: int) -> torch.nn.Module:
@@ -102,17 +105,14 @@ def build(case: str, cfg: dict, device: torch.device):
     root = Path(d["root"])
     torch.manual_seed(seed)
     if case == "p1":
-        files = list_images(root / d["train_dir"])
-        names = labels_mod.folder_labels(files)
-        classes = labels_mod.sorted_classes(names)
-        dataset = LabelledImages(files, labels_mod.encode(names, classes, "train"),
-                                 T.Compose([T.ToTensor(), _normalize(cfg)]))
+        files, targets, classes = labelled_files(root / d["train_dir"])
+        dataset = PerItem(list(zip(files, targets)), partial(labelled_image, _to_input(cfg)))
         model = model_for(case, cfg, len(classes)).to(device)
         return model, dataset, lambda net, b: F.cross_entropy(net(b[0]), b[1]), None
     if case == "byol":
         files = list_images(root / d["unlabeled_dir"])
         files = [files[i] for i in batches.seeded_subset(len(files), d["limit_train"], seed)]
-        dataset = TwoViews(files, byol_view(cfg, 0), byol_view(cfg, 1))
+        dataset = PerItem(files, partial(two_views, byol_view(cfg, 0), byol_view(cfg, 1)))
         model, b = model_for(case, cfg, 1000).to(device), cfg["byol"]
 
         def after_step(step):
@@ -123,7 +123,7 @@ def build(case: str, cfg: dict, device: torch.device):
         pairs = pair_folder(root / d["train_dir"])
         pairs = [pairs[i] for i in batches.seeded_subset(len(pairs), d["limit_train"], seed)]
         a = cfg["augment"]
-        dataset = Tiles(pairs, T.Compose([T.ToTensor(), _normalize(cfg)]), a["flip"], a["rotate90"])
+        dataset = PerItem(pairs, partial(tile, _to_input(cfg), a["flip"], a["rotate90"]))
         model = model_for(case, cfg, 7).to(device)
         return model, dataset, lambda net, b: F.cross_entropy(net(b[0])["out"], b[1], ignore_index=IGNORE), None
     raise ValueError(case)
@@ -168,12 +168,11 @@ def train(case: str, cfg: dict, device: torch.device, workers: int, sync) -> dic
 def p1_val_accuracy(model, cfg: dict, device: torch.device) -> float:
     """Accuracy on the same seeded val subset the dlcv run scores (data.limit_val, train.seed)."""
     d = cfg["data"]
-    files = list_images(Path(d["root"]) / d["val_dir"])
-    files = [files[i] for i in batches.seeded_subset(len(files), d["limit_val"], cfg["train"]["seed"])]
-    names = labels_mod.folder_labels(files)
-    train_names = labels_mod.folder_labels(list_images(Path(d["root"]) / d["train_dir"]))
-    targets = labels_mod.encode(names, labels_mod.sorted_classes(train_names), "val")
-    loader = DataLoader(LabelledImages(files, targets, T.Compose([T.ToTensor(), _normalize(cfg)])), batch_size=256)
+    _, _, classes = labelled_files(Path(d["root"]) / d["train_dir"])
+    files, targets, _ = labelled_files(Path(d["root"]) / d["val_dir"], classes)
+    keep = batches.seeded_subset(len(files), d["limit_val"], cfg["train"]["seed"])
+    items = [(files[i], targets[i]) for i in keep]
+    loader = DataLoader(PerItem(items, partial(labelled_image, _to_input(cfg))), batch_size=256)
     model.eval()
     correct = sum((model(x.to(device)).argmax(1).cpu() == y).sum().item() for x, y in loader)
-    return correct / len(files)
+    return correct / len(items)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from dlcv.data.augment import GlobalDraw, colour_jitter, grayscale, per_image, random_resized_crop
 
+
 @dataclass(frozen=True)
 class ViewSpec:
     crop_scale: tuple = (0.08, 1.0)

@@ -2,7 +2,6 @@
 fast networks for CPU runs and our improved from-scratch recipe."""
 from __future__ import annotations
 
-
 import torch
 import torchvision
 from torch import nn
