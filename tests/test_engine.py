@@ -26,7 +26,9 @@ def test_a_small_model_really_learns_the_synthetic_classes(p1_root, tmp_path):
 @pytest.fixture(scope="module")
 def two_epoch_run(p1_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "straight"
-    cfg = small_classify_cfg(p1_root)
+    # evaluation in batches of 99: a mean of per-batch accuracies would weigh the 100th image like the
+    # other 99 together, far from the whole-set accuracy (see the test below)
+    cfg = small_classify_cfg(p1_root, **{"train.eval_batch_size": 99})
     return out, cfg, train(cfg, out)
 
 
@@ -48,6 +50,7 @@ def test_run_directory_contents(two_epoch_run):
     assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporaries
 
 
+@pytest.mark.cross_path
 def test_val_accuracy_is_over_all_images_not_a_mean_of_batches(two_epoch_run, p1_root):
     out, cfg, summary = two_epoch_run
     from dlcv.engine.distributed import pick_device
@@ -59,7 +62,12 @@ def test_val_accuracy_is_over_all_images_not_a_mean_of_batches(two_epoch_run, p1
     preds, _ = infer(model, state, files, pick_device("cpu"), batch_size=7)  # batch size irrelevant
     truth = [int(f.name.split("_")[0]) for f in files]
     expected = sum(int(p) == t for p, t in zip(preds, truth)) / len(files)
-    assert summary["final"]["val_acc"] == pytest.approx(expected)
+    # infer() and training's evaluation are two code paths (batch 7 vs 99, contiguous vs channels_last):
+    # a prediction whose top logits tie to float precision may flip, so one of the 100 may differ. The
+    # mean of per-batch accuracies (the report's bug) is (acc of 99 + acc of 1) / 2, off by >= 0.05 for
+    # any whole-set accuracy in [0.1, 0.9]
+    assert len(files) == 100 and 0.1 <= expected <= 0.9
+    assert summary["final"]["val_acc"] == pytest.approx(expected, abs=1 / len(files) + 1e-9)
 
 
 def test_resume_continues_exactly(two_epoch_run, p1_root, tmp_path, monkeypatch):
@@ -94,13 +102,6 @@ def test_max_steps_caps_optimizer_steps(p1_root, tmp_path):
     assert summary["final"]["epoch"] == 1
 
 
-def test_bf16_and_fp16_autocast_train(p1_root, tmp_path):
-    for precision in ("bf16", "fp16"):
-        cfg = small_classify_cfg(p1_root, **{"train.precision": precision, "train.max_steps": 2,
-                                             "train.epochs": 1, "train.channels_last": True})
-        assert train(cfg, tmp_path / precision)["final"]["train_loss"] > 0
-
-
 def test_checkpoint_of_another_task_is_refused(two_epoch_run, tmp_path):
     out, _, _ = two_epoch_run
     state = checkpoint.load(out / "checkpoints" / "best.pt")
@@ -130,7 +131,7 @@ def test_lr_schedules():
 def test_existing_run_is_not_overwritten_and_complete_run_not_resumed(two_epoch_run):
     out, cfg, _ = two_epoch_run
     with pytest.raises(DlcvError, match="already holds a run"):
-        Trainer(ClassifyTask(cfg), cfg, out)
+        train(cfg, out)
     with pytest.raises(DlcvError, match="already complete"):
         train(cfg, out, resume=True)
 

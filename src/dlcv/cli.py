@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth = data.add_parser("synth", help="write a small synthetic hw1_data tree (the built-in demo data)")
     synth.add_argument("out_dir")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--force", action="store_true", help="replace an existing OUT_DIR/hw1_data")
 
     classify = sub.add_parser("classify", help="P1 image classification").add_subparsers(dest="cmd", required=True)
     _add_train_args(classify.add_parser("train", help="train a classifier"))
@@ -111,7 +112,9 @@ def _train(task_module, task_cls, args, extra_overrides: list[str] = ()) -> int:
             raise DlcvError("--resume needs --out RUN_DIR (the run to continue)")
         saved = Path(args.out) / "config.yaml"
         if not saved.is_file():
-            raise DlcvError(f"--resume: {saved} not found; is {args.out} a run directory?")
+            hint = (f"it stopped before its run started: run the same command without --resume"
+                    if Path(args.out).is_dir() else "is it a run directory?")
+            raise DlcvError(f"--resume: {saved} not found; {hint}")
         recipe = config_mod.load_yaml(saved)
     if args.config:
         recipe = config_mod.deep_merge(recipe, config_mod.load_yaml(args.config))
@@ -129,7 +132,7 @@ def _train(task_module, task_cls, args, extra_overrides: list[str] = ()) -> int:
 def run(args) -> int:
     if args.group == "data":
         from dlcv.data.synth import write_tree
-        log.info("wrote %s", write_tree(args.out_dir, seed=args.seed))
+        log.info("wrote %s", write_tree(args.out_dir, seed=args.seed, force=args.force))
         return 0
     if args.group == "models":
         from dlcv.models import list_models

@@ -15,7 +15,7 @@ from dlcv import config as config_mod
 from dlcv.data.labels import write_csv
 from dlcv.data.synth import write_tree
 from dlcv.engine.trainer import fit_or_reuse
-from dlcv.fileio import write_text
+from dlcv.fileio import DirectoryLock, write_text
 from dlcv.report.build import build_report
 from dlcv.tasks import classify, segment, ssl
 
@@ -67,11 +67,19 @@ REAL_DATA_SLICES = {
 
 
 def run_demo(out: str | Path, data: str | Path | None = None, device: str = "auto") -> list[dict]:
-    out = Path(out)
+    with DirectoryLock(out):  # one demo per folder at a time
+        return _run_demo(Path(out), data, device)
+
+
+def _run_demo(out: Path, data: str | Path | None, device: str) -> list[dict]:
     real = data is not None
     if data is None:
-        data = write_tree(out / "data", seed=0)
-        log.info("synthetic data written to %s", data)
+        data = out / "data" / "hw1_data"
+        if data.is_dir():  # written by an earlier, interrupted demo (the tree appears whole or not at all)
+            log.info("reusing the synthetic data in %s", data)
+        else:
+            write_tree(out / "data", seed=0)
+            log.info("synthetic data written to %s", data)
     data = Path(data)
     results = []
     for task_module, task_cls, problem, run_name, recipe, what, overrides in EXPERIMENTS:

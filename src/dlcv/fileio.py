@@ -5,10 +5,13 @@ A killed process therefore never leaves a half-written CSV, mask, figure or chec
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from dlcv.errors import DlcvError
 
 
 @contextlib.contextmanager
@@ -36,3 +39,46 @@ def _umask() -> int:
 def write_text(target: str | Path, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text)
+
+
+class DirectoryLock:
+    """An exclusive advisory lock (flock) on `folder/.lock`, held while one command writes the folder.
+
+    The kernel drops it when the process dies, so a killed run never leaves a stale lock; a second
+    command on the same folder is refused at once, naming the holder's pid."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self._fh = None
+
+    def acquire(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fh = open(self.folder / ".lock", "a+")
+        except OSError as exc:
+            raise DlcvError(f"cannot write to {self.folder}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise DlcvError(f"{self.folder} is in use by another dlcv process (pid {holder}); wait for it to "
+                            "finish or pick another output folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the file releases the flock
+            self._fh = None
+
+    def __enter__(self) -> "DirectoryLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,9 +1,14 @@
-"""Checkpoints: written atomically, checked on load for the task that wrote them."""
+"""Checkpoints and snapshots: written atomically, read with `torch.load(weights_only=True)` only, and
+checked by kind and task on load.
+
+Nothing is ever unpickled beyond tensors and plain Python types, so a crafted `.pt` file handed to
+`hw1_1.sh` cannot run code: that is why the RNG states are stored as tensors and plain numbers.
+"""
 from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -11,31 +16,96 @@ import torch
 from dlcv.errors import DlcvError
 from dlcv.fileio import atomic_path
 
-FORMAT_VERSION = 1
+# 2: RNG states as tensors (weights_only), a `kind` per file, the epoch rows inside `last.pt`.
+FORMAT_VERSION = 2
+CHECKPOINT, SNAPSHOT = "checkpoint", "snapshot"
+# keys every checkpoint holds; a task names the extra ones it needs (classify: classes, preprocess)
+CHECKPOINT_KEYS = ("task", "model", "config", "epoch", "step")
+
+
+def _plain(obj: Any) -> Any:
+    """numpy scalars/arrays (e.g. a metric computed with numpy) -> Python numbers / tensors, so the file
+    loads under weights_only."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj)
+    return obj
+
+
+def _save(path: str | Path, kind: str, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"format_version": FORMAT_VERSION, "kind": kind, **_plain(state)}, tmp)
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+    _save(path, CHECKPOINT, state)
 
 
-def load(path: str | Path, task: str | None = None) -> dict[str, Any]:
-    path = Path(path)
+def save_snapshot(path: str | Path, state: dict[str, Any]) -> None:
+    """Per-epoch data kept for figures (features, masks); not a model, refused where a checkpoint is due."""
+    _save(path, SNAPSHOT, state)
+
+
+def _read(path: Path, kind: str) -> dict[str, Any]:
     if not path.is_file():
-        raise DlcvError(f"checkpoint not found: {path}")
+        raise DlcvError(f"{kind} not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DlcvError(f"cannot read checkpoint {path}: {exc}") from None
-    if not isinstance(state, dict) or "format_version" not in state or "model" not in state:
-        raise DlcvError(f"{path} is not a dlcv checkpoint (for plain weights use model.weights=FILE)")
-    if task is not None and state.get("task") != task:
-        raise DlcvError(f"{path} is a checkpoint of task '{state.get('task')}', not '{task}'")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "Weights only load failed" in str(exc):  # torch's refusal to unpickle anything else
+            raise DlcvError(f"{path}: refused, it holds Python objects other than tensors and plain values "
+                            "(loading it could run code)") from None
+        raise DlcvError(f"cannot read {kind} {path}: {first}") from None
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise DlcvError(f"{path} is not a dlcv {kind} (for plain weights use model.weights=FILE)")
+    version = state["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DlcvError(f"{path} has format_version {version!r}, newer than this dlcv reads "
+                        f"(up to {FORMAT_VERSION}); update dlcv")
+    found = state.get("kind", CHECKPOINT)
+    if found != kind:
+        raise DlcvError(f"{path} is a dlcv {found} file, not a {kind}")
+    return state
+
+
+def load(path: str | Path, task: str | None = None, require: Sequence[str] = ()) -> dict[str, Any]:
+    """A dlcv checkpoint of `task` holding the common keys and `require`d ones; anything else (a plain
+    state_dict, a snapshot, a hand-made dict, another task's file, a newer format) is a clear error."""
+    path = Path(path)
+    state = _read(path, CHECKPOINT)
+    missing = [k for k in (*CHECKPOINT_KEYS, *require) if k not in state]
+    if missing:
+        raise DlcvError(f"{path} is not a complete dlcv checkpoint: missing {', '.join(missing)}")
+    if task is not None and state["task"] != task:
+        raise DlcvError(f"{path} is a checkpoint of task '{state['task']}', not '{task}'")
+    if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise DlcvError(f"{path}: its 'model' entry is not a state_dict of tensors")
+    return state
+
+
+def load_snapshot(path: str | Path, task: str) -> dict[str, Any]:
+    path = Path(path)
+    state = _read(path, SNAPSHOT)
+    if state.get("task") != task:
+        raise DlcvError(f"{path} is a snapshot of task '{state.get('task')}', not '{task}'")
     return state
 
 
 def rng_states() -> dict[str, Any]:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every generator's state as tensors and ints (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    states = {"torch": torch.get_rng_state(),
+              "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                        "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+              "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                         "gauss_next": gauss_next}}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -43,7 +113,10 @@ def rng_states() -> dict[str, Any]:
 
 def restore_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])

@@ -17,7 +17,7 @@ import torch
 
 import dlcv
 from dlcv import config as config_mod
-from dlcv.fileio import write_text
+from dlcv.fileio import DirectoryLock, write_text
 
 log = logging.getLogger("dlcv")
 
@@ -50,18 +50,41 @@ def command_line() -> str:
 
 
 class RunDir:
+    """A run's folder. `open()` (main rank) takes the folder's lock for the whole run, so two commands
+    never write one run; `close()` releases it. Files are written in an order that keeps the folder
+    resumable at any kill: checkpoints first, then metrics.csv and summary.json (see Trainer.fit)."""
+
     def __init__(self, path: str | Path, is_main: bool):
         self.path = Path(path)
         self.is_main = is_main
         self.checkpoints = self.path / "checkpoints"
         self.figures = self.path / "figures"
         self.snapshots = self.path / "snapshots"
+        self.last = self.checkpoints / "last.pt"
         self.rows: list[dict[str, Any]] = []
         self._tb = None
-        if is_main:
-            for folder in (self.path, self.checkpoints, self.figures, self.snapshots):
-                folder.mkdir(parents=True, exist_ok=True)
-            self._attach_log_file()
+        self._lock = DirectoryLock(self.path)
+
+    def open(self) -> None:
+        if not self.is_main:
+            return
+        self._lock.acquire()
+        for folder in (self.checkpoints, self.figures, self.snapshots):
+            folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.path.rglob(".*.tmp"):  # left by a process killed inside an atomic write
+            stale.unlink(missing_ok=True)
+        self._attach_log_file()
+
+    def started(self) -> bool:
+        """Whether a run was started here (its config is written before any data is read)."""
+        return (self.path / "config.yaml").is_file() or self.last.is_file()
+
+    def finished(self) -> bool:
+        summary = self.path / "summary.json"
+        try:
+            return summary.is_file() and json.loads(summary.read_text()).get("status") == "finished"
+        except (OSError, ValueError):
+            return False
 
     def _attach_log_file(self) -> None:
         handler = logging.FileHandler(self.path / "train.log")
@@ -74,26 +97,31 @@ class RunDir:
         if self.is_main:
             write_text(self.path / "config.yaml", config_mod.dump(cfg))
 
-    def load_metrics(self, upto_epoch: int) -> None:
-        """On resume: keep the rows of the epochs the checkpoint covers, drop any later ones."""
-        f = self.path / "metrics.csv"
-        if f.is_file():
-            self.rows = [r for r in read_metrics(f) if r["epoch"] <= upto_epoch]
+    def restore_rows(self, rows: list[dict[str, Any]]) -> None:
+        """On resume: the epoch rows saved in last.pt are the truth; metrics.csv is rewritten from them
+        (it may lag by one epoch, or hold a row of an epoch whose checkpoint never landed)."""
+        self.rows = [dict(r) for r in rows]
+        self._write_metrics()
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         if not self.is_main:
             return
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(row), lineterminator="\n", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        write_text(self.path / "metrics.csv", out.getvalue())
+        self._write_metrics()
         tb = self.tensorboard()
         for key, value in row.items():
             if key != "epoch" and isinstance(value, (int, float)):
                 tb.add_scalar(key, value, row["epoch"])
         tb.flush()
+
+    def _write_metrics(self) -> None:
+        if not self.is_main or not self.rows:
+            return
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(self.rows[-1]), lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text(self.path / "metrics.csv", out.getvalue())
 
     def tensorboard(self):
         if self._tb is None:
@@ -108,10 +136,12 @@ class RunDir:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
         for handler in list(log.handlers):
             if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == self.path:
                 log.removeHandler(handler)
                 handler.close()
+        self._lock.release()
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

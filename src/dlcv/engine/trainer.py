@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -68,13 +69,10 @@ def fit_or_reuse(task: Task, cfg: dict, run_dir: str | Path) -> dict[str, Any]:
     """For pipelines of runs (`ssl table`, `demo`): a finished run is reused, an interrupted one resumed
     and a missing one started, so a killed pipeline goes on where it stopped."""
     summary_file = Path(run_dir) / "summary.json"
-    if summary_file.is_file():
-        summary = json.loads(summary_file.read_text())
-        if summary.get("status") == "finished":
-            log.info("%s is finished; reusing it", run_dir)
-            return summary
-    resume = (Path(run_dir) / "checkpoints" / "last.pt").is_file()
-    return Trainer(task, cfg, run_dir, resume=resume).fit()
+    if RunDir(run_dir, True).finished():
+        log.info("%s is finished; reusing it", run_dir)
+        return json.loads(summary_file.read_text())
+    return Trainer(task, cfg, run_dir, resume=True).fit()
 
 
 def snapshot_epochs(requested: list[int] | None, epochs: int) -> list[int]:
@@ -83,12 +81,13 @@ def snapshot_epochs(requested: list[int] | None, epochs: int) -> list[int]:
 
 
 class Trainer:
+    """`resume=True` continues the run in `run_dir` from checkpoints/last.pt, or starts it over when it
+    stopped before its first checkpoint; without it, a folder that holds a run is refused."""
+
     def __init__(self, task: Task, cfg: dict, run_dir: str | Path, resume: bool = False):
         self.task, self.cfg, self.resume = task, cfg, resume
         if cfg["data"]["root"] is None:
             raise DlcvError("data.root is not set: the problem's data folder (e.g. hw1_data/p1_data)")
-        if not resume and (Path(run_dir) / "checkpoints" / "last.pt").exists():
-            raise DlcvError(f"{run_dir} already holds a run; continue it with --resume or pick another --out")
         self.env = distributed.setup(cfg["device"])
         self.device = self.env.device
         self.run = RunDir(run_dir, self.env.is_main)
@@ -121,14 +120,44 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        cfg, t, env = self.cfg, self.cfg["train"], self.env
-        started = time.time()
-        state = checkpoint.load(self.run.checkpoints / "last.pt", self.task.name) if self.resume else None
-        if state is not None and (state["epoch"] >= t["epochs"] or
-                                  (t["max_steps"] is not None and state["step"] >= t["max_steps"])):
+        """Holds the run folder's lock throughout. A run that fails on bad input before its first
+        checkpoint leaves no folder behind when it created the folder."""
+        created = not self.run.path.exists()
+        self.run.open()
+        try:
+            return self._fit()
+        except DlcvError:
+            if created and self.env.is_main and not self.run.last.exists():
+                shutil.rmtree(self.run.path, ignore_errors=True)
+            raise
+        finally:
+            self.run.close()
+
+    def _starting_state(self) -> dict[str, Any] | None:
+        t = self.cfg["train"]
+        if not self.resume:
+            if self.run.started():
+                raise DlcvError(f"{self.run.path} already holds a run; continue it with --resume or pick "
+                                "another --out")
+            return None
+        if not self.run.last.is_file():
+            if self.run.started():
+                log.info("%s stopped before its first checkpoint; starting it over", self.run.path)
+            return None
+        state = checkpoint.load(self.run.last, self.task.name, require=("rows", "rng", "best"))
+        complete = state["epoch"] >= t["epochs"] or (t["max_steps"] is not None and state["step"] >= t["max_steps"])
+        if complete and self.run.finished():
             # checked before the data is decoded: a finished run is refused at once
             raise DlcvError(f"{self.run.path} is already complete ({state['epoch']} epochs, {state['step']} "
                             "steps); extend it with --set train.epochs=N (or train.max_steps=N)")
+        return state
+
+    def _fit(self) -> dict[str, Any]:
+        cfg, t, env = self.cfg, self.cfg["train"], self.env
+        started = time.time()
+        state = self._starting_state()
+        distributed.barrier()  # every rank has looked at the folder before rank 0 writes to it
+        self.run.write_config(cfg)  # before the data is read: a run killed from here on is resumable
         torch.manual_seed(t["seed"])  # identical initial weights on every rank
         self.task.setup(self)
         self.module = self.task.build_model().to(self.device)
@@ -153,15 +182,14 @@ class Trainer:
             start_epoch, step, best = state["epoch"] + 1, state["step"], state["best"]
             past_wall = state["wall_time_s"]
             checkpoint.restore_rng_states(state["rng"][min(env.rank, len(state["rng"]) - 1)])
-            self.run.load_metrics(state["epoch"])
+            self.run.restore_rows(state["rows"])
             log.info("resumed %s at epoch %d (step %d)", self.run.path, state["epoch"], step)
-        self.run.write_config(cfg)
 
         fast = torch.compile(self.module) if t["compile"] else self.module
         train_model = DistributedDataParallel(fast) if env.distributed else fast
         epochs, max_steps = t["epochs"], t["max_steps"]
         snapshots = snapshot_epochs(cfg["snapshot"]["epochs"], epochs)
-        last_metrics: dict[str, Any] = {}
+        last_metrics: dict[str, Any] | None = None
         for epoch in range(start_epoch, epochs + 1):
             if max_steps is not None and step >= max_steps:
                 break
@@ -172,9 +200,7 @@ class Trainer:
             train_seconds = time.time() - tic
             totals = distributed.all_reduce_sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64,
                                                              device=self.device))
-            fast.eval()
-            with torch.no_grad(), self.autocast():
-                metrics = self.task.evaluate(fast)
+            metrics = self._evaluate(fast)
             stopping = epoch == epochs or (max_steps is not None and step >= max_steps)
             if epoch in snapshots or (stopping and not cfg["snapshot"]["epochs"]):
                 with torch.no_grad(), self.autocast():
@@ -184,9 +210,6 @@ class Trainer:
             row = {"epoch": epoch, "train_loss": (totals[0] / totals[1]).item(), **scalars,
                    "lr": scheduler.get_last_lr()[0], "images_per_s": totals[1].item() / train_seconds,
                    "seconds": time.time() - tic}
-            self.run.log_epoch(row)
-            log.info("epoch %d/%d  " + "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"),
-                     epoch, epochs)
             value = row[self.task.monitor]  # may be NaN (e.g. a class absent from a tiny val set)
             improved = self._better(value, best)  # False for NaN: best stays as it was
             if improved or not (self.run.checkpoints / "best.pt").exists():
@@ -194,9 +217,16 @@ class Trainer:
                 self._save_weights(self.run.checkpoints / "best.pt", epoch, step)
             last_metrics = metrics
             wall = past_wall + time.time() - started
-            self._save_last(optimizer, scheduler, scaler, epoch, step, best, wall)
+            # last.pt (with this epoch's row) lands before metrics.csv shows the epoch: a kill anywhere
+            # leaves a folder whose --resume continues after the last epoch metrics.csv shows
+            self._save_last(optimizer, scheduler, scaler, epoch, step, best, wall, [*self.run.rows, row])
+            self.run.log_epoch(row)
+            log.info("epoch %d/%d  " + "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"),
+                     epoch, epochs)
             self.run.write_summary(self._summary("running", row, best, metrics, wall))
 
+        if last_metrics is None:  # resumed after the last epoch (killed while finishing): score it again
+            last_metrics = self._evaluate(fast)
         if self.env.is_main:
             self.task.finish(self.run.rows)
         wall = past_wall + time.time() - started
@@ -204,8 +234,12 @@ class Trainer:
         summary = self._summary("finished", final, best, last_metrics, wall)
         self.run.write_summary(summary)
         distributed.barrier()
-        self.run.close()
         return summary
+
+    def _evaluate(self, model: nn.Module) -> dict[str, Any]:
+        model.eval()
+        with torch.no_grad(), self.autocast():
+            return self.task.evaluate(model)
 
     def _train_epoch(self, model, optimizer, scheduler, scaler, epoch, step, steps_per_epoch):
         t, env = self.cfg["train"], self.env
@@ -254,7 +288,7 @@ class Trainer:
         if self.env.is_main:
             checkpoint.save(path, self._weights_state(epoch, step))
 
-    def _save_last(self, optimizer, scheduler, scaler, epoch, step, best, wall) -> None:
+    def _save_last(self, optimizer, scheduler, scaler, epoch, step, best, wall, rows) -> None:
         rng = [checkpoint.rng_states()]
         if self.env.distributed:  # every rank's generator state, gathered on rank 0
             gathered = [None] * self.env.world_size
@@ -264,7 +298,7 @@ class Trainer:
             checkpoint.save(self.run.checkpoints / "last.pt", {
                 **self._weights_state(epoch, step), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "best": best,
-                "rng": rng, "wall_time_s": wall})
+                "rng": rng, "wall_time_s": wall, "rows": rows})
         distributed.barrier()
 
     @property

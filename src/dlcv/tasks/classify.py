@@ -60,7 +60,7 @@ def labelled_split(folder: Path, csv_path: Path | None) -> tuple[list[Path], lis
         files = list_images(folder)
         return files, labels_mod.folder_labels(files)
     names, labels = labels_mod.read_labelled_csv(csv_path)
-    files = [folder / n for n in names]
+    files = labels_mod.files_in(folder, names, csv_path)
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise DlcvError(f"{csv_path}: {len(missing)} listed file(s) not found, e.g. {missing[0]}")
@@ -190,9 +190,9 @@ class ClassifyTask:
                 net(self.engine.to_device_images(self.preprocess(self.val_x[idx])))
                 targets.append(self.val_y[idx].cpu())
         feats = torch.cat(captured).bfloat16()  # half the size; float16 could overflow
-        checkpoint.save(self.engine.run.snapshots / f"features_epoch_{epoch:03d}.pt",
-                        {"task": self.name, "model": {}, "epoch": epoch, "features": feats,
-                         "labels": torch.cat(targets), "classes": self.classes})
+        checkpoint.save_snapshot(self.engine.run.snapshots / f"features_epoch_{epoch:03d}.pt",
+                                 {"task": self.name, "epoch": epoch, "features": feats,
+                                  "labels": torch.cat(targets), "classes": self.classes})
 
     def finish(self, rows: list[dict[str, Any]]) -> None:
         fig_dir = self.engine.run.figures
@@ -206,7 +206,7 @@ class ClassifyTask:
         snaps = sorted(self.engine.run.snapshots.glob("features_epoch_*.pt"))
         seed, perplexity = self.cfg["train"]["seed"], self.cfg["snapshot"]["tsne_perplexity"]
         for i, snap in enumerate(snaps):
-            state = checkpoint.load(snap, self.name)
+            state = checkpoint.load_snapshot(snap, self.name)
             feats, labels_, epoch = state["features"].float().numpy(), state["labels"].numpy(), state["epoch"]
             if i == len(snaps) - 1:
                 figures.scatter_by_class(figures.embed_2d(feats, "pca", seed), labels_,
@@ -233,7 +233,7 @@ def capture_head_input(model: nn.Module, head: str):
 # -- inference from a checkpoint (predict, embed) ---------------------------------------------------------
 
 def load_classifier(ckpt_path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    state = checkpoint.load(ckpt_path, "classify")
+    state = checkpoint.load(ckpt_path, "classify", require=("classes", "preprocess"))
     return model_from_checkpoint(state, len(state["classes"])).to(device).eval(), state
 
 
@@ -269,7 +269,7 @@ def predict_csv(ckpt: str | Path, in_csv: str | Path, image_dir: str | Path, out
     """SPEC 4 (hw1_2.sh): `id,filename,label` with id and filename copied from IN_CSV in its order; the
     input's label column, if any, is ignored (it may be `None`)."""
     rows = labels_mod.read_csv_rows(in_csv, ("id", "filename"))
-    files = [Path(image_dir) / r["filename"] for r in rows]
+    files = labels_mod.files_in(image_dir, [r["filename"] for r in rows], in_csv)
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise DlcvError(f"{in_csv}: {len(missing)} listed image(s) not found in {image_dir}, e.g. {missing[0]}")

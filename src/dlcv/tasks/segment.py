@@ -54,7 +54,7 @@ def course_iou(confusion: np.ndarray) -> tuple[list[float], float]:
     for c in range(SCORED):
         tp = confusion[c, c]
         denominator = confusion[:, c].sum() + confusion[c, :].sum() - tp
-        ious.append(tp / denominator if denominator else math.nan)
+        ious.append(float(tp / denominator) if denominator else math.nan)
     return ious, sum(ious) / SCORED
 
 
@@ -188,9 +188,9 @@ class SegmentTask:
             return
         idx = torch.tensor(self._snapshot_indices(), device=self.engine.device)
         pred = self.engine.module(self.normalize(self.val_x[idx]))["out"].argmax(1).to(torch.uint8).cpu()
-        checkpoint.save(self.engine.run.snapshots / f"masks_epoch_{epoch:03d}.pt",
-                        {"task": self.name, "model": {}, "epoch": epoch, "masks": pred,
-                         "ids": [self.val_pairs[i][0] for i in idx.tolist()]})
+        checkpoint.save_snapshot(self.engine.run.snapshots / f"masks_epoch_{epoch:03d}.pt",
+                                 {"task": self.name, "epoch": epoch, "masks": pred,
+                                  "ids": [self.val_pairs[i][0] for i in idx.tolist()]})
 
     def finish(self, rows: list[dict[str, Any]]) -> None:
         fig_dir = self.engine.run.figures
@@ -200,7 +200,7 @@ class SegmentTask:
         if getattr(self, "last_ious", None) is not None:
             figures.per_class_bars(self.last_ious, list(CLASS_NAMES[:SCORED]), "per-class validation IoU",
                                    fig_dir / "per_class_iou.png")
-        snaps = [checkpoint.load(p, self.name) for p in sorted(self.engine.run.snapshots.glob("masks_epoch_*.pt"))]
+        snaps = [checkpoint.load_snapshot(p, self.name) for p in sorted(self.engine.run.snapshots.glob("masks_epoch_*.pt"))]
         if snaps:
             idx = self._snapshot_indices()
             figures.mask_grid(self.val_x[idx].cpu().numpy(), self.val_y[idx].cpu().numpy(),
@@ -214,7 +214,7 @@ class SegmentTask:
 # -- inference and scoring ---------------------------------------------------------------------------------
 
 def load_segmenter(ckpt_path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    state = checkpoint.load(ckpt_path, "segment")
+    state = checkpoint.load(ckpt_path, "segment", require=("preprocess",))
     return model_from_checkpoint(state, NUM_CLASSES).to(device).eval(), state
 
 
@@ -222,11 +222,12 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path,
                    batch_size: int = 8) -> int:
     """`xxxx_mask.png` (RGB, course palette, the input's size) for every `xxxx_sat.jpg`, written atomically.
     Tiles go through the model `batch_size` at a time (one at a time where a batch mixes tile sizes)."""
+    files = sat_images(image_dir)
+    out_dir = Path(out_dir)
+    _refuse_ground_truth_folder(Path(image_dir), out_dir)
     model, state = load_segmenter(ckpt, device)
     mean = torch.tensor(state["preprocess"]["mean"], device=device)
     std = torch.tensor(state["preprocess"]["std"], device=device)
-    files = sat_images(image_dir)
-    out_dir = Path(out_dir)
     with torch.inference_mode():
         for start in range(0, len(files), batch_size):
             chunk = files[start:start + batch_size]
@@ -239,6 +240,20 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path,
             for f, pred in zip(chunk, preds):
                 write_mask(out_dir / f.name.replace("_sat.jpg", "_mask.png"), pred.numpy())
     return len(files)
+
+
+def _refuse_ground_truth_folder(image_dir: Path, out_dir: Path) -> None:
+    """`hw1_3.sh DIR DIR` is easy to type, and the course's folders hold `_sat.jpg` and `_mask.png` side
+    by side: predictions must never overwrite ground-truth masks."""
+    if out_dir.exists() and out_dir.resolve() == image_dir.resolve():
+        raise DlcvError(f"the output folder {out_dir} is the image folder: its masks would be overwritten; "
+                        "pick another output folder")
+    if out_dir.is_dir():
+        for sat in sorted(out_dir.glob("*_sat.jpg")):
+            mask = sat.with_name(sat.name.replace("_sat.jpg", "_mask.png"))
+            if mask.exists():
+                raise DlcvError(f"{out_dir} holds ground truth ({sat.name} with {mask.name}): writing "
+                                "predictions there would overwrite it; pick another output folder")
 
 
 def score_folders(gt_dir: str | Path, pred_dir: str | Path) -> tuple[list[float], float]:

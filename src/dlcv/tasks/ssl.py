@@ -20,7 +20,7 @@ from dlcv.data.views import ViewSpec, two_views
 from dlcv.engine import batches, checkpoint
 from dlcv.engine.trainer import fit_or_reuse
 from dlcv.errors import DlcvError
-from dlcv.fileio import atomic_path, write_text
+from dlcv.fileio import DirectoryLock, atomic_path, write_text
 from dlcv.models import create_model
 from dlcv.models.byol import BYOL, resnet_features, target_momentum
 from dlcv.models.weights import load_strict
@@ -54,15 +54,17 @@ def choices() -> dict[str, tuple]:
 
 def knn_accuracy(train_feats: torch.Tensor, train_y: torch.Tensor, val_feats: torch.Tensor, val_y: torch.Tensor,
                  k: int, temperature: float, num_classes: int) -> float:
-    """Cosine-similarity k-NN with exp(sim / T) weighted votes."""
-    train_feats, val_feats = F.normalize(train_feats.float(), dim=1), F.normalize(val_feats.float(), dim=1)
-    k = min(k, len(train_y))
-    correct = 0
-    for chunk, y in zip(val_feats.split(1024), val_y.split(1024)):
-        sims, idx = (chunk @ train_feats.T).topk(k, dim=1)
-        votes = torch.zeros(len(chunk), num_classes, device=chunk.device)
-        votes.scatter_add_(1, train_y[idx], (sims / temperature).exp())
-        correct += (votes.argmax(1) == y).sum().item()
+    """Cosine-similarity k-NN with exp(sim / T) weighted votes, in fp32 whatever autocast is active (the
+    monitor runs inside the engine's evaluation autocast; bf16 similarities would also blur the ranking)."""
+    with torch.autocast(train_feats.device.type, enabled=False):
+        train_feats, val_feats = F.normalize(train_feats.float(), dim=1), F.normalize(val_feats.float(), dim=1)
+        k = min(k, len(train_y))
+        correct = 0
+        for chunk, y in zip(val_feats.split(1024), val_y.split(1024)):
+            sims, idx = (chunk @ train_feats.T).topk(k, dim=1)
+            votes = torch.zeros(len(chunk), num_classes, device=chunk.device)
+            votes.scatter_add_(1, train_y[idx], (sims / temperature).exp())
+            correct += (votes.argmax(1) == y).sum().item()
     return correct / len(val_y)
 
 
@@ -234,15 +236,16 @@ def run_table(recipe: dict, overrides: list[str], sl_backbone: str | None, ssl_b
     if unknown or not settings:
         raise DlcvError(f"--settings {settings!r}: use letters of ABCDE "
                         f"(unknown: {', '.join(unknown) or 'none given'})")
-    rows = []
-    for setting in settings:
-        source, pretraining, tuning = SETTINGS[setting]
-        backbone = {"sl": sl_backbone, "ssl": ssl_backbone, None: None}[source]
-        cfg = finetune_config(recipe, overrides, setting, backbone)
-        log.info("== setting %s: %s pre-training, %s", setting, pretraining, tuning)
-        summary = fit_or_reuse(classify.ClassifyTask(cfg), cfg, out_dir / f"setting_{setting}")
-        rows.append({"setting": setting, "pre-training": pretraining + (f" ({backbone})" if backbone else ""),
-                     "fine-tuning": tuning, "val_acc": summary["final"]["val_acc"],
-                     "best_val_acc": summary["best"]["val_acc"], "best_epoch": summary["best"]["epoch"],
-                     "run": str(out_dir / f"setting_{setting}")})
-    return write_table(rows, out_dir)
+    with DirectoryLock(out_dir):  # one `ssl table` per folder at a time
+        rows = []
+        for setting in settings:
+            source, pretraining, tuning = SETTINGS[setting]
+            backbone = {"sl": sl_backbone, "ssl": ssl_backbone, None: None}[source]
+            cfg = finetune_config(recipe, overrides, setting, backbone)
+            log.info("== setting %s: %s pre-training, %s", setting, pretraining, tuning)
+            summary = fit_or_reuse(classify.ClassifyTask(cfg), cfg, out_dir / f"setting_{setting}")
+            rows.append({"setting": setting, "pre-training": pretraining + (f" ({backbone})" if backbone else ""),
+                         "fine-tuning": tuning, "val_acc": summary["final"]["val_acc"],
+                         "best_val_acc": summary["best"]["val_acc"], "best_epoch": summary["best"]["epoch"],
+                         "run": str(out_dir / f"setting_{setting}")})
+        return write_table(rows, out_dir)
