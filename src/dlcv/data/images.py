@@ -1,10 +1,12 @@
 """Reading image files robustly, and decoding folders of small images once into a cached uint8 tensor."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,25 +29,63 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
+_PIL_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) read: $DLCV_MAX_IMAGE_PIXELS, default PIL's own guard
+    (89,478,485, about 9459 x 9459). A small file can declare a huge size (a "decompression bomb")."""
+    raw = os.environ.get("DLCV_MAX_IMAGE_PIXELS", str(_PIL_MAX_IMAGE_PIXELS))
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise DlcvError(f"DLCV_MAX_IMAGE_PIXELS must be a positive whole number, got {raw!r}")
+    return limit
+
+
+@contextlib.contextmanager
+def open_image(path: str | Path, what: str = "image") -> Iterator[Image.Image]:
+    """PIL's Image.open, loaded, with every failure (missing, unreadable, corrupt, too large) turned into
+    one DlcvError naming the file; the declared size is checked before any pixel is decoded."""
+    path = Path(path)
+    limit = max_image_pixels()
+    Image.MAX_IMAGE_PIXELS = limit  # PIL's own guard (it raises at twice this) stays on, at our limit
+    try:
+        with warnings.catch_warnings():  # PIL warns between 1x and 2x its limit; we refuse there instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            if im.width * im.height > limit:
+                raise DlcvError(f"{what} {path}: declares {im.width}x{im.height} pixels, over the limit of "
+                                f"{limit:,} (set DLCV_MAX_IMAGE_PIXELS to allow larger images)")
+            im.load()
+            yield im
+    except FileNotFoundError:
+        raise DlcvError(f"{what} file not found: {path}") from None
+    except IsADirectoryError:
+        raise DlcvError(f"{what} {path} is a directory, not a file") from None
+    except PermissionError:
+        raise DlcvError(f"cannot read {what} {path}: permission denied") from None
+    except Image.DecompressionBombError as exc:
+        raise DlcvError(f"{what} {path}: {exc} (set DLCV_MAX_IMAGE_PIXELS to allow larger images)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DlcvError(f"cannot read {what} {path}: {exc} (corrupt or truncated file?)") from None
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """HxWx3 uint8 RGB. Grayscale, palette, RGBA and 16-bit images are converted; unreadable files
-    (corrupt, truncated, not an image) raise DlcvError naming the file."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # PIL's convert("RGB") clips 16-bit values instead of scaling them.
-                gray = np.asarray(im, dtype=np.int64)
-                gray = (gray >> 8 if gray.max() > 255 else gray).clip(0, 255).astype(np.uint8)
-                return np.repeat(gray[:, :, None], 3, axis=2)
-            if im.mode in ("RGBA", "LA", "P", "PA"):
-                im = im.convert("RGBA").convert("RGB")
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except FileNotFoundError:
-        raise DlcvError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DlcvError(f"cannot read image {path}: {exc} (corrupt or truncated file?)") from None
+    (corrupt, truncated, not an image, too large) raise DlcvError naming the file."""
+    with open_image(path) as im:
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # PIL's convert("RGB") clips 16-bit values instead of scaling them.
+            gray = np.asarray(im, dtype=np.int64)
+            gray = (gray >> 8 if gray.max() > 255 else gray).clip(0, 255).astype(np.uint8)
+            return np.repeat(gray[:, :, None], 3, axis=2)
+        if im.mode in ("RGBA", "LA", "P", "PA"):
+            im = im.convert("RGBA")
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:

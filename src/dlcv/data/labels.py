@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from dlcv.errors import DlcvError
@@ -50,6 +50,20 @@ def read_labelled_csv(path: str | Path) -> tuple[list[str], list[str]]:
     """(filenames, labels) of a `filename,label` or `id,filename,label` CSV."""
     rows = read_csv_rows(path, ("filename", "label"))
     return [r["filename"] for r in rows], [r["label"] for r in rows]
+
+
+def files_in(folder: str | Path, names: Sequence[str], source: str | Path) -> list[Path]:
+    """`folder / name` for the file names of a CSV, refusing any name that would read outside the folder
+    (an absolute path or a `..` part), with the CSV line that holds it (line 1 is the header)."""
+    files = []
+    for line, name in enumerate(names, start=2):
+        parts = PurePosixPath(name.replace("\\", "/"))
+        if not name or parts.is_absolute() or ".." in parts.parts or re.match(r"^[A-Za-z]:", name):
+            problem = "is empty" if not name else "is outside the image folder"
+            raise DlcvError(f"{source}, line {line}: file name {name!r} {problem}; names must be relative to "
+                            f"{folder} without '..'")
+        files.append(Path(folder) / name)
+    return files
 
 
 def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:

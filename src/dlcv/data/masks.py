@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dlcv.data.images import open_image
 from dlcv.errors import DlcvError
 from dlcv.fileio import atomic_path
 
@@ -34,17 +35,10 @@ def class_to_rgb(classes: np.ndarray) -> np.ndarray:
 def read_mask(path: str | Path, red_as: int) -> tuple[np.ndarray, int]:
     """(H x W uint8 class map, number of red pixels), red pixels set to `red_as`: IGNORE for training
     targets, UNKNOWN for scoring (a red pixel predicted as class c then counts against c)."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in ("RGB", "RGBA", "P"):
-                raise DlcvError(f"mask {path}: mode {im.mode}, expected an RGB image in the course palette")
-            rgb = np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise DlcvError(f"mask file not found: {path}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DlcvError(f"cannot read mask {path}: {exc}") from None
+    with open_image(path, "mask") as im:
+        if im.mode not in ("RGB", "RGBA", "P"):
+            raise DlcvError(f"mask {path}: mode {im.mode}, expected an RGB image in the course palette")
+        rgb = np.asarray(im.convert("RGB"))
     classes = rgb_to_class(rgb)
     red = classes == RED
     out = classes.astype(np.uint8)

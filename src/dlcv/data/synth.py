@@ -10,6 +10,9 @@ class its own colour and texture plus noise, and the mask is written in the cour
 from __future__ import annotations
 
 import csv
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from dlcv.data.masks import class_to_rgb
+from dlcv.errors import DlcvError
 
 SHAPES = ("disk", "square", "triangle", "ring", "cross")
 P3_VAL_IDS = (13, 62, 104)  # the report's mask-snapshot images exist in the synthetic set too
@@ -172,11 +176,27 @@ def write_p3(root: Path, sizes: SynthSizes, rng: np.random.Generator) -> None:
             _save(class_to_rgb(cmap), root / split / f"{i:04d}_mask.png")
 
 
-def write_tree(out: str | Path, seed: int = 0, sizes: SynthSizes = SynthSizes()) -> Path:
-    """Writes OUT/hw1_data/{p1_data,p2_data,p3_data} and returns the hw1_data path."""
+def write_tree(out: str | Path, seed: int = 0, sizes: SynthSizes = SynthSizes(), force: bool = False) -> Path:
+    """Writes OUT/hw1_data/{p1_data,p2_data,p3_data} and returns the hw1_data path. The tree is built in a
+    temporary folder beside it and renamed into place, so a killed call leaves no half tree; an existing
+    OUT/hw1_data that holds files (perhaps the real data) is refused unless `force`."""
     root = Path(out) / "hw1_data"
-    rng = np.random.default_rng(seed)
-    write_p1(root / "p1_data", sizes, np.random.default_rng(rng.integers(1 << 31)))
-    write_p2(root / "p2_data", sizes, np.random.default_rng(rng.integers(1 << 31)))
-    write_p3(root / "p3_data", sizes, np.random.default_rng(rng.integers(1 << 31)))
+    if root.is_dir() and any(root.iterdir()) and not force:
+        raise DlcvError(f"{root} already holds files; refusing to replace them with synthetic data "
+                        "(pick another folder, or --force to replace them)")
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".hw1_data.", suffix=".tmp", dir=root.parent))
+    except OSError as exc:
+        raise DlcvError(f"cannot write to {root.parent}: {exc.strerror}") from None
+    try:
+        rng = np.random.default_rng(seed)
+        write_p1(staging / "p1_data", sizes, np.random.default_rng(rng.integers(1 << 31)))
+        write_p2(staging / "p2_data", sizes, np.random.default_rng(rng.integers(1 << 31)))
+        write_p3(staging / "p3_data", sizes, np.random.default_rng(rng.integers(1 << 31)))
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(staging, root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return root
