@@ -107,7 +107,7 @@ def test_bad_inputs_exit_non_zero_with_the_file_named_and_no_partial_output(ckpt
 
 def test_wrong_task_checkpoint_is_a_clear_error(ckpt, tmp_path):
     import torch
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)
     torch.save({**state, "task": "segment"}, tmp_path / "seg.pt")
     r = dlcv("classify", "predict", "--ckpt", tmp_path / "seg.pt", tmp_path, tmp_path / "o.csv")
     assert r.returncode == 2 and "checkpoint of task 'segment'" in r.stderr
@@ -144,7 +144,7 @@ train: {{epochs: 1, batch_size: 100, max_steps: 2}}
     lines = (out / "metrics.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ["1", "2"]
     import torch
-    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert state["classes"][:2] == ["class_0", "class_1"] and state["step"] == 4
     main(["classify", "predict", "--ckpt", str(out / "checkpoints/best.pt"), str(p1_root / "val_50"),
           str(tmp_path / "p.csv")])

@@ -13,15 +13,33 @@ def resolve(recipe=None, sets=()):
     return config.resolve(classify.DEFAULTS, classify.choices(), classify.TYPES, recipe or {}, list(sets))
 
 
+def leaves(tree, prefix=""):
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and dotted != "model.options":
+            yield from leaves(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_recipe_resolves(path):
+def test_every_recipe_resolves_keeps_its_values_and_builds_its_model(path):
+    import torch
+
+    from dlcv.models import create_model, list_models
     from dlcv.tasks import segment, ssl
     recipe = config.load_yaml(path)
     task = {"classify": classify, "segment": segment, "ssl": ssl}[recipe["task"]]
     cfg = config.resolve(task.DEFAULTS, task.choices(), task.TYPES, recipe, [])
-    for key in ("data.root", "model.name", "model.weights", "train.epochs", "train.batch_size",
-                "train.max_steps", "train.precision", "train.seed", "device"):
-        config.get(cfg, key)  # the issue fixes these names for every task
+    assert cfg["task"] == task.DEFAULTS["task"]
+    for key, value in leaves(recipe):  # what the recipe says is what runs
+        assert config.get(cfg, key) == value, key
+    assert cfg["train"]["epochs"] >= 1 and cfg["train"]["batch_size"] >= 1 and cfg["optim"]["lr"] > 0
+    m = cfg["model"]
+    assert m["name"] in (ssl.BACKBONES if task is ssl else list_models(task.DEFAULTS["task"]))
+    options = {k: None if k.endswith("weights") else v for k, v in m["options"].items()}  # no downloads
+    with torch.device("meta"):  # the architecture and its options build, without memory or weights
+        assert isinstance(create_model(m["name"], num_classes=7, weights=None, **options), torch.nn.Module)
 
 
 def test_report_byol_recipe_is_the_reports():

@@ -26,19 +26,29 @@ def rows_of(run):
 
 
 def last_state(run):
-    return torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)
 
 
-def assert_runs_match(tmp_path, exact_metric, close_metrics):
+def assert_runs_match(tmp_path, counted_metric, val_size, close_metrics):
+    """One process and two are different code paths (gradients averaged over ranks vs over one batch,
+    other reduction orders, other kernels on another CPU), so they are compared with tolerances, not
+    bit for bit. Measured float noise after 2-3 epochs (AVX-512 and AVX2 kernels): losses within 3e-4
+    relative, at most 1 of 100 validation predictions flipped. A real mismatch (a wrong or duplicated
+    shard, augmentation not sliced per rank) trains on other images: it moves epoch 1's training loss
+    by ~1e-2 relative (measured: another seed's batches move it 8e-3) and the weights by more than 1e-3
+    of their norm."""
     rows = [rows_of(tmp_path / f"n{n}") for n in (1, 2)]
-    assert len(rows[0]) == len(rows[1]) > 0
+    assert len(rows[0]) == len(rows[1]) == 2
+    flips = max(2, val_size // 100)  # at most 1% of the predictions (and never less than 2) may differ
     for one, two in zip(*rows):
-        assert one[exact_metric] == two[exact_metric]
+        assert abs(float(one[counted_metric]) - float(two[counted_metric])) <= flips / val_size + 1e-9
+        assert float(one["train_loss"]) == pytest.approx(float(two["train_loss"]), rel=1e-3)
         for key in close_metrics:
-            assert float(one[key]) == pytest.approx(float(two[key]), rel=1e-5), key
+            assert float(one[key]) == pytest.approx(float(two[key]), rel=3e-3), key
     w1, w2 = last_state(tmp_path / "n1")["model"], last_state(tmp_path / "n2")["model"]
-    for key in w1:
-        assert torch.allclose(w1[key].float(), w2[key].float(), atol=1e-4), key
+    assert w1.keys() == w2.keys()
+    one, two = (torch.cat([w[k].double().flatten() for k in sorted(w)]) for w in (w1, w2))
+    assert (one - two).norm() <= 1e-3 * one.norm()  # all weights together: tiny biases alone are noisy
     assert len(last_state(tmp_path / "n2")["rng"]) == 2  # every rank's generator state, for exact resume
 
 
@@ -49,6 +59,7 @@ def train_both(tmp_path, task, recipe_text):
         run_dlcv([task, "train", "-c", str(recipe), "--out", str(tmp_path / f"n{nproc}")], nproc, tmp_path)
 
 
+@pytest.mark.cross_path
 def test_classify_two_processes_match_one_process(p1_root, tmp_path):
     # GroupNorm: BatchNorm statistics are per process by design, so only a batch-independent
     # normalisation can match; augmentation is on to check its per-rank slicing. Widths with >= 2
@@ -62,9 +73,10 @@ augment: {{flip: true, crop_padding: 2, pad_mode: reflect}}
 optim: {{name: sgd, lr: 0.01, momentum: 0.9}}
 train: {{epochs: 2, batch_size: 100, eval_batch_size: 30, precision: fp32, seed: 3}}
 """)
-    assert_runs_match(tmp_path, "val_acc", ("train_loss", "val_loss"))
+    assert_runs_match(tmp_path, "val_acc", 100, ("val_loss",))
 
 
+@pytest.mark.cross_path
 def test_segment_two_processes_match_one_process(synth_root, tmp_path):
     # device-side flips, rotations and crops are drawn for the global batch and sliced per rank
     train_both(tmp_path, "segment", f"""task: segment
@@ -75,9 +87,10 @@ augment: {{flip: true, rotate90: true, scale: [0.5, 1.0]}}
 optim: {{name: adam, lr: 0.003}}
 train: {{epochs: 2, batch_size: 4, eval_batch_size: 4, precision: fp32, seed: 1, sync_batchnorm: true}}
 """)
-    assert_runs_match(tmp_path, "pixel_acc", ("train_loss", "val_loss", "val_miou"))
+    assert_runs_match(tmp_path, "pixel_acc", 6 * 128 * 128, ("val_loss", "val_miou"))
 
 
+@pytest.mark.cross_path
 def test_ssl_runs_on_two_processes(synth_root, tmp_path):
     """BYOL's BatchNorms (backbone and projector) see each process's half batch (SyncBatchNorm is
     CUDA-only), so two processes cannot equal one exactly; they must learn about as well as one."""

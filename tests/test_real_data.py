@@ -1,4 +1,7 @@
 """Slices of the real course data (../shared/data/hw1_data); skipped cleanly where it is absent."""
+import re
+
+import pytest
 
 from conftest import REAL_DATA, needs_real_data, small_classify_cfg
 from dlcv.cli import main
@@ -8,6 +11,7 @@ from dlcv.tasks.classify import ClassifyTask
 pytestmark = needs_real_data
 
 
+@pytest.mark.cross_path
 def test_real_p1_slice_trains_and_predict_plus_eval_acc_agree_with_training(tmp_path, capsys):
     p1 = REAL_DATA / "p1_data"
     cfg = small_classify_cfg(p1, **{"data.limit_train": 1000, "train.epochs": 1, "train.batch_size": 100,
@@ -16,15 +20,20 @@ def test_real_p1_slice_trains_and_predict_plus_eval_acc_agree_with_training(tmp_
     assert summary["final"]["epoch"] == 1
     assert len(summary["per_class_acc"]) == 50
     # The whole real val set (2,500 images), scored by file name against the course's val_gt.csv (CRLF):
-    # the standalone path must give exactly the accuracy measured in training.
+    # the standalone path must give the accuracy measured in training. Two code paths may flip predictions
+    # whose top logits tie to float precision, so at most 1% of the 2,500 may differ; a pairing error
+    # (names matched to the wrong predictions) drops the accuracy to chance (0.02), and a missed image
+    # shows in the row count and in eval's "no prediction" warning.
     pred = tmp_path / "pred.csv"
     assert main(["classify", "predict", "--ckpt", str(tmp_path / "run/checkpoints/best.pt"),
                  str(p1 / "val_50"), str(pred)]) == 0
     assert len(pred.read_text().splitlines()) == 2501
     capsys.readouterr()
     assert main(["eval", "acc", str(p1 / "val_gt.csv"), str(pred)]) == 0
-    printed = capsys.readouterr().out
-    assert f"accuracy: {summary['final']['val_acc']:.4f} (" in printed and "/2500)" in printed
+    captured = capsys.readouterr()
+    correct, total = re.search(r"accuracy: [\d.]+ \((\d+)/(\d+)\)", captured.out).groups()
+    assert int(total) == 2500 and "no prediction" not in captured.out + captured.err
+    assert abs(int(correct) - round(summary["final"]["val_acc"] * 2500)) <= 25
 
 
 def test_real_val_gt_csv_labels_match_file_names():
@@ -63,5 +72,8 @@ def test_real_p3_slice_trains(tmp_path):
               "train": {"epochs": 1, "batch_size": 2, "eval_batch_size": 3}}
     cfg = config.resolve(segment.DEFAULTS, segment.choices(), segment.TYPES, recipe, [])
     summary = Trainer(segment.SegmentTask(cfg), cfg, tmp_path / "run").fit()
-    assert 0 <= summary["final"]["pixel_acc"] <= 1
+    final = summary["final"]
+    ious = [final[f"iou_{c}"] for c in ("urban", "agriculture", "rangeland", "forest", "water", "barren")]
+    assert final["val_miou"] == pytest.approx(sum(ious) / 6, nan_ok=True)  # the course's mean of six
+    assert summary["per_class_iou"]["water"] == pytest.approx(final["iou_water"], abs=1e-5, nan_ok=True)
     assert (tmp_path / "run" / "figures" / "mask_grid.png").is_file()

@@ -101,6 +101,7 @@ def test_image_and_mask_size_mismatch_is_an_error(tmp_path, synth_root):
         Trainer(segment.SegmentTask(cfg), cfg, tmp_path / "run").fit()
 
 
+@pytest.mark.cross_path
 def test_segmentation_learns_and_predict_scores_like_training(synth_root, tmp_path):
     p3 = synth_root / "p3_data"
     cfg = seg_cfg(p3)
@@ -125,8 +126,17 @@ def test_segmentation_learns_and_predict_scores_like_training(synth_root, tmp_pa
     mask = np.asarray(Image.open(out / "0013_mask.png"))
     assert mask.shape == (128, 128, 3)
     assert {tuple(c) for c in mask.reshape(-1, 3)} <= {tuple(c) for c in PALETTE.tolist()}
+    # Two code paths (batch sizes, memory layouts, kernels) may flip pixels whose top two logits tie to
+    # float precision, so the paths are compared with tolerances, not bit for bit: the final-epoch mask
+    # snapshot (the training path) and hw1_3.sh's masks of the same tiles agree on >= 99.9% of pixels, and
+    # the mIoU within 1e-3. A real mismatch is far outside both: a missed tile or a wrong pairing of file
+    # and prediction moves whole tiles (each is 1/8 of the pixels here) and the mIoU by > 0.05.
+    snap = torch.load(run / "snapshots" / "masks_epoch_008.pt", weights_only=True)
+    for ident, trained in zip(snap["ids"], snap["masks"]):
+        predicted, _ = read_mask(out / f"{ident}_mask.png", 6)
+        assert (torch.from_numpy(predicted) == trained).float().mean() >= 0.999, ident
     _, miou = segment.score_folders(p3 / "validation", out)
-    assert miou == pytest.approx(summary["final"]["val_miou"], abs=1e-6)
+    assert miou == pytest.approx(summary["final"]["val_miou"], abs=1e-3)
     # a batch that mixes tile sizes is predicted tile by tile, each mask at its tile's size
     mixed = tmp_path / "mixed"
     mixed.mkdir()

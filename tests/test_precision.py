@@ -1,0 +1,99 @@
+"""Every precision a recipe can choose works for every task: train, evaluate, snapshot, finish and predict
+for a couple of steps under bf16 and fp16 autocast on the CPU (tiny models: seconds even where bf16 is
+emulated), with the training loss close to fp32's at the same steps."""
+import csv
+import math
+
+import pytest
+
+from conftest import TINY_SSL, seg_cfg, small_classify_cfg, ssl_cfg
+from dlcv.engine.distributed import pick_device
+from dlcv.engine.trainer import Trainer
+from dlcv.tasks import classify, segment, ssl
+
+PRECISIONS = ("bf16", "fp16")
+STEPS = {"train.max_steps": 2, "train.epochs": 1, "snapshot.epochs": [1]}
+
+
+def fit(task_cls, cfg, out):
+    return Trainer(task_cls(cfg), cfg, out).fit()
+
+
+def first_loss(out):
+    return float(next(csv.DictReader(open(out / "metrics.csv")))["train_loss"])
+
+
+def close_to_fp32(out, reference, precision):
+    # 2 steps from the same weights and batches: bf16 moves the mean loss by well under 5%. fp16's
+    # GradScaler starts at scale 2**16 and skips the steps whose gradients overflow, so its second step
+    # may start from the first one's weights (BYOL: +13%). A broken cast path (a metric in the wrong dtype,
+    # no loss scaling) gives NaN, an error, or a loss far off.
+    rel = 0.05 if precision == "bf16" else 0.2
+    assert first_loss(out) == pytest.approx(first_loss(reference), rel=rel)
+
+
+def is_count_over(fraction, n):
+    """A whole-set accuracy is (correct images) / n."""
+    return fraction * n == pytest.approx(round(fraction * n), abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("precision")
+
+
+def classify_cfg(p1_root, precision):
+    return small_classify_cfg(p1_root, **{**STEPS, "train.precision": precision, "data.limit_train": 100,
+                                          "model.options": "{widths: [8, 16, 16]}", "snapshot.tsne_perplexity": 5})
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_classify_every_path_under(precision, p1_root, runs, tmp_path):
+    reference = runs / "classify_fp32"
+    if not reference.exists():
+        fit(classify.ClassifyTask, classify_cfg(p1_root, "fp32"), reference)
+    out = tmp_path / "run"
+    summary = fit(classify.ClassifyTask, classify_cfg(p1_root, precision), out)
+    assert summary["environment"]["precision"] == precision
+    close_to_fp32(out, reference, precision)
+    n_val = len(list((p1_root / "val_50").glob("*.png")))
+    assert math.isfinite(summary["final"]["val_loss"]) and is_count_over(summary["final"]["val_acc"], n_val)
+    assert (out / "figures" / "tsne_epoch_001.png").is_file() and (out / "snapshots" / "features_epoch_001.pt").is_file()
+    n = classify.predict_folder(out / "checkpoints/last.pt", p1_root / "val_50", tmp_path / "p.csv", pick_device("cpu"))
+    assert n == n_val == len((tmp_path / "p.csv").read_text().splitlines()) - 1
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_segment_every_path_under(precision, synth_root, runs, tmp_path):
+    def cfg(p):
+        return seg_cfg(synth_root / "p3_data", **{**STEPS, "train.precision": p, "data.limit_train": 8,
+                                                  "data.limit_val": 3})
+    reference = runs / "segment_fp32"
+    if not reference.exists():
+        fit(segment.SegmentTask, cfg("fp32"), reference)
+    out = tmp_path / "run"
+    summary = fit(segment.SegmentTask, cfg(precision), out)
+    close_to_fp32(out, reference, precision)
+    assert math.isfinite(summary["final"]["val_loss"]) and 0 < summary["final"]["pixel_acc"] < 1
+    assert (out / "figures" / "mask_grid.png").is_file()
+    n = segment.predict_folder(out / "checkpoints/last.pt", synth_root / "p3_data/validation", tmp_path / "masks",
+                               pick_device("cpu"))
+    tiles = len(list((synth_root / "p3_data/validation").glob("*_sat.jpg")))
+    assert n == len(list((tmp_path / "masks").glob("*_mask.png"))) == tiles
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_ssl_every_path_under(precision, synth_root, runs, tmp_path):
+    """The k-NN monitor computes in fp32 inside the evaluation autocast (it used to fail under bf16)."""
+    def cfg(p):
+        return ssl_cfg(synth_root / "p2_data", **{**STEPS, "train.precision": p, "data.limit_train": 64})
+    reference = runs / "ssl_fp32"
+    if not reference.exists():
+        fit(ssl.SSLTask, cfg("fp32"), reference)
+    out = tmp_path / "run"
+    summary = fit(ssl.SSLTask, cfg(precision), out)
+    close_to_fp32(out, reference, precision)
+    n_val = len(list((synth_root / "p2_data/office/val").glob("*.jpg")))
+    assert is_count_over(summary["final"]["knn_acc"], n_val)
+    assert summary["final"]["embed_std"] > 0.01  # not collapsed
+    assert ssl.export_backbone(out / "checkpoints/last.pt", tmp_path / "b.pt") == TINY_SSL["model.name"]
