@@ -44,7 +44,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
               "final_lr_ratio": 0.0},
     # precision / channels_last `auto`: chosen per device (and model) from measurements, see
     # engine/trainer.py resolve_precision and resolve_channels_last.
-    "train": {"epochs": 1, "batch_size": 32, "eval_batch_size": 256, "max_steps": None,
+    "train": {"epochs": 1, "batch_size": 32, "eval_batch_size": 256, "max_steps": None, "max_seconds": None,
               "precision": "auto", "seed": 0, "channels_last": "auto", "compile": False,
               "sync_batchnorm": False,
               "grad_clip": None, "log_every": 20},
@@ -62,9 +62,63 @@ COMMON_CHOICES: dict[str, tuple] = {
 
 # Types of keys whose default is null (null stays allowed).
 COMMON_NULLABLE_TYPES: dict[str, type] = {
-    "data.root": str, "model.weights": str, "train.max_steps": int, "train.grad_clip": float,
+    "data.root": str, "model.weights": str, "train.max_steps": int, "train.max_seconds": float, "train.grad_clip": float,
     "snapshot.epochs": list,
 }
+
+
+# Ranges of numeric keys: (low, high, what the message says). Checked after types, on whichever keys the
+# task has; null stays allowed where the key is nullable.
+def _positive(v): return v > 0
+def _non_negative(v): return v >= 0
+
+
+RANGES: dict[str, tuple] = {
+    "train.epochs": (_positive, "a whole number >= 1"),
+    "train.max_steps": (_positive, "a whole number >= 1 (or null)"),
+    "train.max_seconds": (_positive, "a number of seconds > 0 (or null)"),
+    "train.batch_size": (_positive, "a whole number >= 1"),
+    "train.eval_batch_size": (_positive, "a whole number >= 1"),
+    "train.log_every": (_positive, "a whole number >= 1"),
+    "train.grad_clip": (_positive, "a number > 0 (or null)"),
+    "optim.lr": (_non_negative, "a number >= 0"),
+    "optim.weight_decay": (_non_negative, "a number >= 0"),
+    "optim.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "sched.warmup_epochs": (_non_negative, "a number >= 0"),
+    "sched.gamma": (_positive, "a number > 0"),
+    "data.image_size": (_positive, "a whole number >= 1"),
+    "data.input_size": (_positive, "a whole number >= 1 (or null)"),
+    "data.crop_size": (_positive, "a whole number >= 1 (or null)"),
+    "data.limit_train": (_positive, "a whole number >= 1 (or null)"),
+    "data.limit_val": (_positive, "a whole number >= 1 (or null)"),
+    "loss.label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "augment.crop_padding": (_non_negative, "a whole number >= 0"),
+    "augment.cutout": (_non_negative, "a whole number >= 0"),
+    "augment.rotation": (_non_negative, "a number of degrees >= 0"),
+    "tta.translate": (_non_negative, "a whole number of pixels >= 0"),
+    "data.mean": (lambda v: len(v) == 3 and all(isinstance(x, (int, float)) for x in v), "3 numbers (R, G, B)"),
+    "data.std": (lambda v: len(v) == 3 and all(isinstance(x, (int, float)) and x > 0 for x in v),
+                 "3 numbers > 0 (R, G, B)"),
+    "augment.resized_crop_scale": (lambda v: _fraction_range(v), "[min, max] with 0 < min <= max <= 1"),
+    "augment.scale": (lambda v: _fraction_range(v), "[min, max] with 0 < min <= max <= 1"),
+    "snapshot.epochs": (lambda v: all(isinstance(e, int) and not isinstance(e, bool) for e in v),
+                        "a list of whole epoch numbers (or null)"),
+}
+
+
+def _fraction_range(v) -> bool:
+    return len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) \
+        and 0 < v[0] <= v[1] <= 1
+
+
+def _check_ranges(cfg: dict) -> None:
+    for key, (ok, what) in RANGES.items():
+        try:
+            value = get(cfg, key)
+        except (KeyError, TypeError):
+            continue  # a key this task does not have
+        if value is not None and not ok(value):
+            raise ConfigError(f"config key '{key}': invalid value {value!r}; expected {what}")
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -140,6 +194,7 @@ def resolve(task_defaults: dict, task_choices: dict[str, tuple], task_types: dic
             cfg = deep_merge(cfg, nest(path, None))  # options of another model must not linger
         cfg = deep_merge(cfg, nest(path, value))
     _check(cfg, schema, choices, "", set(free), {**COMMON_NULLABLE_TYPES, **task_types})
+    _check_ranges(cfg)
     return cfg
 
 
@@ -161,9 +216,15 @@ def find_recipe(name: str | Path) -> Path:
 def load_yaml(path: str | Path) -> dict:
     path = find_recipe(path)
     try:
-        data = _yaml(path.read_text()) or {}
+        data = _yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (a YAML recipe is expected)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder, not a YAML recipe") from None
+    except PermissionError:
+        raise ConfigError(f"cannot read {path}: permission denied") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return data

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -17,6 +18,7 @@ import torch
 
 import dlcv
 from dlcv import config as config_mod
+from dlcv.errors import DlcvError
 from dlcv.fileio import DirectoryLock, write_text
 
 log = logging.getLogger("dlcv")
@@ -31,13 +33,39 @@ def environment(device: torch.device, world_size: int) -> dict[str, Any]:
                                 text=True, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         "dlcv": dlcv.__version__, "python": platform.python_version(), "torch": torch.__version__,
         "torchvision": torchvision.__version__, "platform": platform.platform(), "device": str(device),
         "device_name": name, "world_size": world_size, "cpu_threads": torch.get_num_threads(),
         "git_commit": commit, "command": command_line(),
+        "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
     }
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; elsewhere what platform knows)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """bf16 instructions in hardware (AVX512_BF16 or AMX-BF16), not emulated. oneDNN's own check
+    (`_is_mkldnn_bf16_supported`) is also True on AVX-512 CPUs that only emulate bf16, so on Linux the
+    CPU's flags decide too."""
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "").split()
+    except OSError:
+        return True  # no /proc (macOS, Windows): trust oneDNN
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def command_line() -> str:
@@ -146,11 +174,16 @@ class RunDir:
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a run's metrics.csv with numbers as numbers."""
-    with open(path, newline="") as fh:
-        return [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DlcvError(f"{path}: not a readable metrics CSV ({exc})") from None
 
 
-def _number(value: str) -> Any:
+def _number(value: str | None) -> Any:
+    if value is None:  # a short row
+        return None
     for cast in (int, float):
         try:
             return cast(value)

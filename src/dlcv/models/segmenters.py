@@ -51,7 +51,9 @@ class FCN32s(nn.Module):
 
 # channels_last on the 2-core CPU: conv backward 15.9 s vs 9.1 s contiguous for a batch of 2 512 px tiles
 # (torch.profiler); benchmarks/results/cpu_2core.json: 0.089 vs 0.103 img/s
-@register_model("fcn32s_vgg16", head="score", task="segment", cpu_channels_last=False)
+# CPU bf16 off: on torch 2.14.1 with AVX-512/AMX its bf16 backward at 256-512 px aborts the process with
+# glibc heap corruption ("corrupted double-linked list"), in either memory layout (its parts alone pass).
+@register_model("fcn32s_vgg16", head="score", task="segment", cpu_channels_last=False, cpu_bf16=False)
 def fcn32s_vgg16(num_classes: int, weights: str | None = None, fc_channels: int = 4096, fc_kernel: int = 7,
                  dropout: float = 0.5) -> nn.Module:
     """weights: VGG16 ImageNet weights (torchvision name such as IMAGENET1K_V1, or a vgg16 state_dict file).
@@ -165,7 +167,9 @@ class Lite0DeepLab(nn.Module):
         return {"out": nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)}
 
 
-@register_model("lite0_deeplab", head="classifier", task="segment")
+# CPU bf16 off: slower than fp32 on the AMX CPU (13.0 vs 15.9 img/s at 256 px, batch 8; depthwise
+# convolutions dominate; benchmarks/results/cpu_precision_avx512.json).
+@register_model("lite0_deeplab", head="classifier", task="segment", cpu_bf16=False)
 def lite0_deeplab(num_classes: int, weights: str | None = None, width: int = 128) -> nn.Module:
     """weights="imagenet": the encoder starts from EfficientNet-Lite0's ImageNet weights (offline)."""
     from dlcv.models.classifiers import efficientnet_lite0
