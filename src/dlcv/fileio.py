@@ -16,18 +16,62 @@ from dlcv.errors import DlcvError
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yields a temporary path in the target's folder; renamed onto `target` only if the block succeeds."""
+    """Yields a temporary path in the target's folder; renamed onto `target` only if the block succeeds.
+    OS failures (full disk, read-only folder, a file where a folder should be) become one DlcvError
+    naming the target and the OS's reason."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix + ".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix + ".tmp", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise DlcvError(f"cannot write {target}: {exc.strerror or exc}") from None
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, target)
+    except OSError as exc:
+        raise DlcvError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def check_output_file(path: str | Path, what: str = "output file") -> Path:
+    """Refuses, before any work, an output file path that cannot be written: empty, an existing folder,
+    or under a parent that is a file or not writable."""
+    if not str(path).strip():
+        raise DlcvError(f"{what}: an empty path")
+    path = Path(path)
+    if path.is_dir():
+        raise DlcvError(f"{what} {path} is an existing folder; give a file name")
+    _check_parent(path, what)
+    return path
+
+
+def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
+    """Refuses, before any work, an output folder that cannot be made or written."""
+    if not str(path).strip():
+        raise DlcvError(f"{what}: an empty path")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DlcvError(f"{what} {path} is a file, not a folder")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise DlcvError(f"{what} {path}: permission denied")
+        return path
+    _check_parent(path, what)
+    return path
+
+
+def _check_parent(path: Path, what: str) -> None:
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:  # the nearest existing ancestor decides
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DlcvError(f"{what} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DlcvError(f"{what} {path}: {parent} is not writable (permission denied)")
 
 
 def _umask() -> int:

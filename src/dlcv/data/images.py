@@ -20,13 +20,26 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 def list_images(folder: str | Path) -> list[Path]:
     """Image files (png/jpg) of a folder, sorted by name; a missing or empty folder is an error."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DlcvError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in folder_entries(folder) if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
     if not files:
         raise DlcvError(f"no .png/.jpg images in {folder}")
     return files
+
+
+def folder_entries(folder: str | Path) -> list[Path]:
+    """The entries of an input folder; a missing or unreadable folder, or a dangling symbolic link in it,
+    is an error naming it (a link to nowhere is a lost image, not one to skip silently)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DlcvError(f"image folder not found: {folder}")
+    try:
+        entries = list(folder.iterdir())
+    except PermissionError:
+        raise DlcvError(f"cannot read folder {folder}: permission denied") from None
+    for p in entries:
+        if p.is_symlink() and not p.exists():
+            raise DlcvError(f"{p} is a broken symbolic link (its target {os.readlink(p)} does not exist)")
+    return entries
 
 
 _PIL_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from dlcv.errors import DlcvError
 from dlcv.fileio import atomic_path
+
+log = logging.getLogger("dlcv")
 
 _LABELLED_NAME = re.compile(r"^(?P<label>[^_]+)_(?P<id>.+)$")
 
@@ -24,7 +27,7 @@ def folder_labels(files: Sequence[Path]) -> list[str]:
         label = label_from_filename(f)
         if label is None:
             raise DlcvError(f"{f}: expected a file name '{{label}}_{{id}}{f.suffix}' in a labelled folder")
-        labels.append(label)
+        labels.append(canonical(label))
     return labels
 
 
@@ -33,23 +36,48 @@ def read_csv_rows(path: str | Path, required: Sequence[str]) -> list[dict[str, s
     path = Path(path)
     if not path.is_file():
         raise DlcvError(f"CSV file not found: {path}")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise DlcvError(f"{path}: missing column(s) {', '.join(missing)}; header is {','.join(header) or '(empty)'}")
-        reader.fieldnames = header
-        rows = [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise DlcvError(f"{path}: missing column(s) {', '.join(missing)}; header is "
+                                f"{','.join(header) or '(empty)'}")
+            reader.fieldnames = header
+            rows = [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    except UnicodeDecodeError:
+        raise DlcvError(f"{path}: not UTF-8 text (a CSV file is expected)") from None
+    except csv.Error as exc:
+        raise DlcvError(f"{path}: not a readable CSV ({exc})") from None
+    except PermissionError:
+        raise DlcvError(f"cannot read {path}: permission denied") from None
     if not rows:
         raise DlcvError(f"{path}: no rows")
     return rows
 
 
-def read_labelled_csv(path: str | Path) -> tuple[list[str], list[str]]:
-    """(filenames, labels) of a `filename,label` or `id,filename,label` CSV."""
+def canonical(label: str) -> str:
+    """"07", "+7" and "7" are the same integer class; other labels (wnids, names) stay as they are."""
+    return str(int(label)) if re.fullmatch(r"[+-]?\d+", label) else label
+
+
+def read_labelled_csv(path: str | Path, allow_empty: bool = False) -> tuple[list[str], list[str]]:
+    """(filenames, canonical labels) of a `filename,label` or `id,filename,label` CSV. An empty label is an
+    error naming its line (unless `allow_empty`: a prediction left blank is just wrong); a file listed
+    twice with different labels is warned about, naming it."""
     rows = read_csv_rows(path, ("filename", "label"))
-    return [r["filename"] for r in rows], [r["label"] for r in rows]
+    names, labels, seen = [], [], {}
+    for line, r in enumerate(rows, start=2):
+        if not r["label"] and not allow_empty:
+            raise DlcvError(f"{path}, line {line}: empty label for {r['filename']!r}")
+        label = canonical(r["label"])
+        if seen.setdefault(r["filename"], label) != label:
+            log.warning("%s, line %d: %s is listed again with label %s (first: %s)", path, line, r["filename"],
+                        label, seen[r["filename"]])
+        names.append(r["filename"])
+        labels.append(label)
+    return names, labels
 
 
 def files_in(folder: str | Path, names: Sequence[str], source: str | Path) -> list[Path]:
@@ -82,9 +110,14 @@ def sorted_classes(labels: Sequence[str]) -> list[str]:
     return sorted(unique)
 
 
-def encode(labels: Sequence[str], classes: Sequence[str], source: str) -> list[int]:
+def encode(labels: Sequence[str], classes: Sequence[str], source: str, unknown_as: int | None = None) -> list[int]:
+    """Class indices. A label outside `classes` is an error, or with `unknown_as` a warning and that index
+    (for monitors, which must not stop the main job: -1 is never predicted, so scored as wrong)."""
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(labels) - set(index))
     if unknown:
-        raise DlcvError(f"{source}: label(s) {unknown[:10]} not among the {len(classes)} training classes")
-    return [index[s] for s in labels]
+        message = f"{source}: label(s) {unknown[:10]} not among the {len(classes)} training classes"
+        if unknown_as is None:
+            raise DlcvError(message)
+        log.warning("%s; their images are scored as wrong", message)
+    return [index.get(s, unknown_as) for s in labels]

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dlcv.data.images import open_image
+from dlcv.data.images import folder_entries, open_image
 from dlcv.errors import DlcvError
 from dlcv.fileio import atomic_path
 
@@ -51,14 +51,35 @@ def write_mask(path: str | Path, classes: np.ndarray) -> None:
         Image.fromarray(class_to_rgb(classes)).save(tmp, format="PNG")
 
 
+SAT_SUFFIXES = ("_sat.jpg", "_sat.jpeg")
+MASK_SUFFIX = "_mask.png"
+
+
+def _by_id(entries: list[Path], suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """{id: file} for the files whose name ends in one of the suffixes, letter case ignored
+    (`0001_SAT.JPG` is `0001`); folders named like images are skipped."""
+    found = {}
+    for p in entries:
+        lower = p.name.lower()
+        suffix = next((s for s in suffixes if lower.endswith(s)), None)
+        if suffix is not None and not p.is_dir():
+            found[p.name[:-len(suffix)]] = p
+    return found
+
+
+def mask_name(sat: Path) -> str:
+    """`xxxx_sat.jpg` (any case, .jpeg too) -> `xxxx_mask.png`."""
+    return next(iter(_by_id([sat], SAT_SUFFIXES))) + MASK_SUFFIX
+
+
 def pair_folder(folder: str | Path) -> list[tuple[str, Path, Path]]:
     """(id, sat, mask) for every `xxxx_sat.jpg` + `xxxx_mask.png` of a folder, sorted by id; a sat
     image without its mask, or the reverse, is an error naming the file."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DlcvError(f"segmentation folder not found: {folder}")
-    sats = {p.name[:-len("_sat.jpg")]: p for p in folder.glob("*_sat.jpg")}
-    masks = {p.name[:-len("_mask.png")]: p for p in folder.glob("*_mask.png")}
+    entries = folder_entries(folder)
+    sats, masks = _by_id(entries, SAT_SUFFIXES), _by_id(entries, (MASK_SUFFIX,))
     if not sats and not masks:
         raise DlcvError(f"no xxxx_sat.jpg / xxxx_mask.png pairs in {folder}")
     for ident in sorted(set(sats) ^ set(masks)):
@@ -69,11 +90,8 @@ def pair_folder(folder: str | Path) -> list[tuple[str, Path, Path]]:
 
 
 def sat_images(folder: str | Path) -> list[Path]:
-    """The `xxxx_sat.jpg` files of a folder (for prediction), sorted."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DlcvError(f"image folder not found: {folder}")
-    files = sorted(folder.glob("*_sat.jpg"))
+    """The `xxxx_sat.jpg` files of a folder (for prediction; `.JPG`, `.jpeg` too), sorted by name."""
+    files = sorted(_by_id(folder_entries(folder), SAT_SUFFIXES).values())
     if not files:
         raise DlcvError(f"no xxxx_sat.jpg images in {folder}")
     return files

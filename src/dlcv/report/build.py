@@ -72,8 +72,9 @@ def _results_table(doc, runs: list[Run], metric_label: str, extra_columns=()) ->
     rows = []
     for r in runs:
         final = r.summary.get("final", {})
+        epochs = final.get("epoch") if r.finished else f"{final.get('epoch')} (unfinished: {r.summary['status']})"
         rows.append([r.role, str(r.path), r.model, f"{fmt(r.best)} ({r.summary['best']['epoch']})",
-                     fmt(final.get(r.monitor)), final.get("epoch"), *[fn(r) for _, fn in extra_columns]])
+                     fmt(final.get(r.monitor)), epochs, *[fn(r) for _, fn in extra_columns]])
     doc.table(header, rows)
 
 

@@ -15,9 +15,11 @@ from dlcv.errors import DlcvError
 
 # The report's models by architecture; any other model is one of ours.
 ROLES = {
-    "p1": {"resnet50_cifar": "A", "efficientnet_v2_l": "B", "efficientnet_lite0": "B"},
+    "p1": {"resnet50_cifar": "A", "efficientnet_v2_l": "B", "efficientnet_lite0": "B", "efficientnet_lite1": "B",
+           "efficientnet_lite2": "B"},
     "p3": {"fcn32s_vgg16": "A", "fcn_resnet50": "B"},
 }
+SUMMARY_KEYS = ("task", "status", "monitor", "best", "final")
 VERBS = {"classify": "classify train", "segment": "segment train", "ssl": "ssl pretrain"}
 
 
@@ -48,6 +50,10 @@ class Run:
     @property
     def role(self) -> str:
         return ROLES.get(self.problem, {}).get(self.model, "ours")
+
+    @property
+    def finished(self) -> bool:
+        return self.summary["status"] == "finished"
 
     @property
     def monitor(self) -> str:
@@ -82,9 +88,14 @@ def load_run(path: str | Path) -> Run:
         raise DlcvError(f"{path} is not a dlcv run directory (missing {', '.join(missing)})")
     try:
         summary = json.loads(files["summary.json"].read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DlcvError(f"{files['summary.json']}: not valid JSON ({exc})") from None
+    missing = [k for k in SUMMARY_KEYS if not isinstance(summary, dict) or k not in summary]
+    if missing or not isinstance(summary.get("best"), dict) or summary["monitor"] not in summary["best"]:
+        raise DlcvError(f"{files['summary.json']}: not a dlcv summary (missing {', '.join(missing) or 'best.' + str(summary.get('monitor'))})")
     rows = read_metrics(path / "metrics.csv") if (path / "metrics.csv").is_file() else []
+    if any(not isinstance(r.get("epoch"), int) for r in rows):
+        raise DlcvError(f"{path / 'metrics.csv'}: malformed (every row needs a whole epoch number)")
     figures = {p.stem: p for p in sorted((path / "figures").glob("*.png"))}
     return Run(path, config_mod.load_yaml(files["config.yaml"]), summary, rows, figures)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -35,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
     "augment": {"flip": False, "crop_padding": 0, "pad_mode": "zeros", "rotation": 0.0, "cutout": 0,
                 "resized_crop_scale": None, "color_jitter": None},
     "loss": {"label_smoothing": 0.0},
+    # test-time augmentation in validation AND predict (saved in the checkpoint): see tta_logits
+    "tta": {"flip": False, "translate": 0},
     "snapshot": {"tsne_perplexity": 30.0},
 }
 TYPES = {"augment.resized_crop_scale": list, "augment.color_jitter": list, "data.val_dir": str, "data.train_csv": str, "data.val_csv": str,
@@ -82,6 +83,32 @@ def _holdout(files: list[Path], labels: list[str], fraction: float, seed: int):
     val = batches.seeded_subset(len(files), max(1, round(fraction * len(files))), seed)
     train = sorted(set(range(len(files))) - set(val))
     return (*_take(files, labels, train), *_take(files, labels, val))
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None) -> torch.Tensor:
+    """fp32 logits, averaged over test-time views as airbench does: the image and its mirror image
+    (`flip`), and with `translate` t also both shifted by t pixels up-left and down-right (reflect
+    padding), weighted 1/2 unshifted and 1/4 per shift. No tta: the plain logits."""
+    def views_of(z):
+        return [z, z.flip(-1)] if tta and tta["flip"] else [z]
+
+    def mean_logits(z):
+        outs = [model(v).float() for v in views_of(z)]
+        return sum(outs) / len(outs)
+
+    logits = mean_logits(x)
+    t = tta["translate"] if tta else 0
+    if t:
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (t, t, t, t), mode="reflect")
+        shifted = [padded[..., :h, :w], padded[..., 2 * t:, 2 * t:]]
+        logits = 0.5 * logits + 0.25 * sum(mean_logits(z.contiguous(memory_format=_layout(x))) for z in shifted)
+    return logits
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
 
 
 class Preprocess:
@@ -132,7 +159,7 @@ class ClassifyTask:
         val_source = f"validation set {d['val_dir'] or '(held out of the training set)'}"
         self.val_y = torch.tensor(labels_mod.encode(val_labels, self.classes, val_source), device=device)
         self.meta = {"image_size": d["image_size"], "input_size": d["input_size"], "mean": d["mean"],
-                     "std": d["std"]}
+                     "std": d["std"], "tta": self.cfg["tta"]}
         self.preprocess = Preprocess(self.meta, device)
         self.aug = augment.AugmentSpec(**self.cfg["augment"])
         self.confusion = MulticlassConfusionMatrix(len(self.classes)).to(device)
@@ -167,7 +194,7 @@ class ClassifyTask:
         self.confusion.reset()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.engine.device)
         for x, y in self._val_batches():
-            logits = model(x).float()
+            logits = tta_logits(model, x, self.cfg["tta"])
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             self.confusion.update(logits.argmax(1), y)
         matrix = self.confusion.compute().cpu().numpy()  # torchmetrics sums it over DDP ranks
@@ -232,9 +259,24 @@ def capture_head_input(model: nn.Module, head: str):
 
 # -- inference from a checkpoint (predict, embed) ---------------------------------------------------------
 
-def load_classifier(ckpt_path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+def load_classifier(ckpt_path: str | Path, device: torch.device, tta: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """The model and its checkpoint; `tta=False` drops the saved test-time augmentation (plain predictions)."""
     state = checkpoint.load(ckpt_path, "classify", require=("classes", "preprocess"))
+    if not tta:
+        state["preprocess"] = {**state["preprocess"], "tta": None}
     return model_from_checkpoint(state, len(state["classes"])).to(device).eval(), state
+
+
+def warn_if_other_problem(ckpt: str | Path, state: dict[str, Any], expects_csv_labels: bool) -> None:
+    """P1 (hw1_1.sh, folder labels) and P2 (hw1_2.sh, CSV labels) models are both classifiers: a
+    checkpoint of the other problem runs, but its answers are another class set's."""
+    trained_on_csv = state["config"]["data"].get("train_csv") is not None
+    if trained_on_csv != expects_csv_labels:
+        classes = state["classes"]
+        shown = ", ".join(classes[:3]) + (f", ..., {classes[-1]}" if len(classes) > 3 else "")
+        log.warning("%s was trained on %s (%d classes: %s): is it the other problem's model?", ckpt,
+                    "an id,filename,label CSV" if trained_on_csv else "a {label}_{id} image folder",
+                    len(classes), shown)
 
 
 def infer(model: nn.Module, state: dict[str, Any], files: Sequence[Path], device: torch.device,
@@ -244,19 +286,23 @@ def infer(model: nn.Module, state: dict[str, Any], files: Sequence[Path], device
     images = load_images(files, state["preprocess"]["image_size"], use_cache=False)
     preds, feats = [], []
     head = model_spec(state["config"]["model"]["name"]).head
-    ctx = capture_head_input(model, head) if with_features else contextlib.nullcontext([])
-    with torch.inference_mode(), ctx as captured:
+    with torch.inference_mode():
         for chunk in images.split(batch_size):
-            preds.append(model(prep(chunk.to(device))).argmax(1).cpu())
-        feats = torch.cat(captured).numpy() if with_features else None
-    return torch.cat(preds).numpy(), feats
+            x = prep(chunk.to(device))
+            if with_features:  # of the plain image, whatever the test-time views
+                with capture_head_input(model, head) as captured:
+                    model(x)
+                feats += captured
+            preds.append(tta_logits(model, x, state["preprocess"].get("tta")).argmax(1).cpu())
+    return torch.cat(preds).numpy(), torch.cat(feats).numpy() if with_features else None
 
 
 def predict_folder(ckpt: str | Path, image_dir: str | Path, out_csv: str | Path, device: torch.device,
-                   batch_size: int = 256) -> int:
+                   batch_size: int = 256, tta: bool = True) -> int:
     """Writes `filename,label` for every image of the folder, sorted by file name. Labels come from the
     model only, never from file names; the matching of names to predictions is by construction."""
-    model, state = load_classifier(ckpt, device)
+    model, state = load_classifier(ckpt, device, tta)
+    warn_if_other_problem(ckpt, state, expects_csv_labels=False)
     files = list_images(image_dir)
     preds, _ = infer(model, state, files, device, batch_size)
     classes = state["classes"]
@@ -265,7 +311,7 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_csv: str | Path,
 
 
 def predict_csv(ckpt: str | Path, in_csv: str | Path, image_dir: str | Path, out_csv: str | Path,
-                device: torch.device, batch_size: int = 256) -> int:
+                device: torch.device, batch_size: int = 256, tta: bool = True) -> int:
     """SPEC 4 (hw1_2.sh): `id,filename,label` with id and filename copied from IN_CSV in its order; the
     input's label column, if any, is ignored (it may be `None`)."""
     rows = labels_mod.read_csv_rows(in_csv, ("id", "filename"))
@@ -273,7 +319,8 @@ def predict_csv(ckpt: str | Path, in_csv: str | Path, image_dir: str | Path, out
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise DlcvError(f"{in_csv}: {len(missing)} listed image(s) not found in {image_dir}, e.g. {missing[0]}")
-    model, state = load_classifier(ckpt, device)
+    model, state = load_classifier(ckpt, device, tta)
+    warn_if_other_problem(ckpt, state, expects_csv_labels=True)
     preds, _ = infer(model, state, files, device, batch_size)
     classes = state["classes"]
     labels_mod.write_csv(out_csv, ["id", "filename", "label"],
@@ -281,12 +328,18 @@ def predict_csv(ckpt: str | Path, in_csv: str | Path, image_dir: str | Path, out
     return len(rows)
 
 
+MIN_EMBED_IMAGES = 5  # fewer points make no PCA / t-SNE picture (t-SNE needs more points than 3 x perplexity 2)
+
+
 def embed_figure(ckpt: str | Path, image_dir: str | Path, method: str, out: str | Path,
                  device: torch.device) -> None:
     """PCA / t-SNE of a checkpoint's features on a folder, coloured by the class in the file names
     (`{label}_{id}.png`) or, for unlabelled folders, by the predicted class."""
-    model, state = load_classifier(ckpt, device)
     files = list_images(image_dir)
+    if len(files) < MIN_EMBED_IMAGES:
+        raise DlcvError(f"{image_dir}: {len(files)} image(s); a {method.upper()} picture needs at least "
+                        f"{MIN_EMBED_IMAGES}")
+    model, state = load_classifier(ckpt, device)
     preds, feats = infer(model, state, files, device, with_features=True)
     names = [labels_mod.label_from_filename(f) for f in files]
     if all(n is not None for n in names) and set(names) <= set(state["classes"]):
@@ -298,17 +351,12 @@ def embed_figure(ckpt: str | Path, image_dir: str | Path, method: str, out: str 
                              f"(epoch {state['epoch']}, coloured by {source} class)", out)
 
 
-def _canonical(label: str) -> str:
-    """"07" and "7" are the same integer label."""
-    return str(int(label)) if re.fullmatch(r"[+-]?\d+", label) else label
-
-
 def accuracy_by_filename(gt_csv: str | Path, pred_csv: str | Path) -> tuple[float, int, int, int]:
     """SPEC 3: predictions matched to ground truth by file name; accuracy = correct / #ground truth.
     Returns (accuracy, correct, total, missing predictions)."""
     gt_names, gt_labels = labels_mod.read_labelled_csv(gt_csv)
-    pred_names, pred_labels = labels_mod.read_labelled_csv(pred_csv)
-    predicted = dict(zip(pred_names, map(_canonical, pred_labels)))
-    correct = sum(predicted.get(n) == _canonical(l) for n, l in zip(gt_names, gt_labels))
+    pred_names, pred_labels = labels_mod.read_labelled_csv(pred_csv, allow_empty=True)
+    predicted = dict(zip(pred_names, pred_labels))
+    correct = sum(predicted.get(n) == label for n, label in zip(gt_names, gt_labels))
     missing = sum(n not in predicted for n in gt_names)
     return correct / len(gt_names), correct, len(gt_names), missing

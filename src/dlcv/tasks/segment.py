@@ -16,7 +16,8 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from dlcv.data import augment
 from dlcv.data.images import cached, read_rgb
-from dlcv.data.masks import CLASS_NAMES, IGNORE, NUM_CLASSES, UNKNOWN, pair_folder, read_mask, sat_images, write_mask
+from dlcv.data.masks import (CLASS_NAMES, IGNORE, NUM_CLASSES, SAT_SUFFIXES, UNKNOWN, mask_name, pair_folder,
+                             read_mask, sat_images, write_mask)
 from dlcv.engine import batches, checkpoint, distributed
 from dlcv.errors import DlcvError
 from dlcv.models import create_model, list_models, model_from_checkpoint
@@ -238,7 +239,7 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path,
                 x = torch.from_numpy(np.stack(group)).to(device)
                 preds += model(augment.normalize(x.float() / 255, mean, std))["out"].argmax(1).to(torch.uint8).cpu()
             for f, pred in zip(chunk, preds):
-                write_mask(out_dir / f.name.replace("_sat.jpg", "_mask.png"), pred.numpy())
+                write_mask(out_dir / mask_name(f), pred.numpy())
     return len(files)
 
 
@@ -249,8 +250,10 @@ def _refuse_ground_truth_folder(image_dir: Path, out_dir: Path) -> None:
         raise DlcvError(f"the output folder {out_dir} is the image folder: its masks would be overwritten; "
                         "pick another output folder")
     if out_dir.is_dir():
-        for sat in sorted(out_dir.glob("*_sat.jpg")):
-            mask = sat.with_name(sat.name.replace("_sat.jpg", "_mask.png"))
+        for sat in sorted(out_dir.iterdir()):
+            if not sat.name.lower().endswith(SAT_SUFFIXES):
+                continue
+            mask = sat.with_name(mask_name(sat))
             if mask.exists():
                 raise DlcvError(f"{out_dir} holds ground truth ({sat.name} with {mask.name}): writing "
                                 "predictions there would overwrite it; pick another output folder")

@@ -95,7 +95,8 @@ class SSLTask:
             self.knn_classes = labels_mod.sorted_classes(splits["train"][1])
             self.knn_train, self.knn_val = (
                 (load_images(split_files, d["image_size"], d["cache_dir"]).to(device),
-                 torch.tensor(labels_mod.encode(split_labels, self.knn_classes, f"k-NN {split} set"), device=device))
+                 torch.tensor(labels_mod.encode(split_labels, self.knn_classes, f"k-NN {split} set",
+                                                unknown_as=-1 if split == "val" else None), device=device))
                 for split, (split_files, split_labels) in splits.items())
         log.info("ssl: %d unlabeled images at %d px (views %d px)%s", len(files), d["image_size"], self.input_size,
                  f"; k-NN monitor on {len(self.knn_train[1])}/{len(self.knn_val[1])} labelled images"

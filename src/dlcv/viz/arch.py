@@ -73,7 +73,10 @@ def trace_blocks(model: nn.Module, input_size: int, max_blocks: int = 14) -> lis
             if block.out_shape is None:
                 block.out_shape, block.order = _shape(output), calls[0]
                 calls[0] += 1
-        handles.append(module.register_forward_hook(hook))
+        # a ModuleList is never called itself (its owner loops over it, as EfficientNet-Lite does over its
+        # MBConv blocks): it ends, and shows its output, where its last block does
+        watched = module[-1] if isinstance(module, nn.ModuleList) and len(module) else module
+        handles.append(watched.register_forward_hook(hook))
     device = next(model.parameters()).device
     try:
         with torch.no_grad():
