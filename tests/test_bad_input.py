@@ -203,3 +203,10 @@ def test_an_unreadable_image_folder_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "iterdir", denied)
     with pytest.raises(DlcvError, match=f"cannot read folder {tmp_path}: permission denied"):
         list_images(tmp_path)
+
+
+def test_a_backbone_given_to_setting_a_is_warned_about(fields, monkeypatch, caplog):
+    monkeypatch.setattr(Trainer, "fit", lambda self: {"monitor": "val_acc", "best": {"val_acc": 0.5, "epoch": 1}})
+    assert main(["ssl", "finetune", "-c", "p2_finetune", "--setting", "A", "--backbone", "b.pt",
+                 "--set", f"data.root={fields['p1']}", "--out", str(fields["tmp"] / "a")]) == 0
+    assert "setting A starts from random weights: --backbone b.pt is not used" in caplog.text

@@ -186,6 +186,8 @@ def test_tta_is_the_same_in_validation_and_predict(p1_root, tmp_path):
     preds, _ = infer(model, state, files, pick_device("cpu"), batch_size=7)
     accuracy = sum(int(p) == int(f.name.split("_")[0]) for p, f in zip(preds, files)) / len(files)
     assert summary["final"]["val_acc"] == pytest.approx(accuracy, abs=1 / len(files) + 1e-9)  # see above
+    _, plain_state = load_classifier(tmp_path / "run" / "checkpoints" / "last.pt", pick_device("cpu"), tta=False)
+    assert plain_state["preprocess"]["tta"] is None  # `predict --no-tta`
 
 
 def test_max_seconds_ends_the_run_early_and_evaluated(p1_root, tmp_path):

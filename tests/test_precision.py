@@ -42,6 +42,17 @@ def runs(tmp_path_factory):
     return tmp_path_factory.mktemp("precision")
 
 
+def fit_beside_fp32(task_cls, cfg_of, precision, runs, tmp_path):
+    """Trains under `precision` and checks its loss against the module's fp32 run of the same config."""
+    reference = runs / f"{task_cls.name}_fp32"
+    if not reference.exists():
+        fit(task_cls, cfg_of("fp32"), reference)
+    out = tmp_path / "run"
+    summary = fit(task_cls, cfg_of(precision), out)
+    close_to_fp32(out, reference, precision)
+    return out, summary
+
+
 def classify_cfg(p1_root, precision):
     return small_classify_cfg(p1_root, **{**STEPS, "train.precision": precision, "data.limit_train": 100,
                                           "model.options": "{widths: [8, 16, 16]}", "snapshot.tsne_perplexity": 5})
@@ -49,13 +60,8 @@ def classify_cfg(p1_root, precision):
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_classify_every_path_under(precision, p1_root, runs, tmp_path):
-    reference = runs / "classify_fp32"
-    if not reference.exists():
-        fit(classify.ClassifyTask, classify_cfg(p1_root, "fp32"), reference)
-    out = tmp_path / "run"
-    summary = fit(classify.ClassifyTask, classify_cfg(p1_root, precision), out)
+    out, summary = fit_beside_fp32(classify.ClassifyTask, lambda p: classify_cfg(p1_root, p), precision, runs, tmp_path)
     assert summary["environment"]["precision"] == precision
-    close_to_fp32(out, reference, precision)
     n_val = len(list((p1_root / "val_50").glob("*.png")))
     assert math.isfinite(summary["final"]["val_loss"]) and is_count_over(summary["final"]["val_acc"], n_val)
     assert (out / "figures" / "tsne_epoch_001.png").is_file() and (out / "snapshots" / "features_epoch_001.pt").is_file()
@@ -68,12 +74,7 @@ def test_segment_every_path_under(precision, synth_root, runs, tmp_path):
     def cfg(p):
         return seg_cfg(synth_root / "p3_data", **{**STEPS, "train.precision": p, "data.limit_train": 8,
                                                   "data.limit_val": 3})
-    reference = runs / "segment_fp32"
-    if not reference.exists():
-        fit(segment.SegmentTask, cfg("fp32"), reference)
-    out = tmp_path / "run"
-    summary = fit(segment.SegmentTask, cfg(precision), out)
-    close_to_fp32(out, reference, precision)
+    out, summary = fit_beside_fp32(segment.SegmentTask, cfg, precision, runs, tmp_path)
     assert math.isfinite(summary["final"]["val_loss"]) and 0 < summary["final"]["pixel_acc"] < 1
     assert (out / "figures" / "mask_grid.png").is_file()
     n = segment.predict_folder(out / "checkpoints/last.pt", synth_root / "p3_data/validation", tmp_path / "masks",
@@ -87,12 +88,7 @@ def test_ssl_every_path_under(precision, synth_root, runs, tmp_path):
     """The k-NN monitor computes in fp32 inside the evaluation autocast (it used to fail under bf16)."""
     def cfg(p):
         return ssl_cfg(synth_root / "p2_data", **{**STEPS, "train.precision": p, "data.limit_train": 64})
-    reference = runs / "ssl_fp32"
-    if not reference.exists():
-        fit(ssl.SSLTask, cfg("fp32"), reference)
-    out = tmp_path / "run"
-    summary = fit(ssl.SSLTask, cfg(precision), out)
-    close_to_fp32(out, reference, precision)
+    out, summary = fit_beside_fp32(ssl.SSLTask, cfg, precision, runs, tmp_path)
     n_val = len(list((synth_root / "p2_data/office/val").glob("*.jpg")))
     assert is_count_over(summary["final"]["knn_acc"], n_val)
     assert summary["final"]["embed_std"] > 0.01  # not collapsed

@@ -128,3 +128,23 @@ def test_viz_arch_draws_blocks_with_shapes(tmp_path):
         assert main(["viz", "arch", "efficientnet_v2_l", "--out", str(tmp_path / f"b.{suffix}")]) == 0
     assert Image.open(tmp_path / "b.png").size[1] > 600
     assert (tmp_path / "b.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_viz_arch_draws_efficientnet_lite_stages_in_the_order_they_run():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from dlcv.viz.arch import build_for_diagram, trace_blocks
+    blocks = trace_blocks(build_for_diagram("efficientnet_lite0", 50), 224)
+    names = [b.name for b in blocks]
+    # the MBConv blocks (a ModuleList the model loops over) sit between the stem and the head
+    assert names.index("_bn0") < names.index("_blocks") < names.index("_conv_head") < names.index("_fc")
+    blocks_box = next(b for b in blocks if b.name == "_blocks")
+    assert blocks_box.kind == "16 x MBConvBlock" and blocks_box.out_shape == (320, 7, 7)
+    assert all(b.out_shape is not None for b in blocks)  # nothing "not called in forward"
+
+
+def test_a_running_run_is_shown_unfinished(runs, tmp_path):
+    shutil.copytree(runs / "p1_a", tmp_path / "p1_a", ignore=shutil.ignore_patterns(".lock"))
+    state = summary(tmp_path / "p1_a")
+    (tmp_path / "p1_a" / "summary.json").write_text(json.dumps({**state, "status": "running"}))
+    assert main(["report", str(tmp_path / "p1_a"), "--out", str(tmp_path / "r.html")]) == 0
+    assert f"{state['final']['epoch']} (unfinished: running)" in (tmp_path / "r.md").read_text()
