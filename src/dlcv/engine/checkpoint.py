@@ -60,7 +60,8 @@ def _read(path: Path, kind: str) -> dict[str, Any]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "Weights only load failed" in str(exc):  # torch's refusal to unpickle anything else
             raise DlcvError(f"{path}: refused, it holds Python objects other than tensors and plain values "
-                            "(loading it could run code)") from None
+                            "(loading it could run code; a last.pt of dlcv before format 2 holds such RNG "
+                            "states: its best.pt and epoch_NNN.pt still load)") from None
         raise DlcvError(f"cannot read {kind} {path}: {first}") from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise DlcvError(f"{path} is not a dlcv {kind} (for plain weights use model.weights=FILE)")
