@@ -26,16 +26,18 @@ def test_speed_benchmark_prints_both_loops_side_by_side(synth_root, tmp_path, ca
     report = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == report
     p1 = report["cases"]["p1"]
+    val_images = len(list((synth_root / "p1_data" / "val_50").glob("*.png")))
     for impl in ("baseline", "dlcv"):
         run = p1[impl]
         assert run["images_per_s"] > 0 and 0 <= run["data_wait_fraction"] <= 1, run
-        assert run["steps_timed"] == 2 and run["peak_rss_mb"] > 0 and 0 <= run["val_acc"] <= 1
+        assert run["steps_timed"] == 2 and run["peak_rss_mb"] > 0
+        correct = run["val_acc"] * min(500, val_images)  # accuracy over the whole (<= 500 image) val subset
+        assert correct == pytest.approx(round(correct), abs=1e-6), run["val_acc"]
     assert p1["baseline"]["precision"] == "fp32" and p1["baseline"]["dataloader_workers"] == 1
     assert p1["dlcv"]["channels_last"] is True
     assert p1["ratio_dlcv_over_baseline"] == pytest.approx(
         p1["dlcv"]["images_per_s"] / p1["baseline"]["images_per_s"], rel=1e-2)
     assert p1["train_gflops_per_image"] == pytest.approx(7.8, rel=0.05)  # ResNet-50, 3x3 stem, 32 px
-    val_images = len(list((synth_root / "p1_data" / "val_50").glob("*.png")))
     assert p1["dlcv"]["inference"]["images"] == min(512, val_images)
 
 
