@@ -143,7 +143,7 @@ def _train(task_module, task_cls, args, extra_overrides: list[str] = ()) -> int:
             raise DlcvError("--resume needs --out RUN_DIR (the run to continue)")
         saved = Path(args.out) / "config.yaml"
         if not saved.is_file():
-            hint = (f"it stopped before its run started: run the same command without --resume"
+            hint = ("it stopped before its run started: run the same command without --resume"
                     if Path(args.out).is_dir() else "is it a run directory?")
             raise DlcvError(f"--resume: {saved} not found; {hint}")
         recipe = config_mod.load_yaml(saved)
