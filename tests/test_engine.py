@@ -200,3 +200,17 @@ def test_max_seconds_ends_the_run_early_and_evaluated(p1_root, tmp_path):
     assert summary["final"]["val_acc"] is not None
     with pytest.raises(DlcvError, match="already complete"):
         train(cfg, tmp_path / "run", resume=True)
+
+
+def test_alternating_flip_flips_each_image_in_every_other_epoch(p1_root, tmp_path):
+    """airbench's derandomised flip: image i is mirrored in epoch e exactly when it was not in e - 1."""
+    cfg = small_classify_cfg(p1_root, **{"augment.alternate_flip": True, "augment.crop_padding": 0})
+    task = ClassifyTask(cfg)
+    trainer = Trainer(task, cfg, tmp_path / "run")
+    task.setup(trainer)
+    idx = torch.arange(40)
+    plain = task.preprocess(task.train_x[idx])
+    views = [task.train_batch(idx, 0, torch.Generator().manual_seed(e), 40, e)[0] for e in (1, 2, 3)]
+    flipped = [(v - plain).abs().flatten(1).amax(1) > 1e-6 for v in views]
+    assert torch.equal(flipped[0], ~flipped[1]) and torch.equal(flipped[0], flipped[2])
+    assert 8 <= int(flipped[0].sum()) <= 32  # about half, from the seeded start

@@ -77,3 +77,29 @@ def test_torchvision_weight_name_without_network_explains_the_local_file(monkeyp
         torchvision_state_dict("resnet18", "DEFAULT")
     with pytest.raises(DlcvError, match="unknown weights 'IMAGENET9K'.*IMAGENET1K_V1"):
         torchvision_state_dict("resnet18", "IMAGENET9K")
+
+
+def test_whitening_stem_decorrelates_training_patches():
+    """airbench's first layer: after init_from_data, the 12 positive filters' outputs over the training
+    patches have identity covariance (up to eps), even for strongly correlated colour channels."""
+    from dlcv.models.classifiers import CifarConvNet
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 32, 32)
+    x[:, 1] = 0.8 * x[:, 0] + 0.2 * x[:, 1]
+    net = CifarConvNet(5, widths=(16, 32, 32), stem="whiten")
+    net.init_from_data(x)
+    conv = net.stem.conv
+    out = torch.nn.functional.conv2d(x, conv.weight)[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
+    cov = out.T @ out / len(out)
+    assert torch.allclose(cov, torch.eye(12), atol=0.03), cov.diag()
+    assert torch.equal(conv.weight[12:], -conv.weight[:12]) and not conv.weight.requires_grad
+    assert net(x[:2]).shape == (2, 5)
+
+
+def test_airbench_batchnorm_learns_only_the_shift():
+    net = create_model("cifar_convnet", num_classes=3, widths=[8, 8, 8], norm="airbench")
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(bn.momentum == 0.4 and bn.eps == 1e-12 for bn in bns)
+    assert all(not bn.weight.requires_grad and bn.bias.requires_grad for bn in bns)
+    with pytest.raises(DlcvError, match="stem must be"):
+        create_model("cifar_convnet", num_classes=3, stem="patch")

@@ -22,6 +22,7 @@ from dlcv.errors import DlcvError
 @dataclass(frozen=True)
 class AugmentSpec:
     flip: bool = False
+    alternate_flip: bool = False  # airbench: flips alternate per image over epochs (the task draws them)
     crop_padding: int = 0
     pad_mode: str = "zeros"  # torchvision RandomCrop's default fill; "reflect" is better for small images
     rotation: float = 0.0  # max degrees, like RandomRotation(degrees)
@@ -156,16 +157,19 @@ def random_resized_crop(x: torch.Tensor, out_size: int, draw: GlobalDraw, scale=
 
 
 def augment_batch(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator, global_size: int,
-                  offset: int) -> torch.Tensor:
+                  offset: int, flip: torch.Tensor | None = None) -> torch.Tensor:
     """Augment `x` (this process's slice [offset, offset+len(x)) of a global batch of `global_size`).
 
     Order as the report's model-B pipeline: flip, rotation, padded random crop; then colour jitter and
-    cutout. A random resized crop, when asked for, comes first.
+    cutout. A random resized crop, when asked for, comes first. `flip`: per-image flips chosen by the
+    caller (alternate_flip) instead of random ones.
     """
     draw = GlobalDraw(gen, global_size, offset, x.shape[0], x.device)
     if spec.resized_crop_scale:
         x = random_resized_crop(x, x.shape[-1], draw, tuple(spec.resized_crop_scale))
-    if spec.flip:
+    if flip is not None:
+        x = random_flip(x, flip)
+    elif spec.flip:
         x = random_flip(x, draw.chance(0.5))
     if spec.rotation:
         x = random_rotation(x, draw.uniform(-spec.rotation, spec.rotation))

@@ -129,27 +129,65 @@ def efficientnet_lite2(num_classes: int, weights: str | None = None, dropout: fl
     return _efficientnet_lite(2, num_classes, weights, dropout)
 
 
+def _norm(channels: int, norm: str) -> nn.Module:
+    """norm="airbench": airbench94's BatchNorm - running statistics with momentum 0.4 (its "0.6" is the
+    weight of the old value), eps 1e-12, the scale frozen at 1 and only the shift learned."""
+    if norm != "airbench":
+        return norm_layer(channels, norm)
+    bn = nn.BatchNorm2d(channels, eps=1e-12, momentum=0.4)
+    bn.weight.requires_grad_(False)
+    return bn
+
+
 def _conv_block(cin: int, cout: int, norm: str) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2), norm_layer(cout, norm), nn.GELU(),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), norm_layer(cout, norm), nn.GELU(),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2), _norm(cout, norm), nn.GELU(),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), _norm(cout, norm), nn.GELU(),
     )
+
+
+class WhiteningStem(nn.Module):
+    """airbench94's first layer: a frozen 2x2 convolution whose 24 filters are the eigenvectors of the
+    training images' 2x2 patch covariance (and their negatives), each scaled by 1/sqrt(eigenvalue + eps),
+    so the next layer sees decorrelated, unit-variance inputs from the first step. Only its bias learns.
+    `init_from_data` runs once, on normalised training images, before the first step."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 24, kernel_size=2, bias=True)
+        self.conv.weight.requires_grad_(False)
+        self.act = nn.GELU()
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        patches = images.float().unfold(2, 2, 1).unfold(3, 2, 1).transpose(1, 3).reshape(-1, 12)
+        eigenvalues, eigenvectors = torch.linalg.eigh(patches.T @ patches / len(patches))
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues.clamp_min(0) + eps).view(-1, 1)).flip(0)
+        filters = filters.reshape(12, 3, 2, 2)  # patches were flattened as (channel, y, x), like the weights
+        self.conv.weight.copy_(torch.cat([filters, -filters]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
 
 
 class CifarConvNet(nn.Module):
     """airbench94's network shape: three blocks of conv-pool-norm-GELU + conv-norm-GELU (widths 64-256-256
     there), global max-pool, linear head; about 0.3 GFLOPs per 32 px image at 64-256-256, 25x fewer than
-    ResNet-50 with the CIFAR stem. What it does not take from airbench: the whitened 2x2 patch stem (a
-    3x3 conv here), BatchNorm with frozen weights and momentum 0.6, and the 1/9 logit scale; the recipe
-    `p1_cpu` adds airbench's training techniques that dlcv has (label smoothing 0.2, flip + 2 px
-    translation, test-time flip + translate). `norm="group"` makes it batch-independent (used to check
-    DDP against one process exactly)."""
+    ResNet-50 with the CIFAR stem. airbench's own layers are options, measured one by one in the README's
+    P1 ablation: `stem="whiten"` (its frozen patch-whitening first layer; default a 3x3 conv-norm-GELU)
+    and `norm="airbench"` (its BatchNorm settings). `norm="group"` makes it batch-independent (used to
+    check DDP against one process exactly)."""
 
-    def __init__(self, num_classes: int, widths=(64, 256, 256), norm: str = "batch"):
+    def __init__(self, num_classes: int, widths=(64, 256, 256), norm: str = "batch", stem: str = "conv"):
         super().__init__()
-        stem = widths[0] // 2
-        self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, padding=1, bias=False), norm_layer(stem, norm), nn.GELU())
-        blocks, cin = [], stem
+        if stem not in ("conv", "whiten"):
+            raise DlcvError(f"cifar_convnet option stem must be 'conv' or 'whiten', got {stem!r}")
+        if stem == "whiten":
+            self.stem, cin = WhiteningStem(), 24
+        else:
+            cin = widths[0] // 2
+            self.stem = nn.Sequential(nn.Conv2d(3, cin, 3, padding=1, bias=False), _norm(cin, norm), nn.GELU())
+        blocks = []
         for w in widths:
             blocks.append(_conv_block(cin, w, norm))
             cin = w
@@ -157,13 +195,18 @@ class CifarConvNet(nn.Module):
         self.pool = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten())
         self.fc = nn.Linear(cin, num_classes)
 
+    def init_from_data(self, images: torch.Tensor) -> None:
+        """Data-dependent initialisation (the whitening stem's), given normalised training images."""
+        if isinstance(self.stem, WhiteningStem):
+            self.stem.init_from_data(images)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(self.blocks(self.stem(x))))
 
 
 @register_model("cifar_convnet", head="fc", input_size=32)
 def cifar_convnet(num_classes: int, weights: str | None = None, widths=(64, 256, 256),
-                  norm: str = "batch") -> nn.Module:
+                  norm: str = "batch", stem: str = "conv") -> nn.Module:
     if weights is not None:
         raise DlcvError("cifar_convnet has no pretrained weights; set model.weights=null")
-    return CifarConvNet(num_classes, tuple(widths), norm)
+    return CifarConvNet(num_classes, tuple(widths), norm, stem)

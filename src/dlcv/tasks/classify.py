@@ -31,7 +31,7 @@ DEFAULTS: dict[str, Any] = {
              "image_size": 32, "input_size": None, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
              "cache_dir": None, "limit_train": None, "limit_val": None, "val_fraction": 0.1},
     "model": {"name": "resnet50_cifar"},
-    "augment": {"flip": False, "crop_padding": 0, "pad_mode": "zeros", "rotation": 0.0, "cutout": 0,
+    "augment": {"flip": False, "alternate_flip": False, "crop_padding": 0, "pad_mode": "zeros", "rotation": 0.0, "cutout": 0,
                 "resized_crop_scale": None, "color_jitter": None},
     "loss": {"label_smoothing": 0.0},
     # test-time augmentation in validation AND predict (saved in the checkpoint): see tta_logits
@@ -120,10 +120,11 @@ class Preprocess:
         self.std = torch.tensor(meta["std"], device=device)
 
     def __call__(self, x_uint8: torch.Tensor, aug: augment.AugmentSpec | None = None,
-                 gen: torch.Generator | None = None, global_size: int = 0, offset: int = 0) -> torch.Tensor:
+                 gen: torch.Generator | None = None, global_size: int = 0, offset: int = 0,
+                 flip: torch.Tensor | None = None) -> torch.Tensor:
         x = augment.resize(x_uint8.float().div_(255), self.input_size)
         if aug is not None:
-            x = augment.augment_batch(x, aug, gen, global_size, offset)
+            x = augment.augment_batch(x, aug, gen, global_size, offset, flip)
         return self.normalize(x)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,6 +163,7 @@ class ClassifyTask:
                      "std": d["std"], "tta": self.cfg["tta"]}
         self.preprocess = Preprocess(self.meta, device)
         self.aug = augment.AugmentSpec(**self.cfg["augment"])
+        self.first_flip = torch.rand(len(self.train_y), generator=torch.Generator().manual_seed(seed)).lt(0.5).to(device)
         self.confusion = MulticlassConfusionMatrix(len(self.classes)).to(device)
         log.info("classify: %d train / %d val images, %d classes, cache size %d px, model input %s px",
                  len(train_files), len(val_files), len(self.classes), d["image_size"],
@@ -169,14 +171,21 @@ class ClassifyTask:
 
     def build_model(self) -> nn.Module:
         m = self.cfg["model"]
-        return create_model(m["name"], num_classes=len(self.classes), weights=m["weights"], **m["options"])
+        model = create_model(m["name"], num_classes=len(self.classes), weights=m["weights"], **m["options"])
+        init_from_data = getattr(model, "init_from_data", None)
+        if init_from_data is not None:  # e.g. cifar_convnet's whitening stem: 5,000 images, like airbench
+            init_from_data(self.preprocess(self.train_x[:5000]).to(self.engine.device))
+        return model
 
     def num_train(self) -> int:
         return len(self.train_y)
 
-    def train_batch(self, indices, offset, gen, global_size):
+    def train_batch(self, indices, offset, gen, global_size, epoch):
         idx = indices.to(self.engine.device)
-        x = self.preprocess(self.train_x[idx], self.aug, gen, global_size, offset)
+        flip = None
+        if self.aug.alternate_flip:  # airbench: each image flipped in every other epoch, from a seeded start
+            flip = self.first_flip[idx] ^ bool(epoch % 2 == 0)
+        x = self.preprocess(self.train_x[idx], self.aug, gen, global_size, offset, flip)
         return self.engine.to_device_images(x), self.train_y[idx]
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:

@@ -137,7 +137,7 @@ class SegmentTask:
             x = x.float().div_(255)
         return self.engine.to_device_images(augment.normalize(x, self.mean, self.std))
 
-    def train_batch(self, indices, offset, gen, global_size):
+    def train_batch(self, indices, offset, gen, global_size, epoch):
         idx = indices.to(self.engine.device)
         x, y = self.train_x[idx], self.train_y[idx]
         if self.augmenting:  # joint geometry on the device, per-sample parameters (data/augment.py)

@@ -113,7 +113,7 @@ class SSLTask:
     def _prepare(self, x_uint8: torch.Tensor) -> torch.Tensor:
         return self.engine.to_device_images(self.preprocess(x_uint8))
 
-    def train_batch(self, indices, offset, gen, global_size):
+    def train_batch(self, indices, offset, gen, global_size, epoch):
         x = self.images[indices.to(self.engine.device)].float().div_(255)
         views = two_views(x, self.views, self.input_size, gen, global_size, offset)
         return tuple(self.engine.to_device_images(self.preprocess.normalize(v)) for v in views)
