@@ -214,3 +214,33 @@ def test_alternating_flip_flips_each_image_in_every_other_epoch(p1_root, tmp_pat
     flipped = [(v - plain).abs().flatten(1).amax(1) > 1e-6 for v in views]
     assert torch.equal(flipped[0], ~flipped[1]) and torch.equal(flipped[0], flipped[2])
     assert 8 <= int(flipped[0].sum()) <= 32  # about half, from the seeded start
+
+
+def test_weight_ema_is_what_is_validated_saved_and_resumed_exactly(p1_root, tmp_path, monkeypatch):
+    """train.ema_decay: every saved "model" is the averaged one (so predict scores what validation did),
+    last.pt also keeps the trained weights, and a run killed after epoch 1 resumes to the same weights."""
+    cfg = small_classify_cfg(p1_root, **{"train.ema_decay": 0.9})
+    train(cfg, tmp_path / "straight")
+    last = checkpoint.load(tmp_path / "straight" / "checkpoints" / "last.pt")
+    assert last["ema_steps"] == 16  # 2 epochs of 400 images in batches of 50
+    assert any(not torch.equal(last["model"][k], last["train_model"][k]) for k in last["model"])
+    best = checkpoint.load(tmp_path / "straight" / "checkpoints" / "best.pt")
+    assert "train_model" not in best and set(best["model"]) == set(last["model"])
+
+    real_save_last = Trainer._save_last
+
+    def killed_after_first_epoch(self, *args, **kwargs):
+        real_save_last(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save_last", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed")
+    monkeypatch.undo()
+    train(cfg, tmp_path / "resumed", resume=True)
+    resumed = checkpoint.load(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    for key in ("model", "train_model"):
+        for name, value in last[key].items():
+            assert torch.equal(value, resumed[key][name]), (key, name)
+    rows = [r["val_acc"] for r in csv.DictReader(open(tmp_path / "resumed" / "metrics.csv"))]
+    assert rows == [r["val_acc"] for r in csv.DictReader(open(tmp_path / "straight" / "metrics.csv"))]

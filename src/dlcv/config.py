@@ -47,7 +47,10 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "train": {"epochs": 1, "batch_size": 32, "eval_batch_size": 256, "max_steps": None, "max_seconds": None,
               "precision": "auto", "seed": 0, "channels_last": "auto", "compile": False,
               "sync_batchnorm": False,
-              "grad_clip": None, "log_every": 20},
+              "grad_clip": None, "log_every": 20,
+              # exponential moving average of the weights (timm's --model-ema-decay): validation, snapshots
+              # and every saved "model" use it; null = off
+              "ema_decay": None},
     "snapshot": {"epochs": None},  # epochs whose features/masks are kept; null = first, middle, last
 }
 
@@ -63,7 +66,7 @@ COMMON_CHOICES: dict[str, tuple] = {
 # Types of keys whose default is null (null stays allowed).
 COMMON_NULLABLE_TYPES: dict[str, type] = {
     "data.root": str, "model.weights": str, "train.max_steps": int, "train.max_seconds": float, "train.grad_clip": float,
-    "snapshot.epochs": list,
+    "train.ema_decay": float, "snapshot.epochs": list,
 }
 
 
@@ -81,6 +84,7 @@ RANGES: dict[str, tuple] = {
     "train.eval_batch_size": (_positive, "a whole number >= 1"),
     "train.log_every": (_positive, "a whole number >= 1"),
     "train.grad_clip": (_positive, "a number > 0 (or null)"),
+    "train.ema_decay": (lambda v: 0 < v < 1, "a number in (0, 1) (or null)"),
     "optim.lr": (_non_negative, "a number >= 0"),
     "optim.weight_decay": (_non_negative, "a number >= 0"),
     "optim.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),

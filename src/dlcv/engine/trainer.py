@@ -16,6 +16,7 @@ from typing import Any, Iterator, Protocol
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from dlcv.engine import batches, checkpoint, distributed
@@ -109,6 +110,7 @@ class Trainer:
         self.env = distributed.setup(cfg["device"])
         self.device = self.env.device
         self.run = RunDir(run_dir, self.env.is_main)
+        self.ema: AveragedModel | None = None
         t = cfg["train"]
         self.precision = resolve_precision(t["precision"], self.device, cfg["model"]["name"])
         self.dtype = PRECISIONS[self.precision]
@@ -118,6 +120,12 @@ class Trainer:
         self.environment = environment(self.device, self.env.world_size)
 
     # -- helpers offered to tasks -------------------------------------------------------------------
+    @property
+    def eval_module(self) -> nn.Module:
+        """The weights that are validated, snapshotted and saved: the EMA's with train.ema_decay, else the
+        trained module itself (uncompiled)."""
+        return self.module if self.ema is None else self.ema.module
+
     def autocast(self):
         if self.dtype is None:
             return contextlib.nullcontext()
@@ -184,6 +192,9 @@ class Trainer:
             self.module = self._sync_batchnorm(self.module)
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
+        # torch's own EMA (AveragedModel), BatchNorm statistics averaged too; it follows every optimizer step
+        self.ema = None if t["ema_decay"] is None else AveragedModel(
+            self.module, multi_avg_fn=get_ema_multi_avg_fn(t["ema_decay"]), use_buffers=True)
         steps_per_epoch = batches.steps_per_epoch(self.task.num_train(), t["batch_size"])
         optimizer = build_optimizer(trainable_parameters(self.module), cfg)
         scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
@@ -194,7 +205,11 @@ class Trainer:
         start_epoch, step, best, past_wall = 1, 0, -math.inf if self._maximise else math.inf, 0.0
         torch.manual_seed(t["seed"] + 1 + env.rank)  # dropout etc. differ per rank
         if state is not None:
-            load_strict(self.module, state["model"], f"{self.run.last} (resumed with another model config?)")
+            where = f"{self.run.last} (resumed with another model config?)"
+            load_strict(self.module, state.get("train_model", state["model"]), where)
+            if self.ema is not None:
+                load_strict(self.ema.module, state["model"], where)
+                self.ema.n_averaged.fill_(state["ema_steps"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
@@ -223,12 +238,12 @@ class Trainer:
             train_seconds = time.time() - tic
             totals = distributed.all_reduce_sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64,
                                                              device=self.device))
-            metrics = self._evaluate(fast)
+            metrics = self._evaluate(self.eval_module if self.ema is not None else fast)
             out_of_time = self._out_of_time()
             stopping = epoch == epochs or (max_steps is not None and step >= max_steps) or out_of_time
             if epoch in snapshots or (stopping and not cfg["snapshot"]["epochs"]):
                 with torch.no_grad(), self.autocast():
-                    self.task.snapshot(fast, epoch)
+                    self.task.snapshot(self.eval_module, epoch)
                 self._save_weights(self.run.checkpoints / f"epoch_{epoch:03d}.pt", epoch, step)
             scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
             row = {"epoch": epoch, "train_loss": (totals[0] / totals[1]).item(), **scalars,
@@ -252,7 +267,7 @@ class Trainer:
                 break
 
         if last_metrics is None:  # resumed after the last epoch (killed while finishing): score it again
-            last_metrics = self._evaluate(fast)
+            last_metrics = self._evaluate(self.eval_module if self.ema is not None else fast)
         if self.env.is_main:
             self.task.finish(self.run.rows)
         wall = past_wall + time.time() - started
@@ -310,6 +325,8 @@ class Trainer:
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.module)
             step += 1
             if after_step is not None:
                 after_step(step)
@@ -326,7 +343,7 @@ class Trainer:
         return loss_sum.item(), seen, step
 
     def _weights_state(self, epoch: int, step: int) -> dict[str, Any]:
-        return {"task": self.task.name, "model": self.module.state_dict(), "epoch": epoch, "step": step,
+        return {"task": self.task.name, "model": self.eval_module.state_dict(), "epoch": epoch, "step": step,
                 "config": self.cfg, **self.task.checkpoint_meta()}
 
     def _save_weights(self, path: Path, epoch: int, step: int) -> None:
@@ -343,7 +360,10 @@ class Trainer:
             checkpoint.save(self.run.checkpoints / "last.pt", {
                 **self._weights_state(epoch, step), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "best": best,
-                "rng": rng, "wall_time_s": wall, "rows": rows})
+                "rng": rng, "wall_time_s": wall, "rows": rows,
+                # with EMA, "model" holds the averaged weights (what was validated and what predict uses)
+                **({} if self.ema is None else {"train_model": self.module.state_dict(),
+                                                "ema_steps": int(self.ema.n_averaged)})})
         distributed.barrier()
 
     @property

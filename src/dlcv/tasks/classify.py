@@ -219,7 +219,7 @@ class ClassifyTask:
         if not self.engine.env.is_main:
             return
         feats, targets = [], []
-        net = self.engine.module
+        net = self.engine.eval_module
         with capture_head_input(net, model_spec(self.cfg["model"]["name"]).head) as captured:
             for idx in torch.arange(len(self.val_y)).split(self.cfg["train"]["eval_batch_size"]):
                 idx = idx.to(self.engine.device)

@@ -188,7 +188,7 @@ class SegmentTask:
         if not self.engine.env.is_main:
             return
         idx = torch.tensor(self._snapshot_indices(), device=self.engine.device)
-        pred = self.engine.module(self.normalize(self.val_x[idx]))["out"].argmax(1).to(torch.uint8).cpu()
+        pred = self.engine.eval_module(self.normalize(self.val_x[idx]))["out"].argmax(1).to(torch.uint8).cpu()
         checkpoint.save_snapshot(self.engine.run.snapshots / f"masks_epoch_{epoch:03d}.pt",
                                  {"task": self.name, "epoch": epoch, "masks": pred,
                                   "ids": [self.val_pairs[i][0] for i in idx.tolist()]})

@@ -77,6 +77,9 @@ class SSLTask:
         self.monitor, self.monitor_mode = ("knn_acc", "max") if self.use_knn else ("train_loss", "min")
 
     def setup(self, engine) -> None:
+        if self.cfg["train"]["ema_decay"] is not None:
+            raise DlcvError("train.ema_decay: BYOL already keeps a moving average of its weights (the target "
+                            "network, byol.base_momentum); set train.ema_decay for classify or segment runs")
         self.engine = engine
         d, device = self.cfg["data"], engine.device
         root = Path(d["root"])
