@@ -173,8 +173,9 @@ class ClassifyTask:
         m = self.cfg["model"]
         model = create_model(m["name"], num_classes=len(self.classes), weights=m["weights"], **m["options"])
         init_from_data = getattr(model, "init_from_data", None)
-        if init_from_data is not None:  # e.g. cifar_convnet's whitening stem: 5,000 images, like airbench
-            init_from_data(self.preprocess(self.train_x[:5000]).to(self.engine.device))
+        if init_from_data is not None:  # e.g. cifar_convnet's whitening stem: 5,000 images like airbench,
+            every = max(1, len(self.train_x) // 5000)  # evenly spaced, so every class is in (files sort by class)
+            init_from_data(self.preprocess(self.train_x[::every][:5000]).to(self.engine.device))
         return model
 
     def num_train(self) -> int:
