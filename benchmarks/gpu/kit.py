@@ -36,6 +36,12 @@ MOSAIC_COLUMNS = 64                # images per mosaic row; 1,024 images per mos
 WEIGHTS = {"p1": ["efficientnet_lite2"], "p2": [], "p3": ["efficientnet_lite0"]}
 
 
+def fail(msg: str) -> None:
+    """Bad input: one line on stderr, exit code 2."""
+    print(msg, file=sys.stderr)
+    sys.exit(2)
+
+
 def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
@@ -69,7 +75,7 @@ def pack_mosaics(src: Path, dest: Path, name: str) -> int:
         sheet = np.zeros((rows * h, MOSAIC_COLUMNS * w, 3), np.uint8)
         for i, tile in enumerate(tiles):
             if tile.shape != (h, w, 3):
-                sys.exit(f"pack: {files[start + i]}: {tile.shape[1]}x{tile.shape[0]}, expected {w}x{h} like the rest")
+                fail(f"pack: {files[start + i]}: {tile.shape[1]}x{tile.shape[0]}, expected {w}x{h} like the rest")
             r, c = divmod(i, MOSAIC_COLUMNS)
             sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = tile
         Image.fromarray(sheet).save(dest / f"{name}_{start // per:03d}.webp", "WEBP", lossless=True, quality=100)
@@ -78,10 +84,14 @@ def pack_mosaics(src: Path, dest: Path, name: str) -> int:
 
 
 def pack(problem: str, dest: Path, data: Path, tiny: bool) -> dict:
+    if not (REPO / ".git").exists():
+        fail(f"pack: {REPO} is not a git checkout; the call carries git's working tree, so pack from one")
+    if not (data / f"{problem}_data").is_dir():
+        fail(f"pack: {data / (problem + '_data')} is not a folder (--data: the hw1_data folder)")
     if dest.exists():
-        sys.exit(f"pack: {dest} exists; remove it first")
+        fail(f"pack: {dest} exists; remove it first")
     if subprocess.run(["git", "check-ignore", "-q", str(dest)], cwd=REPO).returncode != 0:
-        sys.exit(f"pack: {dest} must be an ignored folder inside {REPO} (e.g. gpu_pack/), so that it travels "
+        fail(f"pack: {dest} must be an ignored folder inside {REPO} (e.g. gpu_pack/), so that it travels "
                  "only as the call's carried path")
     staging = dest.with_name(dest.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -121,7 +131,7 @@ def pack(problem: str, dest: Path, data: Path, tiny: bool) -> dict:
         info["train_tiles"] = f"{taken} of {len(sats)}"
     if used > CALL_LIMIT:
         shutil.rmtree(staging)
-        sys.exit(f"pack: {problem} needs {used / 2**20:.1f} MiB with the working tree, over the call's 64 MiB")
+        fail(f"pack: {problem} needs {used / 2**20:.1f} MiB with the working tree, over the call's 64 MiB")
     info["call_mib"] = round(used / 2**20, 2)
     (staging / "manifest.json").write_text(json.dumps(info, indent=1))
     staging.rename(dest)
