@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 CALL_LIMIT = 64 * 2**20            # bytes one call may carry: tree + pack
 MARGIN = 2**20                     # slack for what git does not list (e.g. .ci, empty folders)
 OUT_FILES, OUT_FILE_LIMIT = 8, 16 * 2**20
-MOSAIC_COLUMNS = 64                # images per mosaic row; 1,024 images per mosaic
+MOSAIC_COLUMNS = 64                # images per mosaic row
+MOSAIC_IMAGES = MOSAIC_COLUMNS * 16  # images per mosaic file
 # the offline ImageNet weights (SPEC 6) each problem sends, by registry name
 WEIGHTS = {"p1": ["efficientnet_lite2"], "p2": [], "p3": ["efficientnet_lite0"]}
 
@@ -67,9 +68,8 @@ def pack_mosaics(src: Path, dest: Path, name: str) -> int:
     from PIL import Image
     files = sorted(p for p in src.iterdir() if p.suffix.lower() == ".png")
     dest.mkdir(parents=True, exist_ok=True)
-    per = MOSAIC_COLUMNS * 16
-    for start in range(0, len(files), per):
-        tiles = [np.asarray(Image.open(f).convert("RGB")) for f in files[start:start + per]]
+    for start in range(0, len(files), MOSAIC_IMAGES):
+        tiles = [np.asarray(Image.open(f).convert("RGB")) for f in files[start:start + MOSAIC_IMAGES]]
         h, w, _ = tiles[0].shape
         rows = -(-len(tiles) // MOSAIC_COLUMNS)
         sheet = np.zeros((rows * h, MOSAIC_COLUMNS * w, 3), np.uint8)
@@ -78,7 +78,7 @@ def pack_mosaics(src: Path, dest: Path, name: str) -> int:
                 fail(f"pack: {files[start + i]}: {tile.shape[1]}x{tile.shape[0]}, expected {w}x{h} like the rest")
             r, c = divmod(i, MOSAIC_COLUMNS)
             sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = tile
-        Image.fromarray(sheet).save(dest / f"{name}_{start // per:03d}.webp", "WEBP", lossless=True, quality=100)
+        Image.fromarray(sheet).save(dest / f"{name}_{start // MOSAIC_IMAGES:03d}.webp", "WEBP", lossless=True, quality=100)
     (dest / f"{name}.json").write_text(json.dumps({"names": [f.name for f in files], "size": [w, h]}))
     return len(files)
 
@@ -158,10 +158,9 @@ def unpack(pack_dir: Path, work: Path) -> Path:
             meta = json.loads((mosaics / f"{split}.json").read_text())
             w, h = meta["size"]
             (out / split).mkdir(exist_ok=True)
-            per = MOSAIC_COLUMNS * 16
-            for start in range(0, len(meta["names"]), per):
-                sheet = np.asarray(Image.open(mosaics / f"{split}_{start // per:03d}.webp").convert("RGB"))
-                for i, name in enumerate(meta["names"][start:start + per]):
+            for start in range(0, len(meta["names"]), MOSAIC_IMAGES):
+                sheet = np.asarray(Image.open(mosaics / f"{split}_{start // MOSAIC_IMAGES:03d}.webp").convert("RGB"))
+                for i, name in enumerate(meta["names"][start:start + MOSAIC_IMAGES]):
                     r, c = divmod(i, MOSAIC_COLUMNS)
                     Image.fromarray(sheet[r * h:(r + 1) * h, c * w:(c + 1) * w]).save(out / split / name)
     (work / "weights").mkdir(parents=True, exist_ok=True)
@@ -178,6 +177,11 @@ def device_line() -> str:
         return "no GPU (nvidia-smi not found)"
 
 
+def set_args(overrides: list[str]) -> list[str]:
+    """["k=v", ...] -> ["--set", "k=v", ...]"""
+    return [x for o in overrides for x in ("--set", o)]
+
+
 def steps(problem: str, data: Path, work: Path, tiny: bool) -> list[dict]:
     """Each step: a name, its command (run from the repository root), the seconds it may take (training
     stops 20 s before, `train.max_seconds`, and writes its outputs) and the run folder whose summary it
@@ -188,11 +192,11 @@ def steps(problem: str, data: Path, work: Path, tiny: bool) -> list[dict]:
     small_resnet = ["model.name=resnet18", "data.image_size=32", "train.batch_size=16", "train.epochs=1"]
 
     def train(name, verb, recipe, seconds, sets, tiny_sets):
-        sets = sets + (tiny_sets if tiny else [])
         return {"name": name, "seconds": seconds, "run": runs / name,
                 "cmd": dlcv + verb.split() + ["-c", recipe, "--set", f"data.root={data}/{problem}_data",
                                              "--set", f"train.max_seconds={seconds - 20}",
-                                             *[x for s in sets for x in ("--set", s)], "--out", str(runs / name)]}
+                                             *set_args(sets + (tiny_sets if tiny else [])),
+                                             "--out", str(runs / name)]}
 
     if problem == "p1":
         speed = [sys.executable, "benchmarks/speed.py", "--data", str(data), "--tasks", "p1",
@@ -214,7 +218,7 @@ def steps(problem: str, data: Path, work: Path, tiny: bool) -> list[dict]:
              "cmd": dlcv + ["ssl", "export", str(runs / "p2_supervised" / "checkpoints" / "last.pt"), str(sl_backbone)]},
             {"name": "p2_table", "seconds": 150,
              "cmd": dlcv + ["ssl", "table", "-c", "p2_finetune", "--set", f"data.root={data}/p2_data",
-                            "--set", "train.epochs=10", *[x for s in (small_resnet if tiny else []) for x in ("--set", s)],
+                            "--set", "train.epochs=10", *set_args(small_resnet if tiny else []),
                             "--sl-backbone", str(sl_backbone), "--ssl-backbone", str(runs / "p2_byol" / "backbone.pt"),
                             "--out", str(runs / "p2_table")]}]
     return [

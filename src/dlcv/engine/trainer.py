@@ -220,6 +220,7 @@ class Trainer:
             log.info("resumed %s at epoch %d (step %d)", self.run.path, state["epoch"], step)
 
         fast = torch.compile(self.module) if t["compile"] else self.module
+        evaluated = fast if self.ema is None else self.eval_module  # the EMA's weights are validated eagerly
         train_model = DistributedDataParallel(fast) if env.distributed else fast
         epochs, max_steps = t["epochs"], t["max_steps"]
         # train.max_seconds: wall time of the whole run (resumed parts included), like Lightning's max_time;
@@ -238,7 +239,7 @@ class Trainer:
             train_seconds = time.time() - tic
             totals = distributed.all_reduce_sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64,
                                                              device=self.device))
-            metrics = self._evaluate(self.eval_module if self.ema is not None else fast)
+            metrics = self._evaluate(evaluated)
             out_of_time = self._out_of_time()
             stopping = epoch == epochs or (max_steps is not None and step >= max_steps) or out_of_time
             if epoch in snapshots or (stopping and not cfg["snapshot"]["epochs"]):
@@ -267,7 +268,7 @@ class Trainer:
                 break
 
         if last_metrics is None:  # resumed after the last epoch (killed while finishing): score it again
-            last_metrics = self._evaluate(self.eval_module if self.ema is not None else fast)
+            last_metrics = self._evaluate(evaluated)
         if self.env.is_main:
             self.task.finish(self.run.rows)
         wall = past_wall + time.time() - started
