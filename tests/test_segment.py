@@ -104,7 +104,7 @@ def test_image_and_mask_size_mismatch_is_an_error(tmp_path, synth_root):
 @pytest.mark.cross_path
 def test_segmentation_learns_and_predict_scores_like_training(synth_root, tmp_path):
     p3 = synth_root / "p3_data"
-    cfg = seg_cfg(p3)
+    cfg = seg_cfg(p3, **{"tta.flip": True, "tta.rotate90": True})  # both paths average the same 8 views
     summary = Trainer(segment.SegmentTask(cfg), cfg, tmp_path / "run").fit()
     run = tmp_path / "run"
     assert summary["best"]["val_miou"] > 0.5
@@ -182,3 +182,55 @@ def test_offline_pretrained_lite0_segmenter():
     model.train()(torch.rand(2, 3, 64, 64))["out"].sum().backward()
     unused = [n for n, p in model.named_parameters() if p.grad is None]
     assert not unused  # DDP needs every parameter to take part
+
+
+class _Counting(torch.nn.Module):
+    """A 1x1 conv (equivariant to flips and rotations) that counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.calls = torch.nn.Conv2d(3, 7, 1), 0
+
+    def forward(self, x):
+        self.calls += 1
+        return {"out": self.conv(x)}
+
+
+@pytest.mark.parametrize("tta,views", [(None, 1), ({"flip": True, "rotate90": False}, 2),
+                                       ({"flip": False, "rotate90": True}, 4), ({"flip": True, "rotate90": True}, 8)])
+def test_tta_maps_every_view_back(tta, views):
+    model, x = _Counting(), torch.rand(2, 3, 32, 48)  # not square: rotated views change shape
+    with torch.no_grad():
+        plain, averaged = model.conv(x), segment.tta_logits(model, x, tta)
+    assert model.calls == views and averaged.shape == (2, 7, 32, 48)
+    assert torch.allclose(averaged, plain, atol=1e-5)  # an equivariant model: every view maps back exactly
+    # a model that sees position (left half zero) shows each view is mapped back where it came from
+    ramp = torch.zeros(1, 7, 32, 48)
+    ramp[..., 24:] = 1.0
+    left_blind = lambda v: {"out": ramp.expand(len(v), -1, -1, -1)}  # noqa: E731
+    out = segment.tta_logits(left_blind, x, {"flip": True, "rotate90": False})
+    assert torch.allclose(out, torch.full_like(out, 0.5))  # the mirror's ramp lands on the other half
+
+
+def test_dice_loss_by_hand():
+    logits = torch.zeros(1, 2, 1, 3)  # uniform probabilities 0.5 / 0.5
+    target = torch.tensor([[[0, 1, 255]]])  # the ignored pixel counts nowhere
+    # class 0: 2 x 0.5 / (1.0 + 1) = 0.5; class 1 the same -> 1 - 0.5
+    assert segment.dice_loss(logits, target).item() == pytest.approx(0.5)
+    sure = torch.tensor([[[[9.0, -9.0, 0.0]], [[-9.0, 9.0, 0.0]]]])  # confident and right on both pixels
+    assert segment.dice_loss(sure, target).item() == pytest.approx(0.0, abs=1e-6)
+    only_zero = torch.tensor([[[0, 0, 255]]])  # class 1 absent from the labels: not averaged in
+    assert segment.dice_loss(logits, only_zero).item() == pytest.approx(1 - 2 * 1.0 / (1.0 + 2))
+
+
+def test_lite_segmenter_skips_and_old_checkpoints():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    single = create_model("lite0_deeplab", 7)
+    several = create_model("lite0_deeplab", 7, skips=[16, 8, 4]).eval()
+    assert single.skip_blocks == [4] and several.skip_blocks == [10, 4, 2]  # the last block at each stride
+    assert several(torch.rand(1, 3, 64, 96))["out"].shape == (1, 7, 64, 96)
+    old_names = {k.replace("skips.0.", "skip.").replace("fuses.0.", "fuse."): v for k, v in single.state_dict().items()}
+    assert "skip.0.weight" in old_names
+    create_model("lite0_deeplab", 7).load_state_dict(old_names)  # a checkpoint from before `skips` loads
+    with pytest.raises(DlcvError, match="skips"):
+        create_model("lite0_deeplab", 7, skips=[4, 8])

@@ -44,13 +44,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
 
 
-def _add_predict_args(p: argparse.ArgumentParser, *positionals: str, batch_size: int = 256) -> None:
+def _add_predict_args(p: argparse.ArgumentParser, *positionals: str, batch_size: int = 256, tta: bool = True) -> None:
+    """tta: the command applies the checkpoint's test-time augmentation, and --no-tta turns it off."""
     p.add_argument("--ckpt", required=True)
     for name in positionals:
         p.add_argument(name)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--batch-size", type=_whole_number(1), default=batch_size,
                    help=f"images per forward pass (default {batch_size})")
+    if tta:
+        p.add_argument("--no-tta", dest="tta", action="store_false",
+                       help="skip the checkpoint's test-time augmentation (plain, faster predictions)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,10 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(classify.add_parser("train", help="train a classifier"))
     predict = classify.add_parser("predict", help="write filename,label for every image of a folder")
     _add_predict_args(predict, "image_dir", "out_csv")
-    predict.add_argument("--no-tta", dest="tta", action="store_false",
-                         help="skip the checkpoint's test-time augmentation (plain, faster predictions)")
     embed = classify.add_parser("embed", help="PCA or t-SNE figure of a checkpoint's features on a folder")
-    _add_predict_args(embed, "image_dir")
+    _add_predict_args(embed, "image_dir", tta=False)
     embed.add_argument("--method", choices=("pca", "tsne"), default="pca")
     embed.add_argument("--out", required=True, help="figure file (.png or .svg)")
 
@@ -93,8 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--out", default="runs/p2_table")
     ssl_predict = ssl.add_parser("predict", help="write id,filename,label for the rows of a CSV")
     _add_predict_args(ssl_predict, "in_csv", "image_dir", "out_csv")
-    ssl_predict.add_argument("--no-tta", dest="tta", action="store_false",
-                             help="skip the checkpoint's test-time augmentation")
 
     segment = sub.add_parser("segment", help="P3 semantic segmentation").add_subparsers(dest="cmd", required=True)
     _add_train_args(segment.add_parser("train", help="train a segmentation model"))
@@ -234,7 +234,7 @@ def run(args) -> int:
         from dlcv.engine.distributed import pick_device
         check_output_dir(args.out_dir, "OUT_DIR")
         n = segment.predict_folder(args.ckpt, args.image_dir, args.out_dir, pick_device(args.device),
-                                   args.batch_size)
+                                   args.batch_size, args.tta)
         log.info("wrote %d masks to %s", n, args.out_dir)
         return 0
     if args.group == "report":

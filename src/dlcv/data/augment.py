@@ -46,6 +46,13 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
     return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last where `x` is in it (and not also plainly contiguous), else contiguous: test-time views
+    (flips, shifts, rotations) are put back into the layout the model was given."""
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
+
+
 def random_flip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 

@@ -102,13 +102,9 @@ def tta_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None) ->
         h, w = x.shape[-2:]
         padded = F.pad(x, (t, t, t, t), mode="reflect")
         shifted = [padded[..., :h, :w], padded[..., 2 * t:, 2 * t:]]
-        logits = 0.5 * logits + 0.25 * sum(mean_logits(z.contiguous(memory_format=_layout(x))) for z in shifted)
+        layout = augment.memory_format_of(x)
+        logits = 0.5 * logits + 0.25 * sum(mean_logits(z.contiguous(memory_format=layout)) for z in shifted)
     return logits
-
-
-def _layout(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
-        else torch.contiguous_format
 
 
 class Preprocess:

@@ -36,7 +36,10 @@ DEFAULTS: dict[str, Any] = {
              "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "cache_dir": None, "limit_train": None, "limit_val": None},
     "model": {"name": "fcn32s_vgg16"},
     "augment": {"flip": False, "rotate90": False, "scale": [1.0, 1.0]},
-    "loss": {"aux_weight": 0.4, "label_smoothing": 0.0},
+    # dice_weight: + that x (1 - soft Dice) to the cross-entropy (see dice_loss)
+    "loss": {"aux_weight": 0.4, "label_smoothing": 0.0, "dice_weight": 0.0},
+    # test-time augmentation in validation AND predict (saved in the checkpoint): see tta_logits
+    "tta": {"flip": False, "rotate90": False},
     "snapshot": {"images": ["0013", "0062", "0104"]},
 }
 TYPES = {"data.crop_size": int, "data.cache_dir": str, "data.limit_train": int, "data.limit_val": int}
@@ -57,6 +60,38 @@ def course_iou(confusion: np.ndarray) -> tuple[list[float], float]:
         denominator = confusion[:, c].sum() + confusion[c, :].sum() - tp
         ious.append(float(tp / denominator) if denominator else math.nan)
     return ious, sum(ious) / SCORED
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None) -> torch.Tensor:
+    """fp32 logits N x C x H x W averaged over test-time views of the tiles, each mapped back before
+    averaging: with `flip` also the mirror image, with `rotate90` also the 90/180/270-degree rotations
+    (both: the 8 symmetries of the square). Satellite tiles have no up or down, so every view is a fair
+    sample. No tta: the plain logits."""
+    mirrors = (False, True) if tta and tta["flip"] else (False,)
+    turns = range(4) if tta and tta["rotate90"] else range(1)
+    layout = augment.memory_format_of(x)
+    total = None
+    for mirror in mirrors:
+        for k in turns:
+            view = torch.rot90(x.flip(-1) if mirror else x, k, (-2, -1)).contiguous(memory_format=layout)
+            out = torch.rot90(model(view)["out"].float(), -k, (-2, -1))
+            out = out.flip(-1) if mirror else out
+            total = out if total is None else total + out
+    return total / (len(mirrors) * len(turns))
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice (softmax probabilities against one-hot labels, summed over the batch), averaged over
+    the classes present in the batch's labels, IGNORE pixels left out: unlike cross-entropy it weighs a
+    rare class (rangeland, water) as much as a common one. By hand because torchmetrics' Dice is a metric
+    (no gradient) and segmentation_models_pytorch would be a dependency for ten lines."""
+    valid = (target != IGNORE).unsqueeze(1)
+    probs = logits.float().softmax(1) * valid
+    onehot = F.one_hot(torch.where(valid[:, 0], target, 0), logits.shape[1]).permute(0, 3, 1, 2) * valid
+    dims = (0, 2, 3)
+    present = onehot.sum(dims) > 0
+    dice = 2 * (probs * onehot).sum(dims) / (probs.sum(dims) + onehot.sum(dims)).clamp_min(1e-6)
+    return 1 - dice[present].mean()
 
 
 def confusion_of(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -148,8 +183,10 @@ class SegmentTask:
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         x, y = batch
         out = model(x)
-        smooth = self.cfg["loss"]["label_smoothing"]
+        smooth, dice = self.cfg["loss"]["label_smoothing"], self.cfg["loss"]["dice_weight"]
         loss = F.cross_entropy(out["out"], y, ignore_index=IGNORE, label_smoothing=smooth)
+        if dice:
+            loss = loss + dice * dice_loss(out["out"], y)
         if out.get("aux") is not None:
             loss = loss + self.cfg["loss"]["aux_weight"] * F.cross_entropy(out["aux"], y, ignore_index=IGNORE,
                                                                             label_smoothing=smooth)
@@ -162,7 +199,7 @@ class SegmentTask:
         for idx in batches.eval_batches(len(self.val_x), bs, env.rank, env.world_size):
             idx = idx.to(self.engine.device)
             y = self.val_y[idx].long()
-            logits = model(self.normalize(self.val_x[idx]))["out"].float()
+            logits = tta_logits(model, self.normalize(self.val_x[idx]), self.cfg["tta"])
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             self.confusion.update(logits.argmax(1), y)
         matrix = self.confusion.compute().cpu().numpy()  # summed over DDP ranks by torchmetrics
@@ -184,11 +221,13 @@ class SegmentTask:
         return wanted
 
     def snapshot(self, model: nn.Module, epoch: int) -> None:
-        """Predicted masks of the chosen val images at this epoch, for the mask grid figure."""
+        """Predicted masks of the chosen val images at this epoch (as validation predicts them: with the
+        test-time augmentation), for the mask grid figure."""
         if not self.engine.env.is_main:
             return
         idx = torch.tensor(self._snapshot_indices(), device=self.engine.device)
-        pred = self.engine.eval_module(self.normalize(self.val_x[idx]))["out"].argmax(1).to(torch.uint8).cpu()
+        logits = tta_logits(self.engine.eval_module, self.normalize(self.val_x[idx]), self.cfg["tta"])
+        pred = logits.argmax(1).to(torch.uint8).cpu()
         checkpoint.save_snapshot(self.engine.run.snapshots / f"masks_epoch_{epoch:03d}.pt",
                                  {"task": self.name, "epoch": epoch, "masks": pred,
                                   "ids": [self.val_pairs[i][0] for i in idx.tolist()]})
@@ -209,24 +248,29 @@ class SegmentTask:
                               fig_dir / "mask_grid.png")
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {"preprocess": {"mean": self.cfg["data"]["mean"], "std": self.cfg["data"]["std"]}}
+        return {"preprocess": {"mean": self.cfg["data"]["mean"], "std": self.cfg["data"]["std"],
+                               "tta": self.cfg["tta"]}}
 
 
 # -- inference and scoring ---------------------------------------------------------------------------------
 
-def load_segmenter(ckpt_path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+def load_segmenter(ckpt_path: str | Path, device: torch.device, tta: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """The model and its checkpoint; `tta=False` drops the saved test-time augmentation (plain predictions)."""
     state = checkpoint.load(ckpt_path, "segment", require=("preprocess",))
+    if not tta:
+        state["preprocess"] = {**state["preprocess"], "tta": None}
     return model_from_checkpoint(state, NUM_CLASSES).to(device).eval(), state
 
 
 def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path, device: torch.device,
-                   batch_size: int = 8) -> int:
+                   batch_size: int = 8, tta: bool = True) -> int:
     """`xxxx_mask.png` (RGB, course palette, the input's size) for every `xxxx_sat.jpg`, written atomically.
-    Tiles go through the model `batch_size` at a time (one at a time where a batch mixes tile sizes)."""
+    Tiles go through the model `batch_size` at a time (one at a time where a batch mixes tile sizes), with
+    the checkpoint's test-time augmentation unless `tta=False`."""
     files = sat_images(image_dir)
     out_dir = Path(out_dir)
     _refuse_ground_truth_folder(Path(image_dir), out_dir)
-    model, state = load_segmenter(ckpt, device)
+    model, state = load_segmenter(ckpt, device, tta)
     mean = torch.tensor(state["preprocess"]["mean"], device=device)
     std = torch.tensor(state["preprocess"]["std"], device=device)
     with torch.inference_mode():
@@ -237,7 +281,8 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path,
             preds = []
             for group in groups:
                 x = torch.from_numpy(np.stack(group)).to(device)
-                preds += model(augment.normalize(x.float() / 255, mean, std))["out"].argmax(1).to(torch.uint8).cpu()
+                logits = tta_logits(model, augment.normalize(x.float() / 255, mean, std), state["preprocess"].get("tta"))
+                preds += logits.argmax(1).to(torch.uint8).cpu()
             for f, pred in zip(chunk, preds):
                 write_mask(out_dir / mask_name(f), pred.numpy())
     return len(files)
