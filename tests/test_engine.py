@@ -244,3 +244,16 @@ def test_weight_ema_is_what_is_validated_saved_and_resumed_exactly(p1_root, tmp_
             assert torch.equal(value, resumed[key][name]), (key, name)
     rows = [r["val_acc"] for r in csv.DictReader(open(tmp_path / "resumed" / "metrics.csv"))]
     assert rows == [r["val_acc"] for r in csv.DictReader(open(tmp_path / "straight" / "metrics.csv"))]
+
+
+def test_eval_every_validates_every_nth_and_the_last_epoch(p1_root, tmp_path):
+    cfg = small_classify_cfg(p1_root, **{"train.epochs": 5, "train.eval_every": 2})
+    summary = train(cfg, tmp_path / "run")
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert [r["val_acc"] != "" for r in rows] == [False, True, False, True, True]  # 2, 4 and the last
+    assert all(r["train_loss"] for r in rows)
+    assert summary["final"]["epoch"] == 5 and summary["final"]["val_acc"] is not None
+    assert summary["best"]["epoch"] in (2, 4, 5)
+    assert checkpoint.load(tmp_path / "run" / "checkpoints" / "best.pt")["epoch"] == summary["best"]["epoch"]
+    assert (tmp_path / "run" / "figures" / "training_curves.png").stat().st_size > 0

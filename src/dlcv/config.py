@@ -48,6 +48,8 @@ COMMON_DEFAULTS: dict[str, Any] = {
               "precision": "auto", "seed": 0, "channels_last": "auto", "compile": False,
               "sync_batchnorm": False,
               "grad_clip": None, "log_every": 20,
+              # validate every N epochs (Lightning's check_val_every_n_epoch); the last epoch always is
+              "eval_every": 1,
               # exponential moving average of the weights (timm's --model-ema-decay): validation, snapshots
               # and every saved "model" use it; null = off
               "ema_decay": None},
@@ -83,6 +85,7 @@ RANGES: dict[str, tuple] = {
     "train.batch_size": (_positive, "a whole number >= 1"),
     "train.eval_batch_size": (_positive, "a whole number >= 1"),
     "train.log_every": (_positive, "a whole number >= 1"),
+    "train.eval_every": (_positive, "a whole number >= 1"),
     "train.grad_clip": (_positive, "a number > 0 (or null)"),
     "train.ema_decay": (lambda v: 0 < v < 1, "a number in (0, 1) (or null)"),
     "optim.lr": (_non_negative, "a number >= 0"),
@@ -96,6 +99,7 @@ RANGES: dict[str, tuple] = {
     "data.limit_train": (_positive, "a whole number >= 1 (or null)"),
     "data.limit_val": (_positive, "a whole number >= 1 (or null)"),
     "loss.label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "loss.dice_weight": (_non_negative, "a number >= 0"),
     "augment.crop_padding": (_non_negative, "a whole number >= 0"),
     "augment.cutout": (_non_negative, "a whole number >= 0"),
     "augment.rotation": (_non_negative, "a number of degrees >= 0"),

@@ -146,7 +146,9 @@ class RunDir:
         if not self.is_main or not self.rows:
             return
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(self.rows[-1]), lineterminator="\n", extrasaction="ignore")
+        # the columns of the fullest row: epochs without validation (train.eval_every) leave its cells blank
+        columns = list(dict.fromkeys([*max(self.rows, key=len), *(k for r in self.rows for k in r)]))
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
         write_text(self.path / "metrics.csv", out.getvalue())
@@ -182,7 +184,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def _number(value: str | None) -> Any:
-    if value is None:  # a short row
+    if not value:  # a short row, or an epoch without validation (train.eval_every)
         return None
     for cast in (int, float):
         try:

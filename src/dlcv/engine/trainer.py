@@ -239,9 +239,14 @@ class Trainer:
             train_seconds = time.time() - tic
             totals = distributed.all_reduce_sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64,
                                                              device=self.device))
-            metrics = self._evaluate(evaluated)
             out_of_time = self._out_of_time()
             stopping = epoch == epochs or (max_steps is not None and step >= max_steps) or out_of_time
+            metrics: dict[str, Any] = {}  # an epoch between train.eval_every's has no validation columns
+            if stopping or epoch % t["eval_every"] == 0:
+                metrics = self._evaluate(evaluated)
+                out_of_time = out_of_time or self._out_of_time()  # validation may use up the time left
+                stopping = stopping or out_of_time
+                last_metrics = metrics
             if epoch in snapshots or (stopping and not cfg["snapshot"]["epochs"]):
                 with torch.no_grad(), self.autocast():
                     self.task.snapshot(self.eval_module, epoch)
@@ -250,12 +255,12 @@ class Trainer:
             row = {"epoch": epoch, "train_loss": (totals[0] / totals[1]).item(), **scalars,
                    "lr": scheduler.get_last_lr()[0], "images_per_s": totals[1].item() / train_seconds,
                    "seconds": time.time() - tic}
-            value = row[self.task.monitor]  # may be NaN (e.g. a class absent from a tiny val set)
+            # NaN where not validated this epoch, or e.g. for a class absent from a tiny val set
+            value = row.get(self.task.monitor, math.nan)
             improved = self._better(value, best)  # False for NaN: best stays as it was
             if improved or not (self.run.checkpoints / "best.pt").exists():
                 best = value if improved else best
                 self._save_weights(self.run.checkpoints / "best.pt", epoch, step)
-            last_metrics = metrics
             wall = past_wall + time.time() - started
             # last.pt (with this epoch's row) lands before metrics.csv shows the epoch: a kill anywhere
             # leaves a folder whose --resume continues after the last epoch metrics.csv shows
@@ -376,7 +381,7 @@ class Trainer:
 
     def _summary(self, status, row, best, metrics, wall) -> dict[str, Any]:
         extras = {k: v for k, v in metrics.items() if not isinstance(v, (int, float))}
-        scored = [r for r in self.run.rows if not math.isnan(r[self.task.monitor])]
+        scored = [r for r in self.run.rows if not math.isnan(r.get(self.task.monitor, math.nan))]
         best_row = (max if self._maximise else min)(scored, key=lambda r: r[self.task.monitor], default={})
         return {"task": self.task.name, "status": status, "monitor": self.task.monitor,
                 "best": {self.task.monitor: best if math.isfinite(best) else None, "epoch": best_row.get("epoch")},

@@ -22,18 +22,24 @@ def save(fig, path: str | Path) -> Path:
 
 
 def training_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Loss panel (train/val) and one panel per other per-epoch metric of metrics.csv."""
-    epochs = [r["epoch"] for r in rows]
+    """Loss panel (train/val) and one panel per other per-epoch metric of metrics.csv; a metric is drawn
+    at the epochs that have it (validation may run every few epochs: train.eval_every)."""
     skip = {"epoch", "train_loss", "val_loss", "lr", "images_per_s", "seconds"}
-    others = [k for k in rows[0] if k not in skip and isinstance(rows[0][k], (int, float))]
+    keys = list(dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, (int, float))))
+    others = [k for k in keys if k not in skip]
+
+    def curve(key):
+        points = [(r["epoch"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        return [e for e, _ in points], [v for _, v in points]
+
     fig, axes = plt.subplots(1, 1 + len(others), figsize=(4.5 * (1 + len(others)), 3.4), squeeze=False)
     ax = axes[0, 0]
     for key in ("train_loss", "val_loss"):
-        if key in rows[0]:
-            ax.plot(epochs, [r[key] for r in rows], marker="o", label=key)
+        if key in keys:
+            ax.plot(*curve(key), marker="o", label=key)
     ax.set_xlabel("epoch"), ax.set_title("loss"), ax.legend()
     for ax, key in zip(axes[0, 1:], others):
-        ax.plot(epochs, [r[key] for r in rows], marker="o", color="tab:green")
+        ax.plot(*curve(key), marker="o", color="tab:green")
         ax.set_xlabel("epoch"), ax.set_title(key)
     return save(fig, path)
 
