@@ -1,0 +1,206 @@
+"""BYOL A/B: dlcv's `ssl pretrain` against a reference BYOL assembled from lightly's published building
+blocks - same backbone, image size, data, optimizer, schedule, batch, number of steps and seed - printing
+per epoch the training loss, embed_std and k-NN accuracy of both for every seed, beside a random
+network's k-NN accuracy; JSON on stdout (and --out).
+
+    .venv/bin/pip install -e '.[bench]'   # lightly: for this benchmark only, never a runtime dependency
+    .venv/bin/python benchmarks/byol_reference.py --data ../shared/data/hw1_data/p2_data --seeds 0 1 \\
+        --set train.epochs=10 --out benchmarks/results/byol_reference.json
+
+Both sides read ONE resolved ssl config: the `p2_byol` recipe, the CPU budget below, then --set. dlcv runs
+it as `dlcv ssl pretrain` in a subprocess. The reference takes the same numbers (lr, weight decay, warm-up
++ cosine per step, batch, epochs, projector sizes, target momentum base -> final per step) and builds the
+rest from lightly: BYOLProjectionHead / BYOLPredictionHead, NegativeCosineSimilarity (put on the paper's
+scale: 4 + 4 x its mean over both directions = dlcv's (2 - 2 cos) summed over the two directions, so one
+lr is one step size), update_momentum, cosine_schedule, and BYOLView1/2Transform on PIL images through a
+DataLoader, each view through each network on its own. Both start from the same decoded images
+(data.image_size px), the same backbone builder and seed, and the same k-NN monitor and embed_std
+definition (dlcv's functions), in the precision dlcv's `auto` picks for the backbone on this machine.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# A budget that fits a 2-core CPU: ResNet-18 at 64 px with a narrow projector (the README's CPU run).
+CPU_BUDGET = ["model.name=resnet18", "data.image_size=64", "byol.projector_hidden=1024", "byol.projector_dim=128",
+              "train.batch_size=128", "train.eval_batch_size=256", "optim.lr=0.1", "sched.warmup_epochs=1",
+              "train.epochs=8", "train.precision=auto", "train.channels_last=auto", "train.sync_batchnorm=false"]
+
+
+def resolve(data: str, sets: list[str]) -> dict:
+    from dlcv import config
+    from dlcv.tasks import ssl
+    recipe = config.load_yaml(config.find_recipe("p2_byol"))
+    return config.resolve(ssl.DEFAULTS, ssl.choices(), ssl.TYPES, recipe, [f"data.root={data}", *CPU_BUDGET, *sets])
+
+
+def run_ours(data: str, sets: list[str], seed: int, out: Path) -> list[dict]:
+    command = [sys.executable, "-m", "dlcv", "ssl", "pretrain", "-c", "p2_byol", "--out", str(out),
+               *[a for s in [f"data.root={data}", *CPU_BUDGET, *sets, f"train.seed={seed}"] for a in ("--set", s)]]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"dlcv ssl pretrain failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    from dlcv.engine.run import read_metrics
+    return [{"epoch": r["epoch"], "loss": r["train_loss"], "embed_std": r["embed_std"], "knn_acc": r["knn_acc"],
+             "seconds": r["seconds"]} for r in read_metrics(out / "metrics.csv")]
+
+
+class Monitor:
+    """dlcv's k-NN accuracy and embed_std, on the images the ssl task uses for them."""
+
+    def __init__(self, cfg: dict, device: torch.device):
+        from dlcv.data import labels as labels_mod
+        from dlcv.data.images import list_images, load_images
+        from dlcv.tasks import classify
+        d, kn = cfg["data"], cfg["knn"]
+        root = Path(d["root"])
+        self.mean = torch.tensor(d["mean"]).view(1, 3, 1, 1)
+        self.std = torch.tensor(d["std"]).view(1, 3, 1, 1)
+        self.unlabeled = load_images(list_images(root / d["unlabeled_dir"]), d["image_size"], d["cache_dir"])
+        splits = {s: classify.labelled_split(root / kn[f"{s}_dir"], classify.resolve_path(root, kn[f"{s}_csv"]))
+                  for s in ("train", "val")}
+        self.classes = labels_mod.sorted_classes(splits["train"][1])
+        self.sets = {s: (load_images(f, d["image_size"], d["cache_dir"]),
+                         torch.tensor(labels_mod.encode(y, self.classes, s, unknown_as=-1 if s == "val" else None)))
+                     for s, (f, y) in splits.items()}
+        self.k, self.temperature, self.embed_images = kn["k"], kn["temperature"], cfg["embed_std_images"]
+        self.batch = cfg["train"]["eval_batch_size"]
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255 - self.mean) / self.std
+
+    @torch.no_grad()
+    def __call__(self, backbone: nn.Module, projector: nn.Module, autocast) -> dict:
+        from dlcv.tasks.ssl import knn_accuracy
+        backbone.eval(), projector.eval()
+        with autocast():
+            feats = {s: torch.cat([backbone(self.normalize(c)).float() for c in x.split(self.batch)])
+                     for s, (x, _) in self.sets.items()}
+            z = torch.cat([F.normalize(projector(backbone(self.normalize(c))).float(), dim=1)
+                           for c in self.unlabeled[:self.embed_images].split(self.batch)])
+        backbone.train(), projector.train()
+        return {"embed_std": (z.std(0).mean() * math.sqrt(z.shape[1])).item(),
+                "knn_acc": knn_accuracy(feats["train"], self.sets["train"][1], feats["val"], self.sets["val"][1],
+                                        self.k, self.temperature, len(self.classes))}
+
+
+def run_reference(cfg: dict, seed: int, monitor: Monitor) -> tuple[list[dict], float]:
+    """lightly's BYOL (its docs' example loop) under dlcv's optimizer and schedule. Returns the rows per
+    epoch and the random network's k-NN accuracy (before the first step)."""
+    from lightly.loss import NegativeCosineSimilarity
+    from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+    from lightly.models.utils import deactivate_requires_grad, update_momentum
+    from lightly.transforms.byol_transform import BYOLTransform, BYOLView1Transform, BYOLView2Transform
+    from lightly.utils.scheduler import cosine_schedule
+    from PIL import Image
+
+    from dlcv.engine.optim import build_optimizer, build_scheduler
+    from dlcv.engine.trainer import resolve_precision, PRECISIONS
+    from dlcv.models import create_model
+
+    device = torch.device("cpu")
+    m, b, t, d = cfg["model"], cfg["byol"], cfg["train"], cfg["data"]
+    dtype = PRECISIONS[resolve_precision(t["precision"], device, m["name"])]
+
+    def autocast():
+        return torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
+
+    torch.manual_seed(seed)
+    backbone = create_model(m["name"], num_classes=1000, weights=None)
+    feature_dim = backbone.fc.in_features
+    backbone.fc = nn.Identity()
+    projector = BYOLProjectionHead(feature_dim, b["projector_hidden"], b["projector_dim"])
+    predictor = BYOLPredictionHead(b["projector_dim"], b["projector_hidden"], b["projector_dim"])
+    backbone_target, projector_target = copy.deepcopy(backbone), copy.deepcopy(projector)
+    deactivate_requires_grad(backbone_target), deactivate_requires_grad(projector_target)
+    random_knn = monitor(backbone, projector, autocast)["knn_acc"]
+
+    normalize = {"mean": list(d["mean"]), "std": list(d["std"])}
+    size = d["image_size"]
+    transform = BYOLTransform(BYOLView1Transform(input_size=size, normalize=normalize),
+                              BYOLView2Transform(input_size=size, normalize=normalize))
+    images = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in monitor.unlabeled]
+
+    class Views(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            return transform(images[i])
+
+    loader = torch.utils.data.DataLoader(Views(), batch_size=t["batch_size"], shuffle=True, drop_last=True,
+                                         num_workers=1, persistent_workers=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    params = [*backbone.parameters(), *projector.parameters(), *predictor.parameters()]
+    optimizer = build_optimizer(params, cfg)
+    scheduler = build_scheduler(optimizer, cfg, len(loader))
+    criterion = NegativeCosineSimilarity()
+    total, step, rows = len(loader) * t["epochs"], 0, []
+    for epoch in range(1, t["epochs"] + 1):
+        tic, loss_sum = time.time(), 0.0
+        for x0, x1 in loader:
+            momentum = cosine_schedule(step, total, b["base_momentum"], b["final_momentum"])
+            update_momentum(backbone, backbone_target, m=momentum)
+            update_momentum(projector, projector_target, m=momentum)
+            with autocast():
+                p0, p1 = predictor(projector(backbone(x0))), predictor(projector(backbone(x1)))
+                with torch.no_grad():
+                    z0, z1 = projector_target(backbone_target(x0)), projector_target(backbone_target(x1))
+                loss = 4 + 4 * 0.5 * (criterion(p0.float(), z1.float()) + criterion(p1.float(), z0.float()))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            loss_sum += loss.item()
+        seconds = time.time() - tic
+        rows.append({"epoch": epoch, "loss": loss_sum / len(loader), **monitor(backbone, projector, autocast),
+                     "seconds": round(seconds, 1)})
+        print(json.dumps({"reference": seed, **rows[-1]}), file=sys.stderr, flush=True)
+    return rows, random_knn
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="the p2_data folder")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for both implementations")
+    p.add_argument("--only", choices=("dlcv", "reference"), help="run one side only")
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    from dlcv.engine.run import cpu_has_native_bf16, cpu_name
+    cfg = resolve(args.data, args.set)
+    monitor = Monitor(cfg, torch.device("cpu"))
+    report = {"cpu": cpu_name(), "native_bf16": cpu_has_native_bf16(), "torch": torch.__version__,
+              "command": " ".join(["python", *sys.argv]), "sets": [*CPU_BUDGET, *args.set], "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            if args.only != "reference":
+                report["runs"][f"dlcv seed {seed}"] = run_ours(args.data, args.set, seed, Path(tmp) / f"ours{seed}")
+                print(json.dumps({f"dlcv seed {seed}": report["runs"][f"dlcv seed {seed}"]}), file=sys.stderr, flush=True)
+            if args.only != "dlcv":
+                rows, random_knn = run_reference(cfg, seed, monitor)
+                report["runs"][f"reference seed {seed}"] = rows
+                report[f"random network knn_acc seed {seed}"] = random_knn
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        from dlcv.fileio import write_text
+        write_text(args.out, text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
