@@ -234,3 +234,18 @@ def test_lite_segmenter_skips_and_old_checkpoints():
     create_model("lite0_deeplab", 7).load_state_dict(old_names)  # a checkpoint from before `skips` loads
     with pytest.raises(DlcvError, match="skips"):
         create_model("lite0_deeplab", 7, skips=[4, 8])
+
+
+def test_tile_logits_at_a_smaller_scale_come_back_at_the_tile_size():
+    model = _Counting()
+    x = torch.rand(1, 3, 8, 8).repeat_interleave(8, -1).repeat_interleave(8, -2)  # 64 x 64, flat 8 px blocks
+    with torch.no_grad():
+        full = segment.tile_logits(model, x, None)
+        half = segment.tile_logits(model, x, {"flip": True, "rotate90": False}, scale=0.5)
+        assert torch.equal(full, segment.tta_logits(model, x, None))
+        assert half.shape == full.shape == (1, 7, 64, 64)
+        centres = (slice(None), slice(None), slice(3, None, 8), slice(3, None, 8))  # the middle of each block
+        assert torch.allclose(half[centres], full[centres], atol=1e-4)  # a 1x1 conv commutes with resizing
+        seen = []
+        segment.tile_logits(lambda v: seen.append(v.shape) or {"out": torch.zeros(1, 7, *v.shape[-2:])}, x, None, 0.5)
+        assert seen == [(1, 3, 32, 32)]  # the model saw the tile at half its size

@@ -96,6 +96,7 @@ RANGES: dict[str, tuple] = {
     "data.image_size": (_positive, "a whole number >= 1"),
     "data.input_size": (_positive, "a whole number >= 1 (or null)"),
     "data.crop_size": (_positive, "a whole number >= 1 (or null)"),
+    "data.infer_scale": (lambda v: 0 < v <= 4, "a factor in (0, 4]"),
     "data.limit_train": (_positive, "a whole number >= 1 (or null)"),
     "data.limit_val": (_positive, "a whole number >= 1 (or null)"),
     "loss.label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),

@@ -30,9 +30,11 @@ SCORED = 6  # classes 0..5 are averaged; unknown (6) is not, but its pixels stil
 
 # data.crop_size: the training input side (null: the tile's); each training tile is a random crop covering
 # augment.scale of the tile's area (square), resized to crop_size: scale [1, 1] is a plain resize.
+# data.infer_scale: validation and predict resize each tile by this factor for the model (the resolution
+# it trained at, e.g. 0.5 for crop_size 256 of whole 512 px tiles) and its logits back to the tile's size.
 DEFAULTS: dict[str, Any] = {
     "task": "segment",
-    "data": {"root": None, "train_dir": "train", "val_dir": "validation", "crop_size": None,
+    "data": {"root": None, "train_dir": "train", "val_dir": "validation", "crop_size": None, "infer_scale": 1.0,
              "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "cache_dir": None, "limit_train": None, "limit_val": None},
     "model": {"name": "fcn32s_vgg16"},
     "augment": {"flip": False, "rotate90": False, "scale": [1.0, 1.0]},
@@ -78,6 +80,17 @@ def tta_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None) ->
             out = out.flip(-1) if mirror else out
             total = out if total is None else total + out
     return total / (len(mirrors) * len(turns))
+
+
+def tile_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None, scale: float = 1.0) -> torch.Tensor:
+    """fp32 logits at the tiles' size: the tiles resized by `scale` (antialiased), tta_logits there, the
+    logits resized back (bilinear). scale 1: tta_logits itself."""
+    if scale == 1.0:
+        return tta_logits(model, x, tta)
+    size = x.shape[-2:]
+    small = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1)
+    logits = tta_logits(model, small.contiguous(memory_format=augment.memory_format_of(x)), tta)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -199,7 +212,7 @@ class SegmentTask:
         for idx in batches.eval_batches(len(self.val_x), bs, env.rank, env.world_size):
             idx = idx.to(self.engine.device)
             y = self.val_y[idx].long()
-            logits = tta_logits(model, self.normalize(self.val_x[idx]), self.cfg["tta"])
+            logits = tile_logits(model, self.normalize(self.val_x[idx]), self.cfg["tta"], self.cfg["data"]["infer_scale"])
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             self.confusion.update(logits.argmax(1), y)
         matrix = self.confusion.compute().cpu().numpy()  # summed over DDP ranks by torchmetrics
@@ -226,7 +239,8 @@ class SegmentTask:
         if not self.engine.env.is_main:
             return
         idx = torch.tensor(self._snapshot_indices(), device=self.engine.device)
-        logits = tta_logits(self.engine.eval_module, self.normalize(self.val_x[idx]), self.cfg["tta"])
+        logits = tile_logits(self.engine.eval_module, self.normalize(self.val_x[idx]), self.cfg["tta"],
+                             self.cfg["data"]["infer_scale"])
         pred = logits.argmax(1).to(torch.uint8).cpu()
         checkpoint.save_snapshot(self.engine.run.snapshots / f"masks_epoch_{epoch:03d}.pt",
                                  {"task": self.name, "epoch": epoch, "masks": pred,
@@ -249,7 +263,7 @@ class SegmentTask:
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"preprocess": {"mean": self.cfg["data"]["mean"], "std": self.cfg["data"]["std"],
-                               "tta": self.cfg["tta"]}}
+                               "tta": self.cfg["tta"], "infer_scale": self.cfg["data"]["infer_scale"]}}
 
 
 # -- inference and scoring ---------------------------------------------------------------------------------
@@ -281,7 +295,9 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path,
             preds = []
             for group in groups:
                 x = torch.from_numpy(np.stack(group)).to(device)
-                logits = tta_logits(model, augment.normalize(x.float() / 255, mean, std), state["preprocess"].get("tta"))
+                pre = state["preprocess"]
+                logits = tile_logits(model, augment.normalize(x.float() / 255, mean, std), pre.get("tta"),
+                                     pre.get("infer_scale", 1.0))
                 preds += logits.argmax(1).to(torch.uint8).cpu()
             for f, pred in zip(chunk, preds):
                 write_mask(out_dir / mask_name(f), pred.numpy())
