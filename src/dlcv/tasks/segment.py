@@ -19,6 +19,7 @@ from dlcv.data.images import cached, read_rgb
 from dlcv.data.masks import (CLASS_NAMES, IGNORE, NUM_CLASSES, SAT_SUFFIXES, UNKNOWN, mask_name, pair_folder,
                              read_mask, sat_images, write_mask)
 from dlcv.engine import batches, checkpoint, distributed
+from dlcv.engine.trainer import resolve_channels_last
 from dlcv.errors import DlcvError
 from dlcv.models import create_model, list_models, model_from_checkpoint
 from dlcv.tasks.classify import IMAGENET_MEAN, IMAGENET_STD
@@ -280,13 +281,16 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path,
                    batch_size: int = 8, tta: bool = True) -> int:
     """`xxxx_mask.png` (RGB, course palette, the input's size) for every `xxxx_sat.jpg`, written atomically.
     Tiles go through the model `batch_size` at a time (one at a time where a batch mixes tile sizes), with
-    the checkpoint's test-time augmentation unless `tta=False`."""
+    the checkpoint's test-time augmentation unless `tta=False`, in the memory layout its run validated in."""
     files = sat_images(image_dir)
     out_dir = Path(out_dir)
     _refuse_ground_truth_folder(Path(image_dir), out_dir)
     model, state = load_segmenter(ckpt, device, tta)
-    mean = torch.tensor(state["preprocess"]["mean"], device=device)
-    std = torch.tensor(state["preprocess"]["std"], device=device)
+    pre, cfg = state["preprocess"], state["config"]
+    mean, std = torch.tensor(pre["mean"], device=device), torch.tensor(pre["std"], device=device)
+    layout = torch.channels_last if resolve_channels_last(cfg["train"]["channels_last"], device, cfg["model"]["name"]) \
+        else torch.contiguous_format
+    model = model.to(memory_format=layout)
     with torch.inference_mode():
         for start in range(0, len(files), batch_size):
             chunk = files[start:start + batch_size]
@@ -294,10 +298,8 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path,
             groups = [arrays] if len({a.shape for a in arrays}) == 1 else [[a] for a in arrays]
             preds = []
             for group in groups:
-                x = torch.from_numpy(np.stack(group)).to(device)
-                pre = state["preprocess"]
-                logits = tile_logits(model, augment.normalize(x.float() / 255, mean, std), pre.get("tta"),
-                                     pre.get("infer_scale", 1.0))
+                x = augment.normalize(torch.from_numpy(np.stack(group)).to(device).float() / 255, mean, std)
+                logits = tile_logits(model, x.contiguous(memory_format=layout), pre.get("tta"), pre.get("infer_scale", 1.0))
                 preds += logits.argmax(1).to(torch.uint8).cpu()
             for f, pred in zip(chunk, preds):
                 write_mask(out_dir / mask_name(f), pred.numpy())
