@@ -6,7 +6,8 @@ tiles/s of each speed option against the plain baseline, as JSON.
 Parts: forward seconds per 512 px tile of the VGG16 convolutions, fc6 (7x7 conv to 4096), fc7, and the
 score layer + 32x upsampling, with their multiply-accumulates. Variants, each in its own process (a crash
 inside a kernel is recorded, not fatal): inference one tile at a time (the report's loop) or in batches,
-contiguous or channels_last, fp32 or bf16 autocast, eager or torch.compile; training steps (batch 2)
+contiguous or channels_last, fp32 or bf16 autocast, eager, torch.compile or TorchScript frozen and
+optimised for inference; training steps (batch 2)
 likewise. Same random weights and tiles everywhere; `agreement` is the share of pixels whose predicted
 class equals the baseline's, `max_abs_diff` the largest logit difference (what "computes the same" means
 here: bf16 rounds, the rest should agree to float precision).
@@ -25,15 +26,17 @@ import torch
 import torch.nn.functional as F
 
 BENCH_DIR = Path(__file__).resolve().parent
-SIDE = 512
 
-INFERENCE = {  # name -> (batch, channels_last, bf16, compile)
-    "one tile at a time (report)": (1, False, False, False),
-    "batch 4": (4, False, False, False),
-    "batch 4, channels_last": (4, True, False, False),
-    "batch 4, bf16": (4, False, True, False),
-    "batch 4, channels_last, bf16": (4, True, True, False),
-    "batch 4, torch.compile": (4, False, False, True),
+INFERENCE = {  # name -> (batch, channels_last, bf16, mode)
+    "one tile at a time (report)": (1, False, False, "eager"),
+    "batch 4": (4, False, False, "eager"),
+    "batch 4, channels_last": (4, True, False, "eager"),
+    "batch 4, bf16": (4, False, True, "eager"),
+    "batch 4, channels_last, bf16": (4, True, True, "eager"),
+    "batch 4, torch.compile": (4, False, False, "compile"),
+    # TorchScript freeze + optimize_for_inference: folds the graph and runs the convs on oneDNN's blocked
+    # layout (PyTorch's recipe for CPU inference)
+    "batch 4, torch.jit.optimize_for_inference": (4, False, False, "jit"),
 }
 TRAINING = {  # name -> (channels_last, bf16, compile); batch 2 as in p3_model_a's CPU runs
     "fp32 contiguous (dlcv's choice)": (False, False, False),
@@ -52,15 +55,20 @@ def build(channels_last: bool):
     return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def tiles(n: int, channels_last: bool) -> torch.Tensor:
-    x = torch.randn(n, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
+def tiles(n: int, side: int, channels_last: bool) -> torch.Tensor:
+    x = torch.randn(n, 3, side, side, generator=torch.Generator().manual_seed(1))
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def inference(batch: int, channels_last: bool, bf16: bool, compile_: bool, n: int, out: str) -> dict:
+def inference(batch: int, channels_last: bool, bf16: bool, mode: str, n: int, side: int, out: str) -> dict:
     model = build(channels_last).eval()
-    fast = torch.compile(model) if compile_ else model
-    x = tiles(n, channels_last)
+    x = tiles(n, side, channels_last)
+    fast = model
+    if mode == "compile":
+        fast = torch.compile(model)
+    elif mode == "jit":
+        with torch.no_grad():
+            fast = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, x[:batch], strict=False)))
     logits = []
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         tic = time.perf_counter()
@@ -74,12 +82,12 @@ def inference(batch: int, channels_last: bool, bf16: bool, compile_: bool, n: in
     return {"tiles_per_s": round(n / seconds, 3), "warmup_s": round(warmup, 1)}
 
 
-def training(channels_last: bool, bf16: bool, compile_: bool, steps: int) -> dict:
+def training(channels_last: bool, bf16: bool, compile_: bool, steps: int, side: int) -> dict:
     model = build(channels_last).train()
     fast = torch.compile(model) if compile_ else model
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = tiles(2, channels_last)
-    y = torch.randint(0, 7, (2, SIDE, SIDE), generator=torch.Generator().manual_seed(2))
+    x = tiles(2, side, channels_last)
+    y = torch.randint(0, 7, (2, side, side), generator=torch.Generator().manual_seed(2))
     for i in range(steps + 1):
         if i == 1:
             tic = time.perf_counter()
@@ -91,10 +99,10 @@ def training(channels_last: bool, bf16: bool, compile_: bool, steps: int) -> dic
     return {"tiles_per_s": round(2 * steps / (time.perf_counter() - tic), 3)}
 
 
-def parts() -> dict:
+def parts(side: int) -> dict:
     """Forward seconds per tile (eager fp32, batch 1, second of two calls) and multiply-accumulates."""
     model = build(False).eval()
-    x = tiles(1, False)
+    x = tiles(1, side, False)
     stages = [("vgg16 convolutions", model.features), ("fc6 (7x7 conv, 512 -> 4096)", model.fc[:3]),
               ("fc7 (1x1 conv, 4096 -> 4096)", model.fc[3:]), ("score + 32x upsampling",
                                                               torch.nn.Sequential(model.score, model.upscore))]
@@ -147,19 +155,20 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiles", type=int, default=4, help="tiles per inference measurement")
     p.add_argument("--steps", type=int, default=3, help="training steps per measurement (after one warm-up)")
+    p.add_argument("--side", type=int, default=512, help="tile side (the course's tiles: 512)")
     p.add_argument("--out")
     args = p.parse_args(argv)
     from dlcv.engine.run import cpu_has_native_bf16, cpu_name
     report = {"cpu": cpu_name(), "capability": torch.backends.cpu.get_cpu_capability(),
               "native_bf16": cpu_has_native_bf16(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "command": " ".join(["python", *sys.argv]), "input": f"{SIDE}x{SIDE}"}
-    report["parts"] = in_process("parts()")
+              "command": " ".join(["python", *sys.argv]), "input": f"{args.side}x{args.side}"}
+    report["parts"] = in_process(f"parts({args.side})")
     print(json.dumps({"parts": report["parts"]}), file=sys.stderr, flush=True)
     report["inference"], base = {}, None
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, (batch, cl, bf16, comp)) in enumerate(INFERENCE.items()):
+        for i, (name, (batch, cl, bf16, mode)) in enumerate(INFERENCE.items()):
             out = str(Path(tmp) / f"{i}.pt")
-            result = in_process(f"inference({batch}, {cl}, {bf16}, {comp}, {args.tiles}, {out!r})")
+            result = in_process(f"inference({batch}, {cl}, {bf16}, {mode!r}, {args.tiles}, {args.side}, {out!r})")
             if "error" not in result:
                 logits = torch.load(out, weights_only=True)
                 base = logits if base is None else base
@@ -171,7 +180,7 @@ def main(argv=None) -> int:
             print(json.dumps({name: result}), file=sys.stderr, flush=True)
     report["training"] = {}
     for i, (name, (cl, bf16, comp)) in enumerate(TRAINING.items()):
-        result = in_process(f"training({cl}, {bf16}, {comp}, {args.steps})")
+        result = in_process(f"training({cl}, {bf16}, {comp}, {args.steps}, {args.side})")
         first = report["training"].get(next(iter(TRAINING)), {})
         if i and "tiles_per_s" in result and "tiles_per_s" in first:
             result["speedup"] = round(result["tiles_per_s"] / first["tiles_per_s"], 2)
