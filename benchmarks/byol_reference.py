@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import report_json  # benchmarks/report_json.py: machine + JSON output
+
 # A budget that fits a 2-core CPU: ResNet-18 at 64 px with a narrow projector (the README's CPU run).
 CPU_BUDGET = ["model.name=resnet18", "data.image_size=64", "byol.projector_hidden=1024", "byol.projector_dim=128",
               "train.batch_size=128", "train.eval_batch_size=256", "optim.lr=0.1", "sched.warmup_epochs=1",
@@ -180,11 +182,9 @@ def main(argv=None) -> int:
     p.add_argument("--only", choices=("dlcv", "reference"), help="run one side only")
     p.add_argument("--out")
     args = p.parse_args(argv)
-    from dlcv.engine.run import cpu_has_native_bf16, cpu_name
     cfg = resolve(args.data, args.set)
     monitor = Monitor(cfg, torch.device("cpu"))
-    report = {"cpu": cpu_name(), "native_bf16": cpu_has_native_bf16(), "torch": torch.__version__,
-              "command": " ".join(["python", *sys.argv]), "sets": [*CPU_BUDGET, *args.set], "runs": {}}
+    report = {**report_json.machine(), "sets": [*CPU_BUDGET, *args.set], "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             if args.only != "reference":
@@ -194,12 +194,7 @@ def main(argv=None) -> int:
                 rows, random_knn = run_reference(cfg, seed, monitor)
                 report["runs"][f"reference seed {seed}"] = rows
                 report[f"random network knn_acc seed {seed}"] = random_knn
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        from dlcv.fileio import write_text
-        write_text(args.out, text + "\n")
-    return 0
+    return report_json.emit(report, args.out)
 
 
 if __name__ == "__main__":

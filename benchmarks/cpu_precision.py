@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import report_json  # benchmarks/report_json.py: machine + JSON output
+
 BENCH_DIR = Path(__file__).resolve().parent
 
 # model -> (input side, batch, num_classes): the sizes its CPU recipes train at
@@ -83,10 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--out")
     args = p.parse_args(argv)
-    from dlcv.engine.run import cpu_has_native_bf16, cpu_name
-    report = {"cpu": cpu_name(), "capability": torch.backends.cpu.get_cpu_capability(),
-              "native_bf16": cpu_has_native_bf16(), "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "command": " ".join(["python", *sys.argv]), "models": {}}
+    report = {**report_json.machine(), "models": {}}
     for name in args.models:
         runs = {"fp32": [], "bf16": []}
         for _ in range(args.repeat):  # interleaved
@@ -100,12 +99,7 @@ def main(argv=None) -> int:
             result["bf16_over_fp32"] = round(result["bf16_img_s"] / result["fp32_img_s"], 3)
         report["models"][name] = result
         print(json.dumps({name: report["models"][name]}), file=sys.stderr, flush=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        from dlcv.fileio import write_text
-        write_text(args.out, text + "\n")
-    return 0
+    return report_json.emit(report, args.out)
 
 
 if __name__ == "__main__":

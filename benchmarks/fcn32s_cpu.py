@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import report_json  # benchmarks/report_json.py: machine + JSON output
+
 BENCH_DIR = Path(__file__).resolve().parent
 
 INFERENCE = {  # name -> (batch, channels_last, bf16, mode)
@@ -158,10 +160,7 @@ def main(argv=None) -> int:
     p.add_argument("--side", type=int, default=512, help="tile side (the course's tiles: 512)")
     p.add_argument("--out")
     args = p.parse_args(argv)
-    from dlcv.engine.run import cpu_has_native_bf16, cpu_name
-    report = {"cpu": cpu_name(), "capability": torch.backends.cpu.get_cpu_capability(),
-              "native_bf16": cpu_has_native_bf16(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "command": " ".join(["python", *sys.argv]), "input": f"{args.side}x{args.side}"}
+    report = {**report_json.machine(), "input": f"{args.side}x{args.side}"}
     report["parts"] = in_process(f"parts({args.side})")
     print(json.dumps({"parts": report["parts"]}), file=sys.stderr, flush=True)
     report["inference"], base = {}, None
@@ -186,12 +185,7 @@ def main(argv=None) -> int:
             result["speedup"] = round(result["tiles_per_s"] / first["tiles_per_s"], 2)
         report["training"][name] = result
         print(json.dumps({name: result}), file=sys.stderr, flush=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        from dlcv.fileio import write_text
-        write_text(args.out, text + "\n")
-    return 0
+    return report_json.emit(report, args.out)
 
 
 if __name__ == "__main__":
