@@ -213,7 +213,7 @@ class SegmentTask:
         for idx in batches.eval_batches(len(self.val_x), bs, env.rank, env.world_size):
             idx = idx.to(self.engine.device)
             y = self.val_y[idx].long()
-            logits = tile_logits(model, self.normalize(self.val_x[idx]), self.cfg["tta"], self.cfg["data"]["infer_scale"])
+            logits = self._val_logits(model, idx)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             self.confusion.update(logits.argmax(1), y)
         matrix = self.confusion.compute().cpu().numpy()  # summed over DDP ranks by torchmetrics
@@ -224,6 +224,10 @@ class SegmentTask:
                 **{f"iou_{CLASS_NAMES[c]}": ious[c] for c in range(SCORED)},
                 "pixel_acc": float(matrix.trace() / matrix.sum()),
                 "per_class_iou": {CLASS_NAMES[c]: round(ious[c], 5) for c in range(SCORED)}}
+
+    def _val_logits(self, model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        """Logits of validation tiles `idx` as validation, snapshots and predict compute them."""
+        return tile_logits(model, self.normalize(self.val_x[idx]), self.cfg["tta"], self.cfg["data"]["infer_scale"])
 
     def _snapshot_indices(self) -> list[int]:
         ids = [ident for ident, _, _ in self.val_pairs]
@@ -240,9 +244,7 @@ class SegmentTask:
         if not self.engine.env.is_main:
             return
         idx = torch.tensor(self._snapshot_indices(), device=self.engine.device)
-        logits = tile_logits(self.engine.eval_module, self.normalize(self.val_x[idx]), self.cfg["tta"],
-                             self.cfg["data"]["infer_scale"])
-        pred = logits.argmax(1).to(torch.uint8).cpu()
+        pred = self._val_logits(self.engine.eval_module, idx).argmax(1).to(torch.uint8).cpu()
         checkpoint.save_snapshot(self.engine.run.snapshots / f"masks_epoch_{epoch:03d}.pt",
                                  {"task": self.name, "epoch": epoch, "masks": pred,
                                   "ids": [self.val_pairs[i][0] for i in idx.tolist()]})
