@@ -174,18 +174,39 @@ def run_reference(cfg: dict, seed: int, monitor: Monitor) -> tuple[list[dict], f
     return rows, random_knn
 
 
+def mini_knn_split(data: Path, tmp: Path, query_per_class: int = 10) -> list[str]:
+    """--set values for a k-NN monitor on mini-ImageNet's own labels: the first `query_per_class` images of
+    each class (file order) are the queries, the rest the bank. CSVs written to `tmp`."""
+    from dlcv.data import labels as labels_mod
+    names, labels = labels_mod.read_labelled_csv(data / "mini" / "train.csv")
+    seen: dict[str, int] = {}
+    rows = {"bank": [], "query": []}
+    for name, label in zip(names, labels):
+        seen[label] = seen.get(label, 0) + 1
+        rows["query" if seen[label] <= query_per_class else "bank"].append(f"{name},{label}")
+    for split, lines in rows.items():
+        (tmp / f"{split}.csv").write_text("filename,label\n" + "\n".join(lines) + "\n")
+    return ["knn.train_dir=mini/train", f"knn.train_csv={tmp / 'bank.csv'}", "knn.val_dir=mini/train",
+            f"knn.val_csv={tmp / 'query.csv'}"]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="the p2_data folder")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for both implementations")
     p.add_argument("--only", choices=("dlcv", "reference"), help="run one side only")
+    p.add_argument("--knn", choices=("office", "mini"), default="office",
+                   help="k-NN monitor: the office train/val sets (the recipe's) or, in the pre-training "
+                        "domain, mini-ImageNet's labels: 10 images per class queried against the other 90")
     p.add_argument("--out")
     args = p.parse_args(argv)
-    cfg = resolve(args.data, args.set)
-    monitor = Monitor(cfg, torch.device("cpu"))
-    report = {**report_json.machine(), "sets": [*CPU_BUDGET, *args.set], "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.knn == "mini":
+            args.set = [*mini_knn_split(Path(args.data), Path(tmp)), *args.set]
+        cfg = resolve(args.data, args.set)
+        monitor = Monitor(cfg, torch.device("cpu"))
+        report = {**report_json.machine(), "sets": [*CPU_BUDGET, *args.set], "runs": {}}
         for seed in args.seeds:
             if args.only != "reference":
                 report["runs"][f"dlcv seed {seed}"] = run_ours(args.data, args.set, seed, Path(tmp) / f"ours{seed}")

@@ -65,3 +65,35 @@ def test_time_to_accuracy_runs_both_recipes_for_the_budget(synth_root, tmp_path,
         reached = [c["train_s"] for c in run["curve"] if c["val_acc"] >= 0.2904]
         assert run["train_s_to_report_accuracy"] == (reached[0] if reached else None)
     assert result["report_recipe"]["command"].startswith("dlcv classify train -c p1_model_a")
+
+
+def test_byol_reference_mini_knn_split_holds_out_the_first_images_of_each_class(synth_root, tmp_path):
+    import byol_reference
+    from dlcv.data import labels as labels_mod
+    p2 = synth_root / "p2_data"
+    sets = dict(s.split("=", 1) for s in byol_reference.mini_knn_split(p2, tmp_path, query_per_class=3))
+    assert sets["knn.train_dir"] == sets["knn.val_dir"] == "mini/train"
+    bank, query = (labels_mod.read_labelled_csv(sets[f"knn.{s}_csv"]) for s in ("train", "val"))
+    names, labels = labels_mod.read_labelled_csv(p2 / "mini" / "train.csv")
+    classes = sorted(set(labels))
+    assert sorted(query[1]) == sorted(c for c in classes for _ in range(3))  # 3 queries per class
+    assert sorted(bank[0] + query[0]) == sorted(names) and not set(bank[0]) & set(query[0])
+    first = {c: [n for n, lab in zip(names, labels) if lab == c][:3] for c in classes}
+    assert sorted(query[0]) == sorted(n for c in classes for n in first[c])
+
+
+def test_byol_reference_runs_both_implementations_per_epoch(synth_root, tmp_path):
+    pytest.importorskip("lightly")  # the benchmark-only extra (pip install -e '.[bench]')
+    import byol_reference
+    tiny = ["data.image_size=32", "byol.projector_hidden=64", "byol.projector_dim=32", "train.batch_size=32",
+            "train.eval_batch_size=64", "train.epochs=2", "train.precision=fp32", "knn.k=5"]
+    out = tmp_path / "ab.json"
+    assert byol_reference.main(["--data", str(synth_root / "p2_data"), "--seeds", "0", "--knn", "mini",
+                                *[a for s in tiny for a in ("--set", s)], "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    for side in ("dlcv seed 0", "reference seed 0"):
+        rows = report["runs"][side]
+        assert [r["epoch"] for r in rows] == [1, 2], side
+        assert all(0 <= r["knn_acc"] <= 1 and r["embed_std"] > 0 and r["loss"] > 0 for r in rows), rows
+    assert 0 <= report["random network knn_acc seed 0"] <= 1
+    assert "knn.train_dir=mini/train" in report["sets"]
