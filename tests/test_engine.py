@@ -113,6 +113,25 @@ def test_checkpoint_of_another_task_is_refused(two_epoch_run, tmp_path):
         checkpoint.load(tmp_path / "plain.pt", "classify")
 
 
+def test_a_diverging_loss_stops_the_run_with_a_clear_error(p1_root, tmp_path, monkeypatch):
+    calls = []
+
+    def loss_that_diverges(self, model, batch):  # finite for the first epoch's steps, then NaN
+        calls.append(1)
+        loss = ClassifyTask_loss(self, model, batch)
+        return loss * float("nan") if len(calls) > steps_per_epoch else loss
+
+    ClassifyTask_loss = ClassifyTask.loss
+    monkeypatch.setattr(ClassifyTask, "loss", loss_that_diverges)
+    cfg = small_classify_cfg(p1_root, **{"train.epochs": 3, "train.log_every": 1000})  # only the epoch-end check
+    from dlcv.engine import batches
+    steps_per_epoch = batches.steps_per_epoch(len(list((p1_root / "train_50").glob("*.png"))),
+                                              cfg["train"]["batch_size"])
+    with pytest.raises(DlcvError, match=r"loss became nan in epoch 2 \(by step \d+\); lower optim.lr"):
+        train(cfg, tmp_path / "run")
+    assert checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 1  # the good epoch stays
+
+
 def test_auto_precision_is_bf16_only_where_native_and_measured_faster(monkeypatch):
     from dlcv.engine import run, trainer
     cpu = torch.device("cpu")

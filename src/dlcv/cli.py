@@ -277,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dlcv: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
+    finally:  # one process group serves every run of the command (set up by the first, if any)
+        distributed = sys.modules.get("dlcv.engine.distributed")  # not imported: no run, nothing to end
+        if distributed is not None:
+            distributed.teardown()
 
 
 def _resume_hint(args) -> str:

@@ -9,7 +9,6 @@ class its own colour and texture plus noise, and the mask is written in the cour
 """
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dlcv.data.labels import write_csv
 from dlcv.data.masks import class_to_rgb
 from dlcv.errors import DlcvError
 
@@ -117,13 +117,6 @@ def _save(img: np.ndarray, path: Path) -> None:
     Image.fromarray(img).save(path, quality=92) if path.suffix == ".jpg" else Image.fromarray(img).save(path)
 
 
-def _write_csv(path: Path, header: list[str], rows: list) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
 def write_p1(root: Path, sizes: SynthSizes, rng: np.random.Generator) -> None:
     rows = []
     for split, per_class, first_id in (("train_50", sizes.p1_train_per_class, 0),
@@ -135,7 +128,7 @@ def write_p1(root: Path, sizes: SynthSizes, rng: np.random.Generator) -> None:
                 _save(p1_image(label, sizes.p1_classes, rng), root / split / name)
                 if split == "val_50":
                     rows.append((name, label))
-    _write_csv(root / "val_gt.csv", ["filename", "label"], rows)
+    write_csv(root / "val_gt.csv", ["filename", "label"], rows)
 
 
 def write_p2(root: Path, sizes: SynthSizes, rng: np.random.Generator) -> None:
@@ -150,7 +143,7 @@ def write_p2(root: Path, sizes: SynthSizes, rng: np.random.Generator) -> None:
             _save(texture_image(label, n_mini + n_office, rng, 84), mini / name)
             rows.append((k, name, wnid))
             k += 1
-    _write_csv(root / "mini" / "train.csv", ["id", "filename", "label"], rows)
+    write_csv(root / "mini" / "train.csv", ["id", "filename", "label"], rows)
     office = root / "office"
     for split, per_class in (("train", sizes.p2_office_train_per_class), ("val", sizes.p2_office_val_per_class)):
         (office / split).mkdir(parents=True, exist_ok=True)
@@ -162,7 +155,7 @@ def write_p2(root: Path, sizes: SynthSizes, rng: np.random.Generator) -> None:
                 _save(texture_image(n_mini + label, n_mini + n_office, rng, size), office / split / name)
                 rows.append((len(rows), name, label))
         order = rng.permutation(len(rows))
-        _write_csv(office / f"{split}.csv", ["id", "filename", "label"],
+        write_csv(office / f"{split}.csv", ["id", "filename", "label"],
                    [(j, rows[o][1], rows[o][2]) for j, o in enumerate(order)])
 
 

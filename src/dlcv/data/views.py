@@ -52,9 +52,8 @@ def one_view(x: torch.Tensor, spec: ViewSpec, view: int, out_size: int, draw: Gl
     y = colour_jitter(y, draw, spec.brightness, spec.contrast, spec.saturation, spec.hue, p=spec.jitter)
     y = torch.where(per_image(draw.chance(spec.grayscale)), grayscale(y).expand_as(y), y)
     blur, sigma = draw.chance(spec.blur[view]), draw.uniform(*spec.blur_sigma)
-    if blur.any():
-        y = y.clone()
-        y[blur] = gaussian_blur(y[blur], sigma[blur])
+    if spec.blur[view] > 0:  # every image blurred, then picked: indexing the chosen ones waits for the GPU
+        y = torch.where(per_image(blur), gaussian_blur(y, sigma), y)
     solarize = per_image(draw.chance(spec.solarize[view]))
     return torch.where(solarize & (y >= 0.5), 1 - y, y)
 

@@ -58,14 +58,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_object(obj):
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-    return obj
-
-
 def teardown() -> None:
+    """At the end of the process (cli.main): one `setup` serves every run of a pipeline (`ssl table`)."""
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -320,9 +320,6 @@ class Trainer:
             batch = self.task.train_batch(indices, offset, gen, t["batch_size"], epoch)
             with self.autocast():
                 loss = self.task.loss(model, batch)
-            if not torch.isfinite(loss):
-                raise DlcvError(f"loss became {loss.item()} at epoch {epoch}, step {step}; "
-                                "lower optim.lr or use train.precision=fp32")
             scaler.scale(loss).backward()
             if t["grad_clip"]:
                 scaler.unscale_(optimizer)
@@ -338,6 +335,8 @@ class Trainer:
                 after_step(step)
             seen += len(indices)
             loss_sum += loss.detach().double() * len(indices)
+            if (i + 1) % t["log_every"] == 0:
+                self._check_finite(loss_sum, epoch, step)
             bar.update()
             if plain and time.time() >= next_line:
                 next_line += PLAIN_PROGRESS_S
@@ -346,7 +345,17 @@ class Trainer:
             elif not plain and env.is_main and (i % t["log_every"] == 0 or i == total - 1):
                 bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen * env.world_size / (time.time() - tic):.1f}")
         bar.close()
+        self._check_finite(loss_sum, epoch, step)
         return loss_sum.item(), seen, step
+
+    @staticmethod
+    def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
+        """The epoch's running loss sum stays non-finite once any step's loss was, so checking it every
+        train.log_every steps and at the epoch's end catches a divergence without making a GPU wait for
+        every step's loss (a host sync per step). The failed epoch is never checkpointed."""
+        if not torch.isfinite(loss_sum):
+            raise DlcvError(f"loss became {loss_sum.item()} in epoch {epoch} (by step {step}); lower optim.lr "
+                            "or use train.precision=fp32")
 
     def _weights_state(self, epoch: int, step: int) -> dict[str, Any]:
         return {"task": self.task.name, "model": self.eval_module.state_dict(), "epoch": epoch, "step": step,
