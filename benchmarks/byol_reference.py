@@ -110,11 +110,11 @@ def run_reference(cfg: dict, seed: int, monitor: Monitor) -> tuple[list[dict], f
 
     from dlcv.engine.optim import build_optimizer, build_scheduler
     from dlcv.engine.trainer import resolve_precision, PRECISIONS
-    from dlcv.models import create_model
+    from dlcv.models import create_model, model_spec
 
     device = torch.device("cpu")
     m, b, t, d = cfg["model"], cfg["byol"], cfg["train"], cfg["data"]
-    dtype = PRECISIONS[resolve_precision(t["precision"], device, m["name"])]
+    dtype = PRECISIONS[resolve_precision(t["precision"], device, model_spec(m["name"]).cpu_bf16)]
 
     def autocast():
         return torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)

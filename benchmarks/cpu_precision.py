@@ -41,12 +41,12 @@ CASES = {
 
 def images_per_s(name: str, precision: str, steps: int, warmup: int) -> float:
     from dlcv.engine.trainer import resolve_channels_last
-    from dlcv.models import create_model
+    from dlcv.models import create_model, model_spec
 
     side, batch, classes, options = CASES[name]
     torch.manual_seed(0)
     model = create_model(name, num_classes=classes, weights=None, **options)
-    channels_last = resolve_channels_last("auto", torch.device("cpu"), name)
+    channels_last = resolve_channels_last("auto", torch.device("cpu"), model_spec(name).cpu_channels_last)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)

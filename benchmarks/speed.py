@@ -86,9 +86,9 @@ class TimedTask:
     def __getattr__(self, name):  # name, monitor, monitor_mode, ... of the wrapped task
         return getattr(self._task, name)
 
-    def setup(self, engine):
+    def setup(self, ctx):
         tic = time.perf_counter()
-        self._task.setup(engine)
+        self._task.setup(ctx)
         self.setup_s = time.perf_counter() - tic
 
     def train_batch(self, *args):
@@ -104,10 +104,8 @@ class TimedTask:
         self.losses.append(loss.detach())
         return loss
 
-    def after_step(self, step):
-        inner = getattr(self._task, "after_step", None)
-        if inner is not None:
-            inner(step)
+    def after_step(self, ctx, step):
+        self._task.after_step(ctx, step)
         self._sync()
         self.step_s.append(time.perf_counter() - self._tic)
 

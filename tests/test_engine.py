@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import small_classify_cfg
+from conftest import seg_cfg, small_classify_cfg
 from dlcv.engine import checkpoint
 from dlcv.engine.trainer import Trainer, snapshot_epochs
 from dlcv.errors import DlcvError
@@ -134,16 +134,23 @@ def test_a_diverging_loss_stops_the_run_with_a_clear_error(p1_root, tmp_path, mo
 
 def test_auto_precision_is_bf16_only_where_native_and_measured_faster(monkeypatch):
     from dlcv.engine import run, trainer
+    from dlcv.models import model_spec
+    from dlcv.tasks.segment import SegmentTask
     cpu = torch.device("cpu")
-    assert trainer.resolve_precision("fp16", cpu, "resnet50_cifar") == "fp16"  # an explicit choice stays
+
+    def auto(model_name):  # the model registry's measured entry, as its task passes it on to the loop
+        return trainer.resolve_precision("auto", cpu, model_spec(model_name).cpu_bf16)
+
+    assert trainer.resolve_precision("fp16", cpu, True) == "fp16"  # an explicit choice stays
     monkeypatch.setattr(run, "cpu_has_native_bf16", lambda: True)
-    assert [trainer.resolve_precision("auto", cpu, m) for m in ("resnet50_cifar", "cifar_convnet", "resnet50")] \
-        == ["bf16"] * 3
+    assert [auto(m) for m in ("resnet50_cifar", "cifar_convnet", "resnet50")] == ["bf16"] * 3
     # measured slower (depthwise convolutions) or crashing in bf16 on such a CPU: fp32
-    assert [trainer.resolve_precision("auto", cpu, m) for m in ("efficientnet_lite0", "lite0_deeplab",
-                                                                 "fcn32s_vgg16")] == ["fp32"] * 3
+    assert [auto(m) for m in ("efficientnet_lite0", "lite0_deeplab", "fcn32s_vgg16")] == ["fp32"] * 3
     monkeypatch.setattr(run, "cpu_has_native_bf16", lambda: False)  # AVX2 only: bf16 is emulated
-    assert trainer.resolve_precision("auto", cpu, "cifar_convnet") == "fp32"
+    assert auto("cifar_convnet") == "fp32"
+    task = SegmentTask(seg_cfg(".", **{"model.name": "fcn32s_vgg16"}))  # what a run's task hands the loop
+    assert (task.cpu_bf16, task.cpu_channels_last) == (False, False)
+    assert (ClassifyTask(small_classify_cfg(".")).cpu_bf16, SegmentTask(seg_cfg(".")).cpu_bf16) == (True, True)
 
 
 def test_snapshot_epochs_default_first_middle_last():
@@ -225,11 +232,11 @@ def test_alternating_flip_flips_each_image_in_every_other_epoch(p1_root, tmp_pat
     """airbench's derandomised flip: image i is mirrored in epoch e exactly when it was not in e - 1."""
     cfg = small_classify_cfg(p1_root, **{"augment.alternate_flip": True, "augment.crop_padding": 0})
     task = ClassifyTask(cfg)
-    trainer = Trainer(task, cfg, tmp_path / "run")
-    task.setup(trainer)
+    ctx = Trainer(task, cfg, tmp_path / "run").ctx
+    task.setup(ctx)
     idx = torch.arange(40)
     plain = task.preprocess(task.train_x[idx])
-    views = [task.train_batch(idx, 0, torch.Generator().manual_seed(e), 40, e)[0] for e in (1, 2, 3)]
+    views = [task.train_batch(ctx, idx, 0, torch.Generator().manual_seed(e), 40, e)[0] for e in (1, 2, 3)]
     flipped = [(v - plain).abs().flatten(1).amax(1) > 1e-6 for v in views]
     assert torch.equal(flipped[0], ~flipped[1]) and torch.equal(flipped[0], flipped[2])
     assert 8 <= int(flipped[0].sum()) <= 32  # about half, from the seeded start
@@ -276,3 +283,13 @@ def test_eval_every_validates_every_nth_and_the_last_epoch(p1_root, tmp_path):
     assert summary["best"]["epoch"] in (2, 4, 5)
     assert checkpoint.load(tmp_path / "run" / "checkpoints" / "best.pt")["epoch"] == summary["best"]["epoch"]
     assert (tmp_path / "run" / "figures" / "training_curves.png").stat().st_size > 0
+
+
+def test_the_loop_imports_no_model_and_the_registry_has_no_import_cycle():
+    import subprocess
+    import sys
+    code = ("import sys, dlcv.engine.trainer; assert not [m for m in sys.modules if m.startswith('dlcv.models')], "
+            "'engine imports models'; import dlcv.models.segmenters as s; from dlcv.models import model_spec; "
+            "assert model_spec('fcn32s_vgg16').builder is s.fcn32s_vgg16")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -1,5 +1,5 @@
 """The training loop. Tasks (classify, ssl, segment) supply data, model, loss and evaluation through the
-small `Task` protocol below; everything else (precision, DDP, schedule, checkpoints, resume, logging,
+`Task` contract (engine/task.py); everything else (precision, DDP, schedule, checkpoints, resume, logging,
 snapshots) lives here once."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -23,9 +23,9 @@ from dlcv.engine import batches, checkpoint, distributed
 from dlcv.engine import run as run_mod
 from dlcv.engine.optim import build_optimizer, build_scheduler, trainable_parameters
 from dlcv.engine.run import RunDir, environment
+from dlcv.engine.task import Context, Task
 from dlcv.errors import DlcvError
-from dlcv.models import model_spec
-from dlcv.models.weights import load_strict
+from dlcv.statedict import load_strict
 
 log = logging.getLogger("dlcv")
 
@@ -33,9 +33,9 @@ PLAIN_PROGRESS_S = 30.0
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_precision(name: str, device: torch.device, model_name: str) -> str:
-    """`auto`: bf16 on CUDA; on a CPU bf16 exactly when it is native and measured faster for the model,
-    else fp32. Evidence (train img/s fp32 -> bf16 autocast, benchmarks/cpu_precision.py):
+def resolve_precision(name: str, device: torch.device, cpu_bf16: bool = True) -> str:
+    """`auto`: bf16 on CUDA; on a CPU bf16 exactly when it is native and measured faster for the model
+    (`cpu_bf16`: the model registry's entry, passed on by the task), else fp32. Evidence (train img/s fp32 -> bf16 autocast, benchmarks/cpu_precision.py):
     - 2-core Intel Xeon with AMX-BF16 (benchmarks/results/cpu_precision_avx512.json): cifar_convnet b256
       312 -> 856, resnet50_cifar b32 27.3 -> 54.8, resnet18 64 px b64 202 -> 332, resnet50 128 px b16
       25.9 -> 45.1, fcn_small 256 px b8 51 -> 94; but efficientnet_lite0 64 px 214 -> 139 and
@@ -47,35 +47,18 @@ def resolve_precision(name: str, device: torch.device, model_name: str) -> str:
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if run_mod.cpu_has_native_bf16() and model_spec(model_name).cpu_bf16 else "fp32"
+    return "bf16" if run_mod.cpu_has_native_bf16() and cpu_bf16 else "fp32"
 
 
-def resolve_channels_last(setting, device: torch.device, model_name: str) -> bool:
-    """`auto`: on with CUDA (the layout tensor cores want); on CPU as measured for the model. On the 2-core
+def resolve_channels_last(setting, device: torch.device, cpu_channels_last: bool = True) -> bool:
+    """`auto`: on with CUDA (the layout tensor cores want); on CPU as measured for the model (the registry's
+    `cpu_channels_last`, passed on by the task). On the 2-core
     CPU (fp32 img/s, contiguous -> channels_last): resnet50_cifar b32 9.5 -> 10.5, BYOL ResNet-50 at 128 px
     b16 3.0 -> 4.0 (benchmarks/results/cpu_2core.json), cifar_convnet b64 99 -> 113; but VGG16-FCN32s at
     512 px 0.103 -> 0.089, so its registry entry turns it off there."""
     if setting != "auto":
         return setting
-    return device.type == "cuda" or model_spec(model_name).cpu_channels_last
-
-
-class Task(Protocol):
-    """A task may also define `monitor_mode = "min"` (default "max") and `after_step(step)`, called after
-    every optimizer step (BYOL's target update); `engine.total_steps` is set before training starts."""
-    name: str
-    monitor: str  # metric (of the epoch's row: evaluate()'s scalars or train_loss) that selects best.pt
-
-    def setup(self, engine: "Trainer") -> None: ...
-    def build_model(self) -> nn.Module: ...
-    def num_train(self) -> int: ...
-    def train_batch(self, indices: torch.Tensor, offset: int, gen: torch.Generator, global_size: int,
-                    epoch: int) -> Any: ...
-    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor: ...
-    def evaluate(self, model: nn.Module) -> dict[str, Any]: ...
-    def snapshot(self, model: nn.Module, epoch: int) -> None: ...
-    def finish(self, rows: list[dict[str, Any]]) -> None: ...
-    def checkpoint_meta(self) -> dict[str, Any]: ...
+    return device.type == "cuda" or cpu_channels_last
 
 
 def fit_or_reuse(task: Task, cfg: dict, run_dir: str | Path) -> dict[str, Any]:
@@ -112,28 +95,18 @@ class Trainer:
         self.run = RunDir(run_dir, self.env.is_main)
         self.ema: AveragedModel | None = None
         t = cfg["train"]
-        self.precision = resolve_precision(t["precision"], self.device, cfg["model"]["name"])
+        self.precision = resolve_precision(t["precision"], self.device, task.cpu_bf16)
         self.dtype = PRECISIONS[self.precision]
         if self.dtype is torch.float16 and self.device.type == "cpu":
             log.warning("fp16 on CPU is slow (emulated); fp32 is usually fastest there")
-        self.channels_last = resolve_channels_last(t["channels_last"], self.device, cfg["model"]["name"])
+        self.channels_last = resolve_channels_last(t["channels_last"], self.device, task.cpu_channels_last)
         self.environment = environment(self.device, self.env.world_size)
-
-    # -- helpers offered to tasks -------------------------------------------------------------------
-    @property
-    def eval_module(self) -> nn.Module:
-        """The weights that are validated, snapshotted and saved: the EMA's with train.ema_decay, else the
-        trained module itself (uncompiled)."""
-        return self.module if self.ema is None else self.ema.module
+        self.ctx = Context(self.device, self.env.rank, self.env.world_size, self.run, self.channels_last)
 
     def autocast(self):
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
-
-    def to_device_images(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 
     def _sync_batchnorm(self, module: nn.Module) -> nn.Module:
         """BatchNorm statistics over the global batch instead of each process's share (BYOL and
@@ -186,8 +159,9 @@ class Trainer:
         distributed.barrier()  # every rank has looked at the folder before rank 0 writes to it
         self.run.write_config(cfg)  # before the data is read: a run killed from here on is resumable
         torch.manual_seed(t["seed"])  # identical initial weights on every rank
-        self.task.setup(self)
-        self.module = self.task.build_model().to(self.device)
+        ctx = self.ctx
+        self.task.setup(ctx)
+        self.module = self.task.build_model(ctx).to(self.device)
         if t["sync_batchnorm"] and env.distributed:
             self.module = self._sync_batchnorm(self.module)
         if self.channels_last:
@@ -195,13 +169,14 @@ class Trainer:
         # torch's own EMA (AveragedModel), BatchNorm statistics averaged too; it follows every optimizer step
         self.ema = None if t["ema_decay"] is None else AveragedModel(
             self.module, multi_avg_fn=get_ema_multi_avg_fn(t["ema_decay"]), use_buffers=True)
+        ctx.module, ctx.eval_module = self.module, self.module if self.ema is None else self.ema.module
         steps_per_epoch = batches.steps_per_epoch(self.task.num_train(), t["batch_size"])
         optimizer = build_optimizer(trainable_parameters(self.module), cfg)
         scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype is torch.float16)
-        self.total_steps = steps_per_epoch * t["epochs"]
+        ctx.total_steps = steps_per_epoch * t["epochs"]
         if t["max_steps"] is not None:
-            self.total_steps = min(self.total_steps, t["max_steps"])
+            ctx.total_steps = min(ctx.total_steps, t["max_steps"])
         start_epoch, step, best, past_wall = 1, 0, -math.inf if self._maximise else math.inf, 0.0
         torch.manual_seed(t["seed"] + 1 + env.rank)  # dropout etc. differ per rank
         if state is not None:
@@ -220,7 +195,7 @@ class Trainer:
             log.info("resumed %s at epoch %d (step %d)", self.run.path, state["epoch"], step)
 
         fast = torch.compile(self.module) if t["compile"] else self.module
-        evaluated = fast if self.ema is None else self.eval_module  # the EMA's weights are validated eagerly
+        evaluated = fast if self.ema is None else ctx.eval_module  # the EMA's weights are validated eagerly
         train_model = DistributedDataParallel(fast) if env.distributed else fast
         epochs, max_steps = t["epochs"], t["max_steps"]
         # train.max_seconds: wall time of the whole run (resumed parts included), like Lightning's max_time;
@@ -249,7 +224,7 @@ class Trainer:
                 last_metrics = metrics
             if epoch in snapshots or (stopping and not cfg["snapshot"]["epochs"]):
                 with torch.no_grad(), self.autocast():
-                    self.task.snapshot(self.eval_module, epoch)
+                    self.task.snapshot(ctx, ctx.eval_module, epoch)
                 self._save_weights(self.run.checkpoints / f"epoch_{epoch:03d}.pt", epoch, step)
             scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
             row = {"epoch": epoch, "train_loss": (totals[0] / totals[1]).item(), **scalars,
@@ -275,7 +250,7 @@ class Trainer:
         if last_metrics is None:  # resumed after the last epoch (killed while finishing): score it again
             last_metrics = self._evaluate(evaluated)
         if self.env.is_main:
-            self.task.finish(self.run.rows)
+            self.task.finish(ctx, self.run.rows)
         wall = past_wall + time.time() - started
         final = self.run.rows[-1] if self.run.rows else {}
         summary = self._summary("finished", final, best, last_metrics, wall)
@@ -296,7 +271,7 @@ class Trainer:
     def _evaluate(self, model: nn.Module) -> dict[str, Any]:
         model.eval()
         with torch.no_grad(), self.autocast():
-            return self.task.evaluate(model)
+            return self.task.evaluate(self.ctx, model)
 
     def _train_epoch(self, model, optimizer, scheduler, scaler, epoch, step, steps_per_epoch):
         t, env = self.cfg["train"], self.env
@@ -311,13 +286,12 @@ class Trainer:
         bar = tqdm(total=total, desc=f"epoch {epoch}", disable=not env.is_main or plain, leave=False,
                    dynamic_ncols=True)
         next_line = tic + PLAIN_PROGRESS_S
-        after_step = getattr(self.task, "after_step", None)
         batch_iter: Iterator = batches.train_batches(self.task.num_train(), t["batch_size"], t["seed"], epoch,
                                                      env.rank, env.world_size)
         for i, (indices, offset) in enumerate(batch_iter):
             if i >= total or i > 0 and self._out_of_time(within_epoch=True):  # >= 1 step per epoch
                 break
-            batch = self.task.train_batch(indices, offset, gen, t["batch_size"], epoch)
+            batch = self.task.train_batch(self.ctx, indices, offset, gen, t["batch_size"], epoch)
             with self.autocast():
                 loss = self.task.loss(model, batch)
             scaler.scale(loss).backward()
@@ -331,8 +305,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(self.module)
             step += 1
-            if after_step is not None:
-                after_step(step)
+            self.task.after_step(self.ctx, step)
             seen += len(indices)
             loss_sum += loss.detach().double() * len(indices)
             if (i + 1) % t["log_every"] == 0:
@@ -358,7 +331,7 @@ class Trainer:
                             "or use train.precision=fp32")
 
     def _weights_state(self, epoch: int, step: int) -> dict[str, Any]:
-        return {"task": self.task.name, "model": self.eval_module.state_dict(), "epoch": epoch, "step": step,
+        return {"task": self.task.name, "model": self.ctx.eval_module.state_dict(), "epoch": epoch, "step": step,
                 "config": self.cfg, **self.task.checkpoint_meta()}
 
     def _save_weights(self, path: Path, epoch: int, step: int) -> None:
@@ -383,7 +356,7 @@ class Trainer:
 
     @property
     def _maximise(self) -> bool:
-        return getattr(self.task, "monitor_mode", "max") == "max"
+        return self.task.monitor_mode == "max"
 
     def _better(self, value: float, best: float) -> bool:
         return value > best if self._maximise else value < best

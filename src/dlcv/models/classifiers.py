@@ -8,8 +8,10 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from dlcv.errors import DlcvError
-from dlcv.models import norm_layer, register_model
-from dlcv.models.weights import load_pretrained, load_strict
+from dlcv.models.layers import norm_layer
+from dlcv.models.registry import register_model
+from dlcv.models.weights import load_pretrained
+from dlcv.statedict import load_strict
 
 
 def _cifar_resnet(arch: str, num_classes: int, weights: str | None, keep_maxpool: bool) -> nn.Module:

@@ -10,8 +10,11 @@ from torch import nn
 from torchvision.models import segmentation
 
 from dlcv.errors import DlcvError
-from dlcv.models import norm_layer, register_model
-from dlcv.models.weights import is_weight_file, load_pretrained, load_strict, read_state_dict, torchvision_state_dict
+from dlcv.models import classifiers
+from dlcv.models.layers import norm_layer
+from dlcv.models.registry import register_model
+from dlcv.models.weights import is_weight_file, load_pretrained, read_state_dict, torchvision_state_dict
+from dlcv.statedict import load_strict
 
 
 def bilinear_kernel(channels: int, size: int) -> torch.Tensor:
@@ -194,8 +197,6 @@ def _single_skip_names(state: dict, prefix: str, *_) -> None:
 
 
 def _lite_deeplab(variant: int, num_classes: int, weights: str | None, skips: Sequence[int], width: int) -> nn.Module:
-    from dlcv.models import classifiers
-
     encoder = getattr(classifiers, f"efficientnet_lite{variant}")(num_classes=1000, weights=weights, dropout=0.0)
     encoder._fc = nn.Identity()  # the classifier is unused here, and DDP refuses unused parameters
     return LiteDeepLab(num_classes, encoder, skips, width)

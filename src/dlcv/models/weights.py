@@ -8,6 +8,7 @@ import torchvision
 from torch import nn
 
 from dlcv.errors import DlcvError
+from dlcv.statedict import load_strict
 
 _FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
@@ -31,23 +32,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise DlcvError(f"{path}: not a state_dict (a mapping of parameter names to tensors)")
     return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """load_state_dict(strict=True), with an error that lists what does not match."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        def few(items):
-            return ", ".join(items[:8]) + (f" ... ({len(items)} in all)" if len(items) > 8 else "")
-        parts = [f"missing keys: {few(missing)}" if missing else "",
-                 f"unexpected keys: {few(unexpected)}" if unexpected else "",
-                 f"shape mismatches: {few(shapes)}" if shapes else ""]
-        raise DlcvError(f"{source} does not fit {type(model).__name__}: " + "; ".join(p for p in parts if p))
-    model.load_state_dict(state)
 
 
 def torchvision_state_dict(arch: str, name: str) -> dict[str, torch.Tensor]:

@@ -16,8 +16,10 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from dlcv.data import augment, labels as labels_mod
 from dlcv.data.images import list_images, load_images
 from dlcv.engine import batches, checkpoint, distributed
+from dlcv.engine.task import Context
 from dlcv.errors import DlcvError
 from dlcv.models import create_model, list_models, model_from_checkpoint, model_spec
+from dlcv.tasks import ModelTask
 from dlcv.viz import figures
 
 log = logging.getLogger("dlcv")
@@ -128,15 +130,11 @@ class Preprocess:
         return augment.normalize(x, self.mean, self.std)
 
 
-class ClassifyTask:
+class ClassifyTask(ModelTask):
     name = "classify"
     monitor = "val_acc"
 
-    def __init__(self, cfg: dict):
-        self.cfg = cfg
-
-    def setup(self, engine) -> None:
-        self.engine = engine
+    def setup(self, ctx: Context) -> None:
         d, seed = self.cfg["data"], self.cfg["train"]["seed"]
         root = Path(d["root"])
         train_files, train_labels = labelled_split(root / d["train_dir"], resolve_path(root, d["train_csv"]))
@@ -149,7 +147,7 @@ class ClassifyTask:
         val_files, val_labels = _subset(val_files, val_labels, d["limit_val"], seed)
         self.classes = labels_mod.sorted_classes(train_labels)
         self.val_files = val_files
-        device = engine.device
+        device = ctx.device
         self.train_x = load_images(train_files, d["image_size"], d["cache_dir"]).to(device)
         self.train_y = torch.tensor(labels_mod.encode(train_labels, self.classes, "training set"), device=device)
         self.val_x = load_images(val_files, d["image_size"], d["cache_dir"]).to(device)
@@ -165,41 +163,41 @@ class ClassifyTask:
                  len(train_files), len(val_files), len(self.classes), d["image_size"],
                  d["input_size"] or d["image_size"])
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, ctx: Context) -> nn.Module:
         m = self.cfg["model"]
         model = create_model(m["name"], num_classes=len(self.classes), weights=m["weights"], **m["options"])
         init_from_data = getattr(model, "init_from_data", None)
         if init_from_data is not None:  # e.g. cifar_convnet's whitening stem: 5,000 images like airbench,
             every = max(1, len(self.train_x) // 5000)  # evenly spaced, so every class is in (files sort by class)
-            init_from_data(self.preprocess(self.train_x[::every][:5000]).to(self.engine.device))
+            init_from_data(self.preprocess(self.train_x[::every][:5000]).to(ctx.device))
         return model
 
     def num_train(self) -> int:
         return len(self.train_y)
 
-    def train_batch(self, indices, offset, gen, global_size, epoch):
-        idx = indices.to(self.engine.device)
+    def train_batch(self, ctx, indices, offset, gen, global_size, epoch):
+        idx = indices.to(ctx.device)
         flip = None
         if self.aug.alternate_flip:  # airbench: each image flipped in every other epoch, from a seeded start
             flip = self.first_flip[idx] ^ bool(epoch % 2 == 0)
         x = self.preprocess(self.train_x[idx], self.aug, gen, global_size, offset, flip)
-        return self.engine.to_device_images(x), self.train_y[idx]
+        return ctx.images(x), self.train_y[idx]
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         x, y = batch
         return F.cross_entropy(model(x), y, label_smoothing=self.cfg["loss"]["label_smoothing"])
 
-    def _val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        env, bs = self.engine.env, self.cfg["train"]["eval_batch_size"]
-        for idx in batches.eval_batches(len(self.val_y), bs, env.rank, env.world_size):
-            idx = idx.to(self.engine.device)
-            yield self.engine.to_device_images(self.preprocess(self.val_x[idx])), self.val_y[idx]
+    def _val_batches(self, ctx: Context) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        bs = self.cfg["train"]["eval_batch_size"]
+        for idx in batches.eval_batches(len(self.val_y), bs, ctx.rank, ctx.world_size):
+            idx = idx.to(ctx.device)
+            yield ctx.images(self.preprocess(self.val_x[idx])), self.val_y[idx]
 
-    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+    def evaluate(self, ctx: Context, model: nn.Module) -> dict[str, Any]:
         """Accuracy over ALL validation images (the report averaged per-batch accuracies instead)."""
         self.confusion.reset()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.engine.device)
-        for x, y in self._val_batches():
+        loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        for x, y in self._val_batches(ctx):
             logits = tta_logits(model, x, self.cfg["tta"])
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             self.confusion.update(logits.argmax(1), y)
@@ -211,24 +209,23 @@ class ClassifyTask:
         return {"val_loss": loss_sum.item() / total, "val_acc": float(matrix.trace() / total),
                 "per_class_acc": {c: round(float(a), 4) for c, a in zip(self.classes, per_class)}}
 
-    def snapshot(self, model: nn.Module, epoch: int) -> None:
+    def snapshot(self, ctx: Context, model: nn.Module, epoch: int) -> None:
         """Second-last-layer features of the whole val set, kept for the PCA / t-SNE figures."""
-        if not self.engine.env.is_main:
+        if not ctx.is_main:
             return
-        feats, targets = [], []
-        net = self.engine.eval_module
-        with capture_head_input(net, model_spec(self.cfg["model"]["name"]).head) as captured:
+        targets = []
+        with capture_head_input(model, model_spec(self.cfg["model"]["name"]).head) as captured:
             for idx in torch.arange(len(self.val_y)).split(self.cfg["train"]["eval_batch_size"]):
-                idx = idx.to(self.engine.device)
-                net(self.engine.to_device_images(self.preprocess(self.val_x[idx])))
+                idx = idx.to(ctx.device)
+                model(ctx.images(self.preprocess(self.val_x[idx])))
                 targets.append(self.val_y[idx].cpu())
         feats = torch.cat(captured).bfloat16()  # half the size; float16 could overflow
-        checkpoint.save_snapshot(self.engine.run.snapshots / f"features_epoch_{epoch:03d}.pt",
+        checkpoint.save_snapshot(ctx.run.snapshots / f"features_epoch_{epoch:03d}.pt",
                                  {"task": self.name, "epoch": epoch, "features": feats,
                                   "labels": torch.cat(targets), "classes": self.classes})
 
-    def finish(self, rows: list[dict[str, Any]]) -> None:
-        fig_dir = self.engine.run.figures
+    def finish(self, ctx: Context, rows: list[dict[str, Any]]) -> None:
+        fig_dir = ctx.run.figures
         if rows:
             figures.training_curves(rows, fig_dir / "training_curves.png")
         if getattr(self, "last_confusion", None) is not None:
@@ -236,7 +233,7 @@ class ClassifyTask:
             per_class = self.last_confusion.diagonal() / np.maximum(self.last_confusion.sum(1), 1)
             figures.per_class_bars(per_class, self.classes, "per-class validation accuracy",
                                    fig_dir / "per_class_accuracy.png")
-        snaps = sorted(self.engine.run.snapshots.glob("features_epoch_*.pt"))
+        snaps = sorted(ctx.run.snapshots.glob("features_epoch_*.pt"))
         seed, perplexity = self.cfg["train"]["seed"], self.cfg["snapshot"]["tsne_perplexity"]
         for i, snap in enumerate(snaps):
             state = checkpoint.load_snapshot(snap, self.name)

@@ -19,9 +19,11 @@ from dlcv.data.images import cached, read_rgb
 from dlcv.data.masks import (CLASS_NAMES, IGNORE, NUM_CLASSES, SAT_SUFFIXES, UNKNOWN, mask_name, pair_folder,
                              read_mask, sat_images, write_mask)
 from dlcv.engine import batches, checkpoint, distributed
+from dlcv.engine.task import Context
 from dlcv.engine.trainer import resolve_channels_last
 from dlcv.errors import DlcvError
-from dlcv.models import create_model, list_models, model_from_checkpoint
+from dlcv.models import create_model, list_models, model_from_checkpoint, model_spec
+from dlcv.tasks import ModelTask
 from dlcv.tasks.classify import IMAGENET_MEAN, IMAGENET_STD
 from dlcv.viz import figures
 
@@ -133,18 +135,14 @@ def _decode_split(pairs, red_as: int, what: str):
     return {"images": torch.from_numpy(images), "masks": torch.from_numpy(masks), "red": torch.tensor(red)}
 
 
-class SegmentTask:
+class SegmentTask(ModelTask):
     name = "segment"
     monitor = "val_miou"
 
-    def __init__(self, cfg: dict):
-        self.cfg = cfg
-
-    def setup(self, engine) -> None:
-        self.engine = engine
+    def setup(self, ctx: Context) -> None:
         d, seed = self.cfg["data"], self.cfg["train"]["seed"]
         root = Path(d["root"])
-        device = engine.device
+        device = ctx.device
         splits = {}
         for split, folder, limit, red_as in (("train", d["train_dir"], d["limit_train"], IGNORE),
                                              ("val", d["val_dir"], d["limit_val"], UNKNOWN)):
@@ -173,26 +171,26 @@ class SegmentTask:
         log.info("segment: %d train / %d val tiles of %dx%d px", len(self.train_x), len(self.val_x),
                  self.train_x.shape[-1], self.train_x.shape[-2])
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, ctx: Context) -> nn.Module:
         m = self.cfg["model"]
         return create_model(m["name"], num_classes=NUM_CLASSES, weights=m["weights"], **m["options"])
 
     def num_train(self) -> int:
         return len(self.train_x)
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+    def normalize(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         """uint8 tiles, or floats in [0, 1], -> the model's normalised input."""
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
-        return self.engine.to_device_images(augment.normalize(x, self.mean, self.std))
+        return ctx.images(augment.normalize(x, self.mean, self.std))
 
-    def train_batch(self, indices, offset, gen, global_size, epoch):
-        idx = indices.to(self.engine.device)
+    def train_batch(self, ctx, indices, offset, gen, global_size, epoch):
+        idx = indices.to(ctx.device)
         x, y = self.train_x[idx], self.train_y[idx]
         if self.augmenting:  # joint geometry on the device, per-sample parameters (data/augment.py)
             draw = augment.GlobalDraw(gen, global_size, offset, len(idx), x.device)
             x, y = augment.tile_geometry(x.float().div_(255), y, draw, self.crop_size, **self.geometry)
-        return self.normalize(x), y.long()
+        return self.normalize(ctx, x), y.long()
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         x, y = batch
@@ -206,14 +204,14 @@ class SegmentTask:
                                                                             label_smoothing=smooth)
         return loss
 
-    def evaluate(self, model: nn.Module) -> dict[str, Any]:
-        env, bs = self.engine.env, self.cfg["train"]["eval_batch_size"]
+    def evaluate(self, ctx: Context, model: nn.Module) -> dict[str, Any]:
+        bs = self.cfg["train"]["eval_batch_size"]
         self.confusion.reset()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.engine.device)
-        for idx in batches.eval_batches(len(self.val_x), bs, env.rank, env.world_size):
-            idx = idx.to(self.engine.device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        for idx in batches.eval_batches(len(self.val_x), bs, ctx.rank, ctx.world_size):
+            idx = idx.to(ctx.device)
             y = self.val_y[idx].long()
-            logits = self._val_logits(model, idx)
+            logits = self._val_logits(ctx, model, idx)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             self.confusion.update(logits.argmax(1), y)
         matrix = self.confusion.compute().cpu().numpy()  # summed over DDP ranks by torchmetrics
@@ -225,9 +223,10 @@ class SegmentTask:
                 "pixel_acc": float(matrix.trace() / matrix.sum()),
                 "per_class_iou": {CLASS_NAMES[c]: round(ious[c], 5) for c in range(SCORED)}}
 
-    def _val_logits(self, model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    def _val_logits(self, ctx: Context, model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
         """Logits of validation tiles `idx` as validation, snapshots and predict compute them."""
-        return tile_logits(model, self.normalize(self.val_x[idx]), self.cfg["tta"], self.cfg["data"]["infer_scale"])
+        return tile_logits(model, self.normalize(ctx, self.val_x[idx]), self.cfg["tta"],
+                           self.cfg["data"]["infer_scale"])
 
     def _snapshot_indices(self) -> list[int]:
         ids = [ident for ident, _, _ in self.val_pairs]
@@ -238,26 +237,26 @@ class SegmentTask:
             wanted = list(range(min(3, len(ids))))
         return wanted
 
-    def snapshot(self, model: nn.Module, epoch: int) -> None:
+    def snapshot(self, ctx: Context, model: nn.Module, epoch: int) -> None:
         """Predicted masks of the chosen val images at this epoch (as validation predicts them: with the
         test-time augmentation), for the mask grid figure."""
-        if not self.engine.env.is_main:
+        if not ctx.is_main:
             return
-        idx = torch.tensor(self._snapshot_indices(), device=self.engine.device)
-        pred = self._val_logits(self.engine.eval_module, idx).argmax(1).to(torch.uint8).cpu()
-        checkpoint.save_snapshot(self.engine.run.snapshots / f"masks_epoch_{epoch:03d}.pt",
+        idx = torch.tensor(self._snapshot_indices(), device=ctx.device)
+        pred = self._val_logits(ctx, model, idx).argmax(1).to(torch.uint8).cpu()
+        checkpoint.save_snapshot(ctx.run.snapshots / f"masks_epoch_{epoch:03d}.pt",
                                  {"task": self.name, "epoch": epoch, "masks": pred,
                                   "ids": [self.val_pairs[i][0] for i in idx.tolist()]})
 
-    def finish(self, rows: list[dict[str, Any]]) -> None:
-        fig_dir = self.engine.run.figures
+    def finish(self, ctx: Context, rows: list[dict[str, Any]]) -> None:
+        fig_dir = ctx.run.figures
         if rows:
             figures.training_curves([{k: v for k, v in r.items() if not k.startswith("iou_")} for r in rows],
                                     fig_dir / "training_curves.png")
         if getattr(self, "last_ious", None) is not None:
             figures.per_class_bars(self.last_ious, list(CLASS_NAMES[:SCORED]), "per-class validation IoU",
                                    fig_dir / "per_class_iou.png")
-        snaps = [checkpoint.load_snapshot(p, self.name) for p in sorted(self.engine.run.snapshots.glob("masks_epoch_*.pt"))]
+        snaps = [checkpoint.load_snapshot(p, self.name) for p in sorted(ctx.run.snapshots.glob("masks_epoch_*.pt"))]
         if snaps:
             idx = self._snapshot_indices()
             figures.mask_grid(self.val_x[idx].cpu().numpy(), self.val_y[idx].cpu().numpy(),
@@ -290,8 +289,9 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path,
     model, state = load_segmenter(ckpt, device, tta)
     pre, cfg = state["preprocess"], state["config"]
     mean, std = torch.tensor(pre["mean"], device=device), torch.tensor(pre["std"], device=device)
-    layout = torch.channels_last if resolve_channels_last(cfg["train"]["channels_last"], device, cfg["model"]["name"]) \
-        else torch.contiguous_format
+    channels_last = resolve_channels_last(cfg["train"]["channels_last"], device,
+                                          model_spec(cfg["model"]["name"]).cpu_channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
     with torch.inference_mode():
         for start in range(0, len(files), batch_size):

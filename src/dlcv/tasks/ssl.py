@@ -18,13 +18,14 @@ from dlcv.data import labels as labels_mod
 from dlcv.data.images import list_images, load_images
 from dlcv.data.views import ViewSpec, two_views
 from dlcv.engine import batches, checkpoint
+from dlcv.engine.task import Context
 from dlcv.engine.trainer import fit_or_reuse
 from dlcv.errors import DlcvError
 from dlcv.fileio import DirectoryLock, atomic_path, write_text
 from dlcv.models import create_model
 from dlcv.models.byol import BYOL, resnet_features, target_momentum
-from dlcv.models.weights import load_strict
-from dlcv.tasks import classify
+from dlcv.statedict import load_strict
+from dlcv.tasks import ModelTask, classify
 from dlcv.viz import figures
 
 log = logging.getLogger("dlcv")
@@ -68,20 +69,19 @@ def knn_accuracy(train_feats: torch.Tensor, train_y: torch.Tensor, val_feats: to
     return correct / len(val_y)
 
 
-class SSLTask:
+class SSLTask(ModelTask):
     name = "ssl"
 
     def __init__(self, cfg: dict):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.use_knn = cfg["knn"]["train_dir"] is not None
         self.monitor, self.monitor_mode = ("knn_acc", "max") if self.use_knn else ("train_loss", "min")
 
-    def setup(self, engine) -> None:
+    def setup(self, ctx: Context) -> None:
         if self.cfg["train"]["ema_decay"] is not None:
             raise DlcvError("train.ema_decay: BYOL already keeps a moving average of its weights (the target "
                             "network, byol.base_momentum); set train.ema_decay for classify or segment runs")
-        self.engine = engine
-        d, device = self.cfg["data"], engine.device
+        d, device = self.cfg["data"], ctx.device
         root = Path(d["root"])
         files = list_images(root / d["unlabeled_dir"])
         keep = batches.seeded_subset(len(files), d["limit_train"], self.cfg["train"]["seed"])
@@ -105,7 +105,7 @@ class SSLTask:
                  f"; k-NN monitor on {len(self.knn_train[1])}/{len(self.knn_val[1])} labelled images"
                  if self.use_knn else "")
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, ctx: Context) -> nn.Module:
         m, b = self.cfg["model"], self.cfg["byol"]
         backbone = create_model(m["name"], num_classes=1000, weights=m["weights"], **m["options"])
         return BYOL(backbone, b["projector_hidden"], b["projector_dim"])
@@ -113,53 +113,51 @@ class SSLTask:
     def num_train(self) -> int:
         return len(self.images)
 
-    def _prepare(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        return self.engine.to_device_images(self.preprocess(x_uint8))
+    def _prepare(self, ctx: Context, x_uint8: torch.Tensor) -> torch.Tensor:
+        return ctx.images(self.preprocess(x_uint8))
 
-    def train_batch(self, indices, offset, gen, global_size, epoch):
-        x = self.images[indices.to(self.engine.device)].float().div_(255)
+    def train_batch(self, ctx, indices, offset, gen, global_size, epoch):
+        x = self.images[indices.to(ctx.device)].float().div_(255)
         views = two_views(x, self.views, self.input_size, gen, global_size, offset)
-        return tuple(self.engine.to_device_images(self.preprocess.normalize(v)) for v in views)
+        return tuple(ctx.images(self.preprocess.normalize(v)) for v in views)
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         return model(*batch)
 
-    def after_step(self, step: int) -> None:
+    def after_step(self, ctx: Context, step: int) -> None:
         b = self.cfg["byol"]
-        self.engine.module.update_target(target_momentum(step, self.engine.total_steps, b["base_momentum"],
-                                                         b["final_momentum"]))
+        ctx.module.update_target(target_momentum(step, ctx.total_steps, b["base_momentum"], b["final_momentum"]))
 
-    def _features(self, images: torch.Tensor) -> torch.Tensor:
-        net = self.engine.module.backbone
-        return torch.cat([resnet_features(net, self._prepare(chunk)).float()
+    def _features(self, ctx: Context, images: torch.Tensor) -> torch.Tensor:
+        net = ctx.eval_module.backbone
+        return torch.cat([resnet_features(net, self._prepare(ctx, chunk)).float()
                           for chunk in images.split(self.cfg["train"]["eval_batch_size"])])
 
-    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+    def evaluate(self, ctx: Context, model: nn.Module) -> dict[str, Any]:
         """Every rank evaluates the same fixed images (small sets), so no reduction is needed.
 
         embed_std: per-dimension std of the L2-normalised online projections of un-augmented images,
         times sqrt(dim): about 1 for well-spread embeddings, 0 when BYOL has collapsed to a constant."""
-        byol = self.engine.module
+        byol = ctx.eval_module  # for its parts (embed, backbone); train.ema_decay is refused, so the trained weights
         sample = self.images[:self.cfg["embed_std_images"]]
-        z = torch.cat([F.normalize(byol.embed(self._prepare(c)).float(), dim=1)
+        z = torch.cat([F.normalize(byol.embed(self._prepare(ctx, c)).float(), dim=1)
                        for c in sample.split(self.cfg["train"]["eval_batch_size"])])
         metrics = {"embed_std": (z.std(0).mean() * math.sqrt(z.shape[1])).item()}
         if self.use_knn:
             kn = self.cfg["knn"]
-            metrics["knn_acc"] = knn_accuracy(self._features(self.knn_train[0]), self.knn_train[1],
-                                              self._features(self.knn_val[0]), self.knn_val[1], kn["k"],
+            metrics["knn_acc"] = knn_accuracy(self._features(ctx, self.knn_train[0]), self.knn_train[1],
+                                              self._features(ctx, self.knn_val[0]), self.knn_val[1], kn["k"],
                                               kn["temperature"], len(self.knn_classes))
         return metrics
 
-    def snapshot(self, model: nn.Module, epoch: int) -> None:
-        """Nothing beyond the engine's epoch checkpoint (export any of them with `dlcv ssl export`)."""
-
-    def finish(self, rows: list[dict[str, Any]]) -> None:
+    def finish(self, ctx: Context, rows: list[dict[str, Any]]) -> None:
+        """Curves; the online backbone as a plain torchvision state_dict (any epoch's checkpoint exports with
+        `dlcv ssl export`)."""
         if rows:
-            figures.training_curves(rows, self.engine.run.figures / "training_curves.png")
-        save_state_dict(self.engine.module.backbone.state_dict(), self.engine.run.path / "backbone.pt")
+            figures.training_curves(rows, ctx.run.figures / "training_curves.png")
+        save_state_dict(ctx.eval_module.backbone.state_dict(), ctx.run.path / "backbone.pt")
         log.info("backbone (torchvision %s state_dict) written to %s", self.cfg["model"]["name"],
-                 self.engine.run.path / "backbone.pt")
+                 ctx.run.path / "backbone.pt")
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"backbone_arch": self.cfg["model"]["name"]}

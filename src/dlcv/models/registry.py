@@ -1,0 +1,61 @@
+"""The registry behind `create_model(name, num_classes=..., weights=..., **options)`: builders register
+themselves with `@register_model` when their module (classifiers, segmenters) is imported."""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from dlcv.errors import DlcvError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    builder: Callable[..., nn.Module]
+    head: str  # dotted name of the final layer; its input is the "second-last-layer" feature vector
+    task: str
+    input_size: int  # the side its recipes feed it (architecture diagrams use it)
+    cpu_channels_last: bool  # train.channels_last=auto on CPU (measured per model; always on with CUDA)
+    cpu_bf16: bool  # train.precision=auto picks bf16 on a CPU with native bf16 (measured per model)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, head: str, task: str = "classify", input_size: int | None = None,
+                   cpu_channels_last: bool = True, cpu_bf16: bool = True):
+    def wrap(fn):
+        _REGISTRY[name] = ModelSpec(fn, head, task, input_size or (512 if task == "segment" else 224),
+                                    cpu_channels_last, cpu_bf16)
+        return fn
+    return wrap
+
+
+def list_models(task: str | None = None) -> list[str]:
+    return sorted(n for n, s in _REGISTRY.items() if task is None or s.task == task)
+
+
+def model_spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        raise DlcvError(f"unknown model '{name}'; available: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, num_classes: int, weights: str | None = None, **options) -> nn.Module:
+    spec = model_spec(name)
+    params = inspect.signature(spec.builder).parameters
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        valid = [p for p in params if p not in ("num_classes", "weights")]
+        raise DlcvError(f"model '{name}' has no option(s) {unknown}; valid model.options: {valid or 'none'}")
+    return spec.builder(num_classes=num_classes, weights=weights, **options)
+
+
+def model_from_checkpoint(state: dict, num_classes: int) -> nn.Module:
+    """Rebuilds the model a dlcv checkpoint was trained with (its config) and loads its weights."""
+    m = state["config"]["model"]
+    model = create_model(m["name"], num_classes=num_classes, weights=None, **m["options"])
+    model.load_state_dict(state["model"])
+    return model
