@@ -65,13 +65,12 @@ class Monitor:
     def __init__(self, cfg: dict, device: torch.device):
         from dlcv.data import labels as labels_mod
         from dlcv.data.images import list_images, load_images
-        from dlcv.tasks import classify
         d, kn = cfg["data"], cfg["knn"]
         root = Path(d["root"])
         self.mean = torch.tensor(d["mean"]).view(1, 3, 1, 1)
         self.std = torch.tensor(d["std"]).view(1, 3, 1, 1)
         self.unlabeled = load_images(list_images(root / d["unlabeled_dir"]), d["image_size"], d["cache_dir"])
-        splits = {s: classify.labelled_split(root / kn[f"{s}_dir"], classify.resolve_path(root, kn[f"{s}_csv"]))
+        splits = {s: labels_mod.labelled_split(root / kn[f"{s}_dir"], labels_mod.resolve_path(root, kn[f"{s}_csv"]))
                   for s in ("train", "val")}
         self.classes = labels_mod.sorted_classes(splits["train"][1])
         self.sets = {s: (load_images(f, d["image_size"], d["cache_dir"]),
@@ -85,7 +84,7 @@ class Monitor:
 
     @torch.no_grad()
     def __call__(self, backbone: nn.Module, projector: nn.Module, autocast) -> dict:
-        from dlcv.tasks.ssl import knn_accuracy
+        from dlcv.metrics import knn_accuracy
         backbone.eval(), projector.eval()
         with autocast():
             feats = {s: torch.cat([backbone(self.normalize(c)).float() for c in x.split(self.batch)])

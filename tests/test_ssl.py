@@ -135,16 +135,6 @@ def test_byol_loss_is_symmetric_and_only_online_gets_gradients():
     assert model.backbone.fc.weight.grad is None  # kept only for the export format
 
 
-def test_knn_accuracy_hand_computed():
-    train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
-    train_y = torch.tensor([0, 0, 1, 1])
-    val = torch.tensor([[1.0, 0.05], [0.05, 1.0], [1.0, 0.0]])
-    val_y = torch.tensor([0, 1, 1])  # the last one is wrong
-    assert ssl.knn_accuracy(train, train_y, val, val_y, k=2, temperature=0.1, num_classes=2) == pytest.approx(2 / 3)
-
-
-# -- pre-training runs ---------------------------------------------------------------------------------------
-
 def test_pretraining_loss_falls_and_monitors_are_logged(pretrained, p2_root):
     out, _, summary = pretrained
     rows = list(csv.DictReader(open(out / "metrics.csv")))

@@ -175,8 +175,8 @@ def run(args) -> int:
         print("\n".join(list_models()))
         return 0
     if args.group == "eval":
-        from dlcv.tasks.classify import accuracy_by_filename
-        accuracy, correct, total, missing = accuracy_by_filename(args.gt_csv, args.pred_csv)
+        from dlcv.tasks.classify import accuracy_of_csvs
+        accuracy, correct, total, missing = accuracy_of_csvs(args.gt_csv, args.pred_csv)
         if missing:
             log.warning("%d ground-truth file(s) have no prediction (counted as wrong)", missing)
         print(f"accuracy: {accuracy:.4f} ({correct}/{total})")

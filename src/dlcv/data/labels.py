@@ -7,6 +7,7 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
+from dlcv.data.images import list_images
 from dlcv.errors import DlcvError
 from dlcv.fileio import atomic_path
 
@@ -121,3 +122,24 @@ def encode(labels: Sequence[str], classes: Sequence[str], source: str, unknown_a
             raise DlcvError(message)
         log.warning("%s; their images are scored as wrong", message)
     return [index.get(s, unknown_as) for s in labels]
+
+
+def resolve_path(root: Path, name: str | None) -> Path | None:
+    if name is None:
+        return None
+    path = Path(name)
+    return path if path.is_absolute() else root / path
+
+
+def labelled_split(folder: Path, csv_path: Path | None) -> tuple[list[Path], list[str]]:
+    """Image files and their label strings: from a CSV (`filename,label` or `id,filename,label`) when
+    given, else from `{label}_{id}` file names."""
+    if csv_path is None:
+        files = list_images(folder)
+        return files, folder_labels(files)
+    names, labels = read_labelled_csv(csv_path)
+    files = files_in(folder, names, csv_path)
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DlcvError(f"{csv_path}: {len(missing)} listed file(s) not found, e.g. {missing[0]}")
+    return files, labels

@@ -13,8 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from dlcv import metrics
 from dlcv.data import augment, labels as labels_mod
 from dlcv.data.images import list_images, load_images
+from dlcv.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from dlcv.engine import batches, checkpoint, distributed
 from dlcv.engine.task import Context
 from dlcv.errors import DlcvError
@@ -24,8 +26,7 @@ from dlcv.viz import figures
 
 log = logging.getLogger("dlcv")
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+
 
 DEFAULTS: dict[str, Any] = {
     "task": "classify",
@@ -47,27 +48,6 @@ TYPES = {"augment.resized_crop_scale": list, "augment.color_jitter": list, "data
 
 def choices() -> dict[str, tuple]:
     return {"augment.pad_mode": ("zeros", "reflect", "replicate"), "model.name": tuple(list_models("classify"))}
-
-
-def resolve_path(root: Path, name: str | None) -> Path | None:
-    if name is None:
-        return None
-    path = Path(name)
-    return path if path.is_absolute() else root / path
-
-
-def labelled_split(folder: Path, csv_path: Path | None) -> tuple[list[Path], list[str]]:
-    """Image files and their label strings: from a CSV (`filename,label` or `id,filename,label`) when
-    given, else from `{label}_{id}` file names."""
-    if csv_path is None:
-        files = list_images(folder)
-        return files, labels_mod.folder_labels(files)
-    names, labels = labels_mod.read_labelled_csv(csv_path)
-    files = labels_mod.files_in(folder, names, csv_path)
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise DlcvError(f"{csv_path}: {len(missing)} listed file(s) not found, e.g. {missing[0]}")
-    return files, labels
 
 
 def _take(files: list[Path], labels: list[str], keep: list[int]):
@@ -109,27 +89,6 @@ def tta_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None) ->
     return logits
 
 
-class Preprocess:
-    """uint8 N x 3 x S x S (cache size) -> normalised float at the model's input size, on the device."""
-
-    def __init__(self, meta: dict[str, Any], device: torch.device):
-        self.image_size, self.input_size = meta["image_size"], meta["input_size"]
-        self.mean = torch.tensor(meta["mean"], device=device)
-        self.std = torch.tensor(meta["std"], device=device)
-
-    def __call__(self, x_uint8: torch.Tensor, aug: augment.AugmentSpec | None = None,
-                 gen: torch.Generator | None = None, global_size: int = 0, offset: int = 0,
-                 flip: torch.Tensor | None = None) -> torch.Tensor:
-        x = augment.resize(x_uint8.float().div_(255), self.input_size)
-        if aug is not None:
-            x = augment.augment_batch(x, aug, gen, global_size, offset, flip)
-        return self.normalize(x)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Float images in [0, 1] (e.g. views augmented elsewhere) -> the model's normalised input."""
-        return augment.normalize(x, self.mean, self.std)
-
-
 class ClassifyTask(ModelTask):
     name = "classify"
     monitor = "val_acc"
@@ -137,12 +96,12 @@ class ClassifyTask(ModelTask):
     def setup(self, ctx: Context) -> None:
         d, seed = self.cfg["data"], self.cfg["train"]["seed"]
         root = Path(d["root"])
-        train_files, train_labels = labelled_split(root / d["train_dir"], resolve_path(root, d["train_csv"]))
+        train_files, train_labels = labels_mod.labelled_split(root / d["train_dir"], labels_mod.resolve_path(root, d["train_csv"]))
         if d["val_dir"] is None:  # no validation folder (mini-ImageNet): hold out a seeded fraction of train
             train_files, train_labels, val_files, val_labels = _holdout(train_files, train_labels,
                                                                         d["val_fraction"], seed)
         else:
-            val_files, val_labels = labelled_split(root / d["val_dir"], resolve_path(root, d["val_csv"]))
+            val_files, val_labels = labels_mod.labelled_split(root / d["val_dir"], labels_mod.resolve_path(root, d["val_csv"]))
         train_files, train_labels = _subset(train_files, train_labels, d["limit_train"], seed)
         val_files, val_labels = _subset(val_files, val_labels, d["limit_val"], seed)
         self.classes = labels_mod.sorted_classes(train_labels)
@@ -354,12 +313,7 @@ def embed_figure(ckpt: str | Path, image_dir: str | Path, method: str, out: str 
                              f"(epoch {state['epoch']}, coloured by {source} class)", out)
 
 
-def accuracy_by_filename(gt_csv: str | Path, pred_csv: str | Path) -> tuple[float, int, int, int]:
-    """SPEC 3: predictions matched to ground truth by file name; accuracy = correct / #ground truth.
-    Returns (accuracy, correct, total, missing predictions)."""
-    gt_names, gt_labels = labels_mod.read_labelled_csv(gt_csv)
-    pred_names, pred_labels = labels_mod.read_labelled_csv(pred_csv, allow_empty=True)
-    predicted = dict(zip(pred_names, pred_labels))
-    correct = sum(predicted.get(n) == label for n, label in zip(gt_names, gt_labels))
-    missing = sum(n not in predicted for n in gt_names)
-    return correct / len(gt_names), correct, len(gt_names), missing
+def accuracy_of_csvs(gt_csv: str | Path, pred_csv: str | Path) -> tuple[float, int, int, int]:
+    """`eval acc`: a predictions CSV scored against a ground-truth CSV (metrics.accuracy_by_filename)."""
+    return metrics.accuracy_by_filename(*labels_mod.read_labelled_csv(gt_csv),
+                                        *labels_mod.read_labelled_csv(pred_csv, allow_empty=True))

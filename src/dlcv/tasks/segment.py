@@ -4,7 +4,6 @@ and validation scored with the course's exact mIoU."""
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,20 +15,19 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from dlcv.data import augment
 from dlcv.data.images import cached, read_rgb
+from dlcv.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from dlcv.data.masks import (CLASS_NAMES, IGNORE, NUM_CLASSES, SAT_SUFFIXES, UNKNOWN, mask_name, pair_folder,
                              read_mask, sat_images, write_mask)
 from dlcv.engine import batches, checkpoint, distributed
 from dlcv.engine.task import Context
 from dlcv.engine.trainer import resolve_channels_last
 from dlcv.errors import DlcvError
+from dlcv.metrics import SCORED, confusion_of, course_iou
 from dlcv.models import create_model, list_models, model_from_checkpoint, model_spec
 from dlcv.tasks import ModelTask
-from dlcv.tasks.classify import IMAGENET_MEAN, IMAGENET_STD
 from dlcv.viz import figures
 
 log = logging.getLogger("dlcv")
-
-SCORED = 6  # classes 0..5 are averaged; unknown (6) is not, but its pixels still count as FP / FN
 
 # data.crop_size: the training input side (null: the tile's); each training tile is a random crop covering
 # augment.scale of the tile's area (square), resized to crop_size: scale [1, 1] is a plain resize.
@@ -52,19 +50,6 @@ TYPES = {"data.crop_size": int, "data.cache_dir": str, "data.limit_train": int, 
 
 def choices() -> dict[str, tuple]:
     return {"model.name": tuple(list_models("segment"))}
-
-
-def course_iou(confusion: np.ndarray) -> tuple[list[float], float]:
-    """The course evaluator's IoU from a 7x7 confusion matrix (rows: truth, columns: prediction) summed
-    over the WHOLE set: IoU_c = TP / (TP + FP + FN) for c in 0..5, where FP and FN include pixels of
-    unknown (6); mIoU = mean of the six. An empty class gives NaN, as in the official script."""
-    confusion = np.asarray(confusion, dtype=np.float64)
-    ious = []
-    for c in range(SCORED):
-        tp = confusion[c, c]
-        denominator = confusion[:, c].sum() + confusion[c, :].sum() - tp
-        ious.append(float(tp / denominator) if denominator else math.nan)
-    return ious, sum(ious) / SCORED
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None) -> torch.Tensor:
@@ -108,11 +93,6 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     present = onehot.sum(dims) > 0
     dice = 2 * (probs * onehot).sum(dims) / (probs.sum(dims) + onehot.sum(dims)).clamp_min(1e-6)
     return 1 - dice[present].mean()
-
-
-def confusion_of(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    index = truth.astype(np.int64).ravel() * NUM_CLASSES + pred.astype(np.int64).ravel()
-    return np.bincount(index, minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, NUM_CLASSES)
 
 
 def _decode_split(pairs, red_as: int, what: str):

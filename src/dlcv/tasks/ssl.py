@@ -16,11 +16,13 @@ from torch import nn
 from dlcv import config as config_mod
 from dlcv.data import labels as labels_mod
 from dlcv.data.images import list_images, load_images
+from dlcv.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from dlcv.data.views import ViewSpec, two_views
 from dlcv.engine import batches, checkpoint
 from dlcv.engine.task import Context
 from dlcv.engine.trainer import fit_or_reuse
 from dlcv.errors import DlcvError
+from dlcv.metrics import knn_accuracy
 from dlcv.fileio import DirectoryLock, atomic_path, write_text
 from dlcv.models import create_model
 from dlcv.models.byol import BYOL, resnet_features, target_momentum
@@ -35,7 +37,7 @@ BACKBONES = ("resnet50", "resnet18")
 DEFAULTS: dict[str, Any] = {
     "task": "ssl",
     "data": {"root": None, "unlabeled_dir": "mini/train", "image_size": 128, "input_size": None,
-             "mean": classify.IMAGENET_MEAN, "std": classify.IMAGENET_STD, "cache_dir": None, "limit_train": None},
+             "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "cache_dir": None, "limit_train": None},
     "model": {"name": "resnet50"},
     "byol": {"projector_hidden": 4096, "projector_dim": 256, "base_momentum": 0.99, "final_momentum": 1.0},
     "views": {k: list(v) if isinstance(v, tuple) else v for k, v in ViewSpec().__dict__.items()},
@@ -51,22 +53,6 @@ TYPES = {"data.input_size": int, "data.cache_dir": str, "data.limit_train": int,
 
 def choices() -> dict[str, tuple]:
     return {"model.name": BACKBONES}
-
-
-def knn_accuracy(train_feats: torch.Tensor, train_y: torch.Tensor, val_feats: torch.Tensor, val_y: torch.Tensor,
-                 k: int, temperature: float, num_classes: int) -> float:
-    """Cosine-similarity k-NN with exp(sim / T) weighted votes, in fp32 whatever autocast is active (the
-    monitor runs inside the engine's evaluation autocast; bf16 similarities would also blur the ranking)."""
-    with torch.autocast(train_feats.device.type, enabled=False):
-        train_feats, val_feats = F.normalize(train_feats.float(), dim=1), F.normalize(val_feats.float(), dim=1)
-        k = min(k, len(train_y))
-        correct = 0
-        for chunk, y in zip(val_feats.split(1024), val_y.split(1024)):
-            sims, idx = (chunk @ train_feats.T).topk(k, dim=1)
-            votes = torch.zeros(len(chunk), num_classes, device=chunk.device)
-            votes.scatter_add_(1, train_y[idx], (sims / temperature).exp())
-            correct += (votes.argmax(1) == y).sum().item()
-    return correct / len(val_y)
 
 
 class SSLTask(ModelTask):
@@ -88,12 +74,12 @@ class SSLTask(ModelTask):
         files = [files[i] for i in keep]
         self.images = load_images(files, d["image_size"], d["cache_dir"]).to(device)
         self.input_size = d["input_size"] or d["image_size"]
-        self.preprocess = classify.Preprocess({k: d[k] for k in ("image_size", "input_size", "mean", "std")}, device)
+        self.preprocess = Preprocess({k: d[k] for k in ("image_size", "input_size", "mean", "std")}, device)
         self.views = ViewSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.cfg["views"].items()})
         if self.use_knn:
             kn = self.cfg["knn"]
-            splits = {split: classify.labelled_split(root / kn[f"{split}_dir"],
-                                                     classify.resolve_path(root, kn[f"{split}_csv"]))
+            splits = {split: labels_mod.labelled_split(root / kn[f"{split}_dir"],
+                                                       labels_mod.resolve_path(root, kn[f"{split}_csv"]))
                       for split in ("train", "val")}
             self.knn_classes = labels_mod.sorted_classes(splits["train"][1])
             self.knn_train, self.knn_val = (
