@@ -153,6 +153,20 @@ def test_auto_precision_is_bf16_only_where_native_and_measured_faster(monkeypatc
     assert (ClassifyTask(small_classify_cfg(".")).cpu_bf16, SegmentTask(seg_cfg(".")).cpu_bf16) == (True, True)
 
 
+def test_norm_and_bias_parameters_can_be_kept_out_of_weight_decay():
+    from dlcv.engine.optim import build_optimizer
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+    cfg = small_classify_cfg(".", **{"optim.name": "sgd", "optim.weight_decay": 0.01})
+    groups = build_optimizer(model.parameters(), cfg).param_groups
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 0.01 and len(groups[0]["params"]) == 6
+    cfg["optim"]["decay_norm_and_bias"] = False
+    decayed, plain = build_optimizer(model.parameters(), cfg).param_groups
+    assert decayed["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
+    assert {id(p) for p in decayed["params"]} == {id(model[0].weight), id(model[2].weight)}
+    assert {id(p) for p in plain["params"]} == {id(model[0].bias), id(model[1].weight), id(model[1].bias),
+                                                id(model[2].bias)}
+
+
 def test_snapshot_epochs_default_first_middle_last():
     assert snapshot_epochs(None, 20) == [1, 10, 20]
     assert snapshot_epochs(None, 1) == [1]

@@ -14,7 +14,7 @@ from dlcv.data import augment, views
 from dlcv.engine import checkpoint
 from dlcv.engine.trainer import Trainer
 from dlcv.errors import DlcvError
-from dlcv.models.byol import BYOL, target_momentum
+from dlcv.models.byol import BYOL, regression_loss, resnet_features, target_momentum
 from dlcv.tasks import ssl
 
 TINY_FINETUNE = {"model.name": "resnet18", "data.image_size": 32, "train.epochs": 2, "train.batch_size": 32,
@@ -119,6 +119,20 @@ def test_target_update_is_an_exponential_moving_average():
     for key in before:  # the online network is not touched
         if not key.startswith("target_"):
             assert torch.equal(after[key], before[key])
+
+
+def test_separate_views_normalise_each_view_with_its_own_batch_statistics():
+    torch.manual_seed(0)
+    model = BYOL(torchvision.models.resnet18(), 32, 16, separate_views=True)
+    a, b = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32) * 3 + 1  # views with other statistics
+    by_hand = {}
+    for name, v in (("a", a), ("b", b)):  # each view alone through each network (train-mode BatchNorm)
+        by_hand[name] = (model.predictor(model.embed(v)),
+                         model.target_projector(resnet_features(model.target_backbone, v)).detach())
+    expected = (regression_loss(by_hand["a"][0], by_hand["b"][1]) + regression_loss(by_hand["b"][0], by_hand["a"][1])).mean()
+    assert model(a, b).item() == pytest.approx(expected.item(), rel=1e-5)
+    model.separate_views = False  # one batch of both views: other BatchNorm statistics, another loss
+    assert abs(model(a, b).item() - expected.item()) > 1e-3
 
 
 def test_byol_loss_is_symmetric_and_only_online_gets_gradients():

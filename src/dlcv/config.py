@@ -39,7 +39,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "data": {"root": None},
     "model": {"name": "", "weights": None, "options": {}},
     "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9, "nesterov": False,
-              "betas": [0.9, 0.999]},
+              "betas": [0.9, 0.999], "decay_norm_and_bias": True},
     "sched": {"name": "constant", "milestones": [], "gamma": 0.1, "warmup_epochs": 0.0,
               "final_lr_ratio": 0.0},
     # precision / channels_last `auto`: chosen per device (and model) from measurements, see

@@ -8,7 +8,13 @@ from torch import nn
 
 
 def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
+    """`optim.decay_norm_and_bias: false` puts the 1-D parameters (BatchNorm/GroupNorm weights and biases,
+    every bias) in a group without weight decay, as timm's filter_bias_and_bn and lightly's BYOL do."""
     o = cfg["optim"]
+    params = list(params)
+    if not o["decay_norm_and_bias"]:
+        params = [{"params": [p for p in params if p.ndim > 1]},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     if o["name"] == "sgd":
         return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"],
                                weight_decay=o["weight_decay"])

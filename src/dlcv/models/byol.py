@@ -34,8 +34,10 @@ def target_momentum(step: int, total_steps: int, base: float, final: float = 1.0
 
 
 class BYOL(nn.Module):
-    def __init__(self, backbone: nn.Module, projector_hidden: int = 4096, projector_dim: int = 256):
+    def __init__(self, backbone: nn.Module, projector_hidden: int = 4096, projector_dim: int = 256,
+                 separate_views: bool = False):
         super().__init__()
+        self.separate_views = separate_views
         # The backbone keeps its (unused) fc so that `backbone.state_dict()` is the plain torchvision
         # format the course's backbone file uses; the fc gets no gradient.
         self.backbone = backbone
@@ -51,12 +53,13 @@ class BYOL(nn.Module):
         return self.projector(resnet_features(self.backbone, x))
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
-        """The symmetric BYOL loss of a batch of view pairs (mean over samples, range [0, 8]). Both views go
-        through each network in one batch (one forward instead of two)."""
-        both = torch.cat([view1, view2])
-        prediction = self.predictor(self.embed(both))
+        """The symmetric BYOL loss of a batch of view pairs (mean over samples, range [0, 8]). By default both
+        views go through each network in one batch (one forward instead of two), so BatchNorm statistics mix
+        the views; `separate_views` forwards each view on its own, as the paper, lightly and solo-learn do."""
+        views = [view1, view2] if self.separate_views else [torch.cat([view1, view2])]
+        prediction = torch.cat([self.predictor(self.embed(v)) for v in views])
         with torch.no_grad():
-            target = self.target_projector(resnet_features(self.target_backbone, both))
+            target = torch.cat([self.target_projector(resnet_features(self.target_backbone, v)) for v in views])
         p1, p2 = prediction.chunk(2)
         z1, z2 = target.chunk(2)
         return (regression_loss(p1, z2) + regression_loss(p2, z1)).mean()

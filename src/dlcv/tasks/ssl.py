@@ -39,7 +39,10 @@ DEFAULTS: dict[str, Any] = {
     "data": {"root": None, "unlabeled_dir": "mini/train", "image_size": 128, "input_size": None,
              "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "cache_dir": None, "limit_train": None},
     "model": {"name": "resnet50"},
-    "byol": {"projector_hidden": 4096, "projector_dim": 256, "base_momentum": 0.99, "final_momentum": 1.0},
+    # separate_views: each view through each network on its own (BatchNorm statistics per view) instead of
+    # both in one batch
+    "byol": {"projector_hidden": 4096, "projector_dim": 256, "base_momentum": 0.99, "final_momentum": 1.0,
+             "separate_views": False},
     "views": {k: list(v) if isinstance(v, tuple) else v for k, v in ViewSpec().__dict__.items()},
     # k-NN monitor on a labelled set (weighted vote of the k nearest train features, Wu et al. 2018);
     # knn.train_dir=null turns it off, and best.pt then follows the lowest training loss.
@@ -94,7 +97,7 @@ class SSLTask(ModelTask):
     def build_model(self, ctx: Context) -> nn.Module:
         m, b = self.cfg["model"], self.cfg["byol"]
         backbone = create_model(m["name"], num_classes=1000, weights=m["weights"], **m["options"])
-        return BYOL(backbone, b["projector_hidden"], b["projector_dim"])
+        return BYOL(backbone, b["projector_hidden"], b["projector_dim"], b["separate_views"])
 
     def num_train(self) -> int:
         return len(self.images)
