@@ -45,12 +45,13 @@ def resolve(data: str, sets: list[str]) -> dict:
     from dlcv import config
     from dlcv.tasks import ssl
     recipe = config.load_yaml(config.find_recipe("p2_byol"))
-    return config.resolve(ssl.DEFAULTS, ssl.choices(), ssl.TYPES, recipe, [f"data.root={data}", *CPU_BUDGET, *sets])
+    return ssl.SCHEMA.resolve(recipe, [f"data.root={data}", *CPU_BUDGET, *sets])
 
 
 def run_ours(data: str, sets: list[str], seed: int, out: Path) -> list[dict]:
+    from dlcv import config
     command = [sys.executable, "-m", "dlcv", "ssl", "pretrain", "-c", "p2_byol", "--out", str(out),
-               *[a for s in [f"data.root={data}", *CPU_BUDGET, *sets, f"train.seed={seed}"] for a in ("--set", s)]]
+               *config.set_args([f"data.root={data}", *CPU_BUDGET, *sets, f"train.seed={seed}"])]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"dlcv ssl pretrain failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")

@@ -68,7 +68,7 @@ def resolve_config(case: str, data: Path, device: str, batch: int, steps: int, e
         values.setdefault("data.limit_train", SEG_TILES[device])
     overrides = [f"{k}={json.dumps(v) if isinstance(v, list) else 'null' if v is None else v}"
                  for k, v in values.items()]
-    return config.resolve(module.DEFAULTS, module.choices(), module.TYPES, config.load_yaml(recipe), overrides)
+    return module.SCHEMA.resolve(config.load_yaml(recipe), overrides)
 
 
 def make_sync(device: torch.device):

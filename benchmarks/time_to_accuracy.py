@@ -25,9 +25,9 @@ REPORT_ACCURACY = 0.2904  # the report's model A, after ~20 epochs
 
 
 def run_recipe(recipe: str, data: Path, seconds: float, sets: list[str], out: Path) -> dict:
+    from dlcv.config import set_args
     command = [sys.executable, "-m", "dlcv", "classify", "train", "-c", recipe, "--out", str(out),
-               "--set", f"data.root={data}", "--set", f"train.max_seconds={seconds}",
-               *[a for s in sets for a in ("--set", s)]]
+               *set_args([f"data.root={data}", f"train.max_seconds={seconds}", *sets])]
     tic = time.time()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.time() - tic

@@ -26,7 +26,6 @@ def p1_root(synth_root) -> Path:
 
 def small_classify_cfg(root, **overrides):
     """A resolved classify config for a small, fast model on the synthetic P1 data."""
-    from dlcv import config
     from dlcv.tasks import classify
 
     recipe = {
@@ -39,7 +38,7 @@ def small_classify_cfg(root, **overrides):
         "train": {"epochs": 2, "batch_size": 50, "eval_batch_size": 64, "precision": "fp32", "seed": 0},
     }
     sets = [f"{k}={v}" for k, v in overrides.items()]
-    return config.resolve(classify.DEFAULTS, classify.choices(), classify.TYPES, recipe, sets)
+    return classify.SCHEMA.resolve(recipe, sets)
 
 
 needs_real_data = pytest.mark.skipif(not (REAL_DATA / "p1_data").is_dir(),
@@ -48,7 +47,6 @@ needs_real_data = pytest.mark.skipif(not (REAL_DATA / "p1_data").is_dir(),
 
 def seg_cfg(root, **overrides):
     """A resolved segment config for the CPU-sized fcn_small on the synthetic P3 data."""
-    from dlcv import config
     from dlcv.tasks import segment
 
     recipe = {"task": "segment", "device": "cpu", "data": {"root": str(root)},
@@ -56,8 +54,7 @@ def seg_cfg(root, **overrides):
               "augment": {"flip": True, "rotate90": True},
               "optim": {"name": "adam", "lr": 3e-3},
               "train": {"epochs": 8, "batch_size": 4, "eval_batch_size": 8, "precision": "fp32", "seed": 0}}
-    return config.resolve(segment.DEFAULTS, segment.choices(), segment.TYPES, recipe,
-                          [f"{k}={v}" for k, v in overrides.items()])
+    return segment.SCHEMA.resolve(recipe, [f"{k}={v}" for k, v in overrides.items()])
 
 
 TINY_SSL = {  # resnet18 at 32 px with a narrow projector: a few seconds per epoch on 2 cores
@@ -79,4 +76,4 @@ def ssl_cfg(p2_root, **overrides):
     from dlcv.tasks import ssl
 
     sets = sets_of({**TINY_SSL, "data.root": str(p2_root), **overrides})
-    return config.resolve(ssl.DEFAULTS, ssl.choices(), ssl.TYPES, config.load_yaml("p2_byol"), sets)
+    return ssl.SCHEMA.resolve(config.load_yaml("p2_byol"), sets)

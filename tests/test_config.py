@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def resolve(recipe=None, sets=()):
-    return config.resolve(classify.DEFAULTS, classify.choices(), classify.TYPES, recipe or {}, list(sets))
+    return classify.SCHEMA.resolve(recipe or {}, list(sets))
 
 
 def leaves(tree, prefix=""):
@@ -30,7 +30,7 @@ def test_every_recipe_resolves_keeps_its_values_and_builds_its_model(path):
     from dlcv.tasks import segment, ssl
     recipe = config.load_yaml(path)
     task = {"classify": classify, "segment": segment, "ssl": ssl}[recipe["task"]]
-    cfg = config.resolve(task.DEFAULTS, task.choices(), task.TYPES, recipe, [])
+    cfg = task.SCHEMA.resolve(recipe, [])
     assert cfg["task"] == task.DEFAULTS["task"]
     for key, value in leaves(recipe):  # what the recipe says is what runs
         assert config.get(cfg, key) == value, key
@@ -44,10 +44,11 @@ def test_every_recipe_resolves_keeps_its_values_and_builds_its_model(path):
 
 def test_report_byol_recipe_is_the_reports():
     from dlcv.tasks import ssl
-    cfg = config.resolve(ssl.DEFAULTS, ssl.choices(), ssl.TYPES, config.load_yaml("p2_byol_report"), [])
+    cfg = ssl.SCHEMA.resolve(config.load_yaml("p2_byol_report"), [])
     assert (cfg["model"]["name"], cfg["model"]["weights"], cfg["data"]["image_size"]) == ("resnet50", None, 128)
+    # both views in one batch, as the author's library (byol-pytorch) forwards them
     assert cfg["byol"] == {"projector_hidden": 4096, "projector_dim": 256, "base_momentum": 0.99,
-                           "final_momentum": 0.99}
+                           "final_momentum": 0.99, "separate_views": False}
     assert (cfg["optim"]["name"], cfg["optim"]["lr"], cfg["train"]["batch_size"], cfg["train"]["epochs"]) == \
         ("adam", 1e-4, 8, 100)
 

@@ -64,13 +64,12 @@ def test_real_p3_pairs_masks_and_scoring(tmp_path):
 
 
 def test_real_p3_slice_trains(tmp_path):
-    from dlcv import config
     from dlcv.tasks import segment
 
     recipe = {"task": "segment", "device": "cpu", "data": {"root": str(REAL_DATA / "p3_data"), "crop_size": 128,
               "limit_train": 4, "limit_val": 3}, "model": {"name": "fcn_small", "options": {"width": 8}},
               "train": {"epochs": 1, "batch_size": 2, "eval_batch_size": 3}}
-    cfg = config.resolve(segment.DEFAULTS, segment.choices(), segment.TYPES, recipe, [])
+    cfg = segment.SCHEMA.resolve(recipe, [])
     summary = Trainer(segment.SegmentTask(cfg), cfg, tmp_path / "run").fit()
     final = summary["final"]
     ious = [final[f"iou_{c}"] for c in ("urban", "agriculture", "rangeland", "forest", "water", "barren")]

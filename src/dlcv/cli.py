@@ -130,9 +130,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-TRAIN_COMMANDS = {"classify": "classify train", "segment": "segment train", "ssl": "ssl pretrain"}
-
-
 def _train(task_module, task_cls, args, extra_overrides: list[str] = ()) -> int:
     from dlcv.engine.run import default_run_dir
     from dlcv.engine.trainer import Trainer
@@ -151,12 +148,12 @@ def _train(task_module, task_cls, args, extra_overrides: list[str] = ()) -> int:
         recipe = config_mod.deep_merge(recipe, config_mod.load_yaml(args.config))
     elif not args.resume:
         raise DlcvError("a config is required: -c CONFIG (see configs/)")
-    task = task_module.DEFAULTS["task"]
+    task = task_module.SCHEMA.task
     if recipe.get("task", task) != task:
         source = args.config or f"{args.out} (--resume)"
-        raise DlcvError(f"{source} is a {recipe['task']} recipe: use dlcv {TRAIN_COMMANDS.get(recipe['task'], recipe['task'])}")
-    cfg = config_mod.resolve(task_module.DEFAULTS, task_module.choices(), task_module.TYPES, recipe,
-                             [*args.overrides, *extra_overrides])
+        verb = config_mod.TRAIN_COMMANDS.get(recipe["task"], recipe["task"])
+        raise DlcvError(f"{source} is a {recipe['task']} recipe: use dlcv {verb}")
+    cfg = task_module.SCHEMA.resolve(recipe, [*args.overrides, *extra_overrides])
     out = args.out = str(check_output_dir(args.out or default_run_dir(args.config, cfg["task"]), "--out"))
     summary = Trainer(task_cls(cfg), cfg, out, resume=args.resume).fit()
     log.info("best %s %s (epoch %s); run directory %s", summary["monitor"], summary["best"][summary["monitor"]],

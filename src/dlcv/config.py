@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import yaml
 
@@ -205,6 +206,37 @@ def resolve(task_defaults: dict, task_choices: dict[str, tuple], task_types: dic
     _check(cfg, schema, choices, "", set(free), {**COMMON_NULLABLE_TYPES, **task_types})
     _check_ranges(cfg)
     return cfg
+
+
+@dataclass(frozen=True)
+class Schema:
+    """One task's config, written once: its defaults (on top of COMMON_DEFAULTS), the allowed values of its
+    choice keys (a function: the model names come from the registry when asked) and the types of its keys
+    whose default is null."""
+    defaults: dict
+    choices: Callable[[], dict[str, tuple]]
+    types: dict[str, type]
+
+    @property
+    def task(self) -> str:
+        return self.defaults["task"]
+
+    def resolve(self, recipe: dict | None = None, overrides: Sequence[str] = ()) -> dict:
+        return resolve(self.defaults, self.choices(), self.types, recipe, list(overrides))
+
+
+# each task's training command (the CLI's, the report's and the demo's command lines)
+TRAIN_COMMANDS = {"classify": "classify train", "segment": "segment train", "ssl": "ssl pretrain"}
+
+
+def set_args(overrides: Sequence[str]) -> list[str]:
+    """["k=v", ...] -> the argv ["--set", "k=v", ...]."""
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def set_flags(overrides: Sequence[str]) -> str:
+    """["k=v", ...] -> "--set 'k=v' ..." for a printed command line."""
+    return " ".join(f"--set '{o}'" for o in overrides)
 
 
 RECIPES = Path(__file__).parent / "configs"

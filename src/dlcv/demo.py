@@ -90,11 +90,9 @@ def _run_demo(out: Path, data: str | Path | None, device: str) -> list[dict]:
         sets = [f"data.root={data / problem}", f"device={device}", *overrides]
         if real:
             sets += REAL_DATA_SLICES.get(run_name, REAL_DATA_SLICES[problem])
-        cfg = config_mod.resolve(task_module.DEFAULTS, task_module.choices(), task_module.TYPES,
-                                 config_mod.load_yaml(recipe), sets)
+        cfg = task_module.SCHEMA.resolve(config_mod.load_yaml(recipe), sets)
         summary = fit_or_reuse(task_cls(cfg), cfg, out / "runs" / run_name)  # a rerun goes on where it stopped
-        verb = "pretrain" if cfg["task"] == "ssl" else "train"
-        command = f"dlcv {cfg['task']} {verb} -c configs/{recipe}.yaml {_set_flags(sets)}"
+        command = f"dlcv {config_mod.TRAIN_COMMANDS[cfg['task']]} -c configs/{recipe}.yaml {config_mod.set_flags(sets)}"
         results.append({"run": run_name, "what": what, "metric": summary["monitor"],
                         "value": summary["best"][summary["monitor"]], "wall_s": summary["wall_time_s"],
                         "command": command})
@@ -110,10 +108,6 @@ def _run_demo(out: Path, data: str | Path | None, device: str) -> list[dict]:
     log.info("\n%s\nruns, figures and checkpoints under %s; the report: %s", "\n".join(table), out / "runs",
              out / "report.html")
     return results
-
-
-def _set_flags(sets: list[str]) -> str:
-    return " ".join(f"--set '{s}'" for s in sets)
 
 
 def _fmt(value: float | None) -> str:
@@ -136,7 +130,7 @@ def _transfer_table(out: Path, p2_root: Path, device: str, slices: list[str]) ->
     log.info("== p2 settings A-E on the office set")
     ssl.run_table(config_mod.load_yaml("p2_finetune"), sets, str(sl_backbone), str(ssl_backbone), runs / "p2_table")
     command = (f"dlcv ssl table -c configs/p2_finetune.yaml --sl-backbone {sl_backbone} --ssl-backbone "
-               f"{ssl_backbone} --out {runs / 'p2_table'} {_set_flags(sets)}")
+               f"{ssl_backbone} --out {runs / 'p2_table'} {config_mod.set_flags(sets)}")
     results = []
     for setting, (_, pretraining, tuning) in ssl.SETTINGS.items():
         summary = json.loads((runs / "p2_table" / f"setting_{setting}" / "summary.json").read_text())

@@ -20,7 +20,6 @@ ROLES = {
     "p3": {"fcn32s_vgg16": "A", "fcn_resnet50": "B"},
 }
 SUMMARY_KEYS = ("task", "status", "monitor", "best", "final")
-VERBS = {"classify": "classify train", "segment": "segment train", "ssl": "ssl pretrain"}
 
 
 @dataclass
@@ -74,7 +73,7 @@ class Run:
     @property
     def rerun_command(self) -> str:
         """Retrains this run exactly from its resolved config."""
-        return f"dlcv {VERBS[self.task]} -c {shlex.quote(str(self.path / 'config.yaml'))} --out NEW_RUN_DIR"
+        return f"dlcv {config_mod.TRAIN_COMMANDS[self.task]} -c {shlex.quote(str(self.path / 'config.yaml'))} --out NEW_RUN_DIR"
 
     def figures_like(self, prefix: str) -> list[Path]:
         return [p for name, p in sorted(self.figures.items()) if name.startswith(prefix)]

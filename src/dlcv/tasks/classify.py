@@ -14,6 +14,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from dlcv import metrics
+from dlcv import config as config_mod
 from dlcv.data import augment, labels as labels_mod
 from dlcv.data.images import list_images, load_images
 from dlcv.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
@@ -48,6 +49,9 @@ TYPES = {"augment.resized_crop_scale": list, "augment.color_jitter": list, "data
 
 def choices() -> dict[str, tuple]:
     return {"augment.pad_mode": ("zeros", "reflect", "replicate"), "model.name": tuple(list_models("classify"))}
+
+
+SCHEMA = config_mod.Schema(DEFAULTS, choices, TYPES)
 
 
 def _take(files: list[Path], labels: list[str], keep: list[int]):

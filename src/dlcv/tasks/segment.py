@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from dlcv import config as config_mod
 from dlcv.data import augment
 from dlcv.data.images import cached, read_rgb
 from dlcv.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -50,6 +51,9 @@ TYPES = {"data.crop_size": int, "data.cache_dir": str, "data.limit_train": int, 
 
 def choices() -> dict[str, tuple]:
     return {"model.name": tuple(list_models("segment"))}
+
+
+SCHEMA = config_mod.Schema(DEFAULTS, choices, TYPES)
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None) -> torch.Tensor:

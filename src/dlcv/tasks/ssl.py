@@ -58,6 +58,9 @@ def choices() -> dict[str, tuple]:
     return {"model.name": BACKBONES}
 
 
+SCHEMA = config_mod.Schema(DEFAULTS, choices, TYPES)
+
+
 class SSLTask(ModelTask):
     name = "ssl"
 
@@ -205,7 +208,7 @@ def setting_overrides(setting: str, backbone: str | None) -> list[str]:
 
 
 def finetune_config(recipe: dict, overrides: list[str], setting: str, backbone: str | None) -> dict:
-    return config_mod.resolve(classify.DEFAULTS, classify.choices(), classify.TYPES, recipe,
+    return classify.SCHEMA.resolve(recipe,
                               [*overrides, *setting_overrides(setting, backbone)])
 
 
