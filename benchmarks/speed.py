@@ -153,7 +153,7 @@ def inference(case: str, cfg: dict, run_dir: Path, device: torch.device, sync) -
     """The hw1_1.sh / hw1_3.sh code paths (decode files, batched forward, write outputs) on real files."""
     from dlcv.data.images import list_images
     from dlcv.data.masks import sat_images
-    from dlcv.tasks import classify, segment
+    from dlcv.contracts import classify as classify_contracts, segment as segment_contracts
     script, full, counts = INFERENCE[case]
     list_inputs = list_images if case == "p1" else sat_images
     files = list_inputs(Path(cfg["data"]["root"]) / cfg["data"]["val_dir"])[:counts[device.type]]
@@ -165,9 +165,9 @@ def inference(case: str, cfg: dict, run_dir: Path, device: torch.device, sync) -
             (folder / f.name).symlink_to(f)
         tic = time.perf_counter()
         if case == "p1":
-            classify.predict_folder(ckpt, folder, Path(tmp) / "out.csv", device)
+            classify_contracts.predict_folder(ckpt, folder, Path(tmp) / "out.csv", device)
         else:
-            segment.predict_folder(ckpt, folder, Path(tmp) / "out", device)
+            segment_contracts.predict_folder(ckpt, folder, Path(tmp) / "out", device)
         sync()
         seconds = time.perf_counter() - tic
     return {"command": script, "images": len(files), "images_per_s": round(len(files) / seconds, 2),

@@ -54,7 +54,7 @@ def test_run_directory_contents(two_epoch_run):
 def test_val_accuracy_is_over_all_images_not_a_mean_of_batches(two_epoch_run, p1_root):
     out, cfg, summary = two_epoch_run
     from dlcv.engine.distributed import pick_device
-    from dlcv.tasks.classify import infer, load_classifier
+    from dlcv.contracts.classify import infer, load_classifier
     from dlcv.data.images import list_images
 
     model, state = load_classifier(out / "checkpoints" / "epoch_002.pt", pick_device("cpu"))
@@ -216,7 +216,7 @@ def test_tta_averages_the_mirror_and_shifted_views():
 def test_tta_is_the_same_in_validation_and_predict(p1_root, tmp_path):
     from dlcv.data.images import list_images
     from dlcv.engine.distributed import pick_device
-    from dlcv.tasks.classify import infer, load_classifier
+    from dlcv.contracts.classify import infer, load_classifier
 
     cfg = small_classify_cfg(p1_root, **{"tta.flip": True, "tta.translate": 2, "train.eval_batch_size": 99})
     summary = train(cfg, tmp_path / "run")

@@ -7,6 +7,8 @@ import math
 import pytest
 
 from conftest import TINY_SSL, seg_cfg, small_classify_cfg, ssl_cfg
+from dlcv.contracts import classify as classify_contracts, segment as segment_contracts
+from dlcv.contracts.backbone import export_backbone
 from dlcv.engine.distributed import pick_device
 from dlcv.engine.trainer import Trainer
 from dlcv.tasks import classify, segment, ssl
@@ -65,7 +67,7 @@ def test_classify_every_path_under(precision, p1_root, runs, tmp_path):
     n_val = len(list((p1_root / "val_50").glob("*.png")))
     assert math.isfinite(summary["final"]["val_loss"]) and is_count_over(summary["final"]["val_acc"], n_val)
     assert (out / "figures" / "tsne_epoch_001.png").is_file() and (out / "snapshots" / "features_epoch_001.pt").is_file()
-    n = classify.predict_folder(out / "checkpoints/last.pt", p1_root / "val_50", tmp_path / "p.csv", pick_device("cpu"))
+    n = classify_contracts.predict_folder(out / "checkpoints/last.pt", p1_root / "val_50", tmp_path / "p.csv", pick_device("cpu"))
     assert n == n_val == len((tmp_path / "p.csv").read_text().splitlines()) - 1
 
 
@@ -77,7 +79,7 @@ def test_segment_every_path_under(precision, synth_root, runs, tmp_path):
     out, summary = fit_beside_fp32(segment.SegmentTask, cfg, precision, runs, tmp_path)
     assert math.isfinite(summary["final"]["val_loss"]) and 0 < summary["final"]["pixel_acc"] < 1
     assert (out / "figures" / "mask_grid.png").is_file()
-    n = segment.predict_folder(out / "checkpoints/last.pt", synth_root / "p3_data/validation", tmp_path / "masks",
+    n = segment_contracts.predict_folder(out / "checkpoints/last.pt", synth_root / "p3_data/validation", tmp_path / "masks",
                                pick_device("cpu"))
     tiles = len(list((synth_root / "p3_data/validation").glob("*_sat.jpg")))
     assert n == len(list((tmp_path / "masks").glob("*_mask.png"))) == tiles
@@ -92,4 +94,4 @@ def test_ssl_every_path_under(precision, synth_root, runs, tmp_path):
     n_val = len(list((synth_root / "p2_data/office/val").glob("*.jpg")))
     assert is_count_over(summary["final"]["knn_acc"], n_val)
     assert summary["final"]["embed_std"] > 0.01  # not collapsed
-    assert ssl.export_backbone(out / "checkpoints/last.pt", tmp_path / "b.pt") == TINY_SSL["model.name"]
+    assert export_backbone(out / "checkpoints/last.pt", tmp_path / "b.pt") == TINY_SSL["model.name"]

@@ -48,7 +48,7 @@ def test_real_p3_pairs_masks_and_scoring(tmp_path):
     import numpy as np
 
     from dlcv.data.masks import pair_folder, read_mask
-    from dlcv.tasks import segment
+    from dlcv.contracts import segment as segment_contracts
 
     pairs = pair_folder(REAL_DATA / "p3_data" / "validation")
     ids = [i for i, _, _ in pairs]
@@ -59,7 +59,7 @@ def test_real_p3_pairs_masks_and_scoring(tmp_path):
         (tmp_path / d).mkdir()
         for _, _, mask in pairs[:4]:
             shutil.copy(mask, tmp_path / d / mask.name)
-    ious, miou = segment.score_folders(tmp_path / "gt", tmp_path / "pred")
+    ious, miou = segment_contracts.score_folders(tmp_path / "gt", tmp_path / "pred")
     assert all(iou == 1.0 for iou in ious if not np.isnan(iou))
 
 

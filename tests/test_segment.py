@@ -11,6 +11,7 @@ from PIL import Image
 
 from conftest import REPO, seg_cfg
 from dlcv.cli import main
+from dlcv.contracts import segment as segment_contracts
 from dlcv.data.masks import PALETTE, class_to_rgb, pair_folder, read_mask
 from dlcv.engine.trainer import Trainer
 from dlcv.errors import DlcvError
@@ -45,10 +46,10 @@ def test_miou_count_and_size_mismatch(tmp_path):
         (tmp_path / d).mkdir()
     Image.fromarray(class_to_rgb(np.zeros((4, 4), int))).save(tmp_path / "gt" / "a.png")
     with pytest.raises(DlcvError, match="1 masks in .* but 0"):
-        segment.score_folders(tmp_path / "gt", tmp_path / "pred")
+        segment_contracts.score_folders(tmp_path / "gt", tmp_path / "pred")
     Image.fromarray(class_to_rgb(np.zeros((4, 5), int))).save(tmp_path / "pred" / "a.png")
     with pytest.raises(DlcvError, match="5x4 but .* is 4x4"):
-        segment.score_folders(tmp_path / "gt", tmp_path / "pred")
+        segment_contracts.score_folders(tmp_path / "gt", tmp_path / "pred")
 
 
 def test_bad_pairs_and_masks_name_the_file(tmp_path):
@@ -121,14 +122,14 @@ def test_segmentation_learns_and_predict_scores_like_training(synth_root, tmp_pa
     for ident, trained in zip(snap["ids"], snap["masks"]):
         predicted, _ = read_mask(out / f"{ident}_mask.png", 6)
         assert (torch.from_numpy(predicted) == trained).float().mean() >= 0.999, ident
-    _, miou = segment.score_folders(p3 / "validation", out)
+    _, miou = segment_contracts.score_folders(p3 / "validation", out)
     assert miou == pytest.approx(summary["final"]["val_miou"], abs=1e-3)
     # a batch that mixes tile sizes is predicted tile by tile, each mask at its tile's size
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     Image.open(p3 / "validation/0013_sat.jpg").resize((96, 64)).save(mixed / "0001_sat.jpg")
     shutil.copy(p3 / "validation/0062_sat.jpg", mixed / "0002_sat.jpg")
-    assert segment.predict_folder(run / "checkpoints/last.pt", mixed, tmp_path / "mixed_out", torch.device("cpu"),
+    assert segment_contracts.predict_folder(run / "checkpoints/last.pt", mixed, tmp_path / "mixed_out", torch.device("cpu"),
                                   batch_size=2) == 2
     assert Image.open(tmp_path / "mixed_out/0001_mask.png").size == (96, 64)
     assert Image.open(tmp_path / "mixed_out/0002_mask.png").size == (128, 128)

@@ -10,6 +10,7 @@ import torchvision
 
 from conftest import REPO, sets_of, ssl_cfg
 from dlcv.cli import main
+from dlcv.contracts.backbone import export_backbone
 from dlcv.data import augment, views
 from dlcv.engine import checkpoint
 from dlcv.engine.trainer import Trainer
@@ -296,7 +297,7 @@ def test_export_refuses_other_models(tmp_path, p2_root):
     cfg = small_classify_cfg(p2_root.parent / "p1_data", **{"train.epochs": 1, "data.limit_train": 50})
     Trainer(ClassifyTask(cfg), cfg, tmp_path / "run").fit()
     with pytest.raises(DlcvError, match="export needs"):
-        ssl.export_backbone(tmp_path / "run" / "checkpoints" / "last.pt", tmp_path / "b.pt")
+        export_backbone(tmp_path / "run" / "checkpoints" / "last.pt", tmp_path / "b.pt")
 
 
 # -- prediction contract ----------------------------------------------------------------------------------------

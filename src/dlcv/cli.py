@@ -172,7 +172,7 @@ def run(args) -> int:
         print("\n".join(list_models()))
         return 0
     if args.group == "eval":
-        from dlcv.tasks.classify import accuracy_of_csvs
+        from dlcv.contracts.classify import accuracy_of_csvs
         accuracy, correct, total, missing = accuracy_of_csvs(args.gt_csv, args.pred_csv)
         if missing:
             log.warning("%d ground-truth file(s) have no prediction (counted as wrong)", missing)
@@ -182,16 +182,17 @@ def run(args) -> int:
         from dlcv.tasks import classify
         if args.cmd == "train":
             return _train(classify, classify.ClassifyTask, args)
+        from dlcv.contracts import classify as classify_contracts
         from dlcv.engine.distributed import pick_device
         device = pick_device(args.device)
         if args.cmd == "predict":
             check_output_file(args.out_csv, "OUT_CSV")
-            n = classify.predict_folder(args.ckpt, args.image_dir, args.out_csv, device, args.batch_size, args.tta)
+            n = classify_contracts.predict_folder(args.ckpt, args.image_dir, args.out_csv, device, args.batch_size, args.tta)
             log.info("wrote %d predictions to %s", n, args.out_csv)
             return 0
         if args.cmd == "embed":
             check_figure_path(args.out, "--out")
-            classify.embed_figure(args.ckpt, args.image_dir, args.method, args.out, device)
+            classify_contracts.embed_figure(args.ckpt, args.image_dir, args.method, args.out, device)
             log.info("wrote %s", args.out)
             return 0
     if args.group == "ssl":
@@ -206,7 +207,8 @@ def run(args) -> int:
             return _train(classify, classify.ClassifyTask, args, ssl.setting_overrides(args.setting, args.backbone))
         if args.cmd == "export":
             check_output_file(args.out, "backbone file OUT")
-            arch = ssl.export_backbone(args.ckpt, args.out)
+            from dlcv.contracts.backbone import export_backbone
+            arch = export_backbone(args.ckpt, args.out)
             log.info("wrote %s (torchvision %s state_dict)", args.out, arch)
             return 0
         if args.cmd == "table":
@@ -215,23 +217,26 @@ def run(args) -> int:
                                  args.ssl_backbone, Path(args.out), args.settings)
             print(text, end="")
             return 0
+        from dlcv.contracts.classify import predict_csv
         from dlcv.engine.distributed import pick_device
         check_output_file(args.out_csv, "OUT_CSV")
-        n = classify.predict_csv(args.ckpt, args.in_csv, args.image_dir, args.out_csv, pick_device(args.device),
-                                 args.batch_size, args.tta)
+        n = predict_csv(args.ckpt, args.in_csv, args.image_dir, args.out_csv, pick_device(args.device),
+                        args.batch_size, args.tta)
         log.info("wrote %d predictions to %s", n, args.out_csv)
         return 0
     if args.group == "segment":
-        from dlcv.tasks import segment
         if args.cmd == "train":
+            from dlcv.tasks import segment
             return _train(segment, segment.SegmentTask, args)
+        from dlcv.contracts import segment as segment_contracts
         if args.cmd == "miou":
-            print(segment.format_scores(*segment.score_folders(args.gt_dir, args.pred_dir)), end="")
+            print(segment_contracts.format_scores(*segment_contracts.score_folders(args.gt_dir, args.pred_dir)),
+                  end="")
             return 0
         from dlcv.engine.distributed import pick_device
         check_output_dir(args.out_dir, "OUT_DIR")
-        n = segment.predict_folder(args.ckpt, args.image_dir, args.out_dir, pick_device(args.device),
-                                   args.batch_size, args.tta)
+        n = segment_contracts.predict_folder(args.ckpt, args.image_dir, args.out_dir, pick_device(args.device),
+                                             args.batch_size, args.tta)
         log.info("wrote %d masks to %s", n, args.out_dir)
         return 0
     if args.group == "report":

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from dlcv import config as config_mod
+from dlcv.contracts.backbone import export_backbone
 from dlcv.data.labels import write_csv
 from dlcv.data.synth import write_tree
 from dlcv.engine.trainer import fit_or_reuse
@@ -124,7 +125,7 @@ TABLE_OVERRIDES = ["model.name=resnet18", "data.image_size=32", "train.epochs=4"
 def _transfer_table(out: Path, p2_root: Path, device: str, slices: list[str]) -> list[dict]:
     runs = out / "runs"
     sl_backbone = runs / "p2_supervised" / "sl_backbone.pt"
-    ssl.export_backbone(runs / "p2_supervised" / "checkpoints" / "last.pt", sl_backbone)
+    export_backbone(runs / "p2_supervised" / "checkpoints" / "last.pt", sl_backbone)
     sets = [f"data.root={p2_root}", f"device={device}", *TABLE_OVERRIDES, *slices]
     ssl_backbone = runs / "p2_byol" / "backbone.pt"
     log.info("== p2 settings A-E on the office set")

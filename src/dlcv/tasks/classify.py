@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -13,15 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from dlcv import metrics
 from dlcv import config as config_mod
 from dlcv.data import augment, labels as labels_mod
-from dlcv.data.images import list_images, load_images
+from dlcv.data.images import load_images
 from dlcv.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from dlcv.engine import batches, checkpoint, distributed
 from dlcv.engine.task import Context
 from dlcv.errors import DlcvError
-from dlcv.models import create_model, list_models, model_from_checkpoint, model_spec
+from dlcv.models import create_model, list_models, model_spec
 from dlcv.tasks import ModelTask
 from dlcv.viz import figures
 
@@ -221,103 +220,3 @@ def capture_head_input(model: nn.Module, head: str):
         yield captured
     finally:
         handle.remove()
-
-
-# -- inference from a checkpoint (predict, embed) ---------------------------------------------------------
-
-def load_classifier(ckpt_path: str | Path, device: torch.device, tta: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """The model and its checkpoint; `tta=False` drops the saved test-time augmentation (plain predictions)."""
-    state = checkpoint.load(ckpt_path, "classify", require=("classes", "preprocess"))
-    if not tta:
-        state["preprocess"] = {**state["preprocess"], "tta": None}
-    return model_from_checkpoint(state, len(state["classes"])).to(device).eval(), state
-
-
-def warn_if_other_problem(ckpt: str | Path, state: dict[str, Any], expects_csv_labels: bool) -> None:
-    """P1 (hw1_1.sh, folder labels) and P2 (hw1_2.sh, CSV labels) models are both classifiers: a
-    checkpoint of the other problem runs, but its answers are another class set's."""
-    trained_on_csv = state["config"]["data"].get("train_csv") is not None
-    if trained_on_csv != expects_csv_labels:
-        classes = state["classes"]
-        shown = ", ".join(classes[:3]) + (f", ..., {classes[-1]}" if len(classes) > 3 else "")
-        log.warning("%s was trained on %s (%d classes: %s): is it the other problem's model?", ckpt,
-                    "an id,filename,label CSV" if trained_on_csv else "a {label}_{id} image folder",
-                    len(classes), shown)
-
-
-def infer(model: nn.Module, state: dict[str, Any], files: Sequence[Path], device: torch.device,
-          batch_size: int = 256, with_features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predicted class indices (and optionally features) for image files, in the given order."""
-    prep = Preprocess(state["preprocess"], device)
-    images = load_images(files, state["preprocess"]["image_size"], use_cache=False)
-    preds, feats = [], []
-    head = model_spec(state["config"]["model"]["name"]).head
-    with torch.inference_mode():
-        for chunk in images.split(batch_size):
-            x = prep(chunk.to(device))
-            if with_features:  # of the plain image, whatever the test-time views
-                with capture_head_input(model, head) as captured:
-                    model(x)
-                feats += captured
-            preds.append(tta_logits(model, x, state["preprocess"].get("tta")).argmax(1).cpu())
-    return torch.cat(preds).numpy(), torch.cat(feats).numpy() if with_features else None
-
-
-def predict_folder(ckpt: str | Path, image_dir: str | Path, out_csv: str | Path, device: torch.device,
-                   batch_size: int = 256, tta: bool = True) -> int:
-    """Writes `filename,label` for every image of the folder, sorted by file name. Labels come from the
-    model only, never from file names; the matching of names to predictions is by construction."""
-    model, state = load_classifier(ckpt, device, tta)
-    warn_if_other_problem(ckpt, state, expects_csv_labels=False)
-    files = list_images(image_dir)
-    preds, _ = infer(model, state, files, device, batch_size)
-    classes = state["classes"]
-    labels_mod.write_csv(out_csv, ["filename", "label"], [(f.name, classes[p]) for f, p in zip(files, preds)])
-    return len(files)
-
-
-def predict_csv(ckpt: str | Path, in_csv: str | Path, image_dir: str | Path, out_csv: str | Path,
-                device: torch.device, batch_size: int = 256, tta: bool = True) -> int:
-    """SPEC 4 (hw1_2.sh): `id,filename,label` with id and filename copied from IN_CSV in its order; the
-    input's label column, if any, is ignored (it may be `None`)."""
-    rows = labels_mod.read_csv_rows(in_csv, ("id", "filename"))
-    files = labels_mod.files_in(image_dir, [r["filename"] for r in rows], in_csv)
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise DlcvError(f"{in_csv}: {len(missing)} listed image(s) not found in {image_dir}, e.g. {missing[0]}")
-    model, state = load_classifier(ckpt, device, tta)
-    warn_if_other_problem(ckpt, state, expects_csv_labels=True)
-    preds, _ = infer(model, state, files, device, batch_size)
-    classes = state["classes"]
-    labels_mod.write_csv(out_csv, ["id", "filename", "label"],
-                         [(r["id"], r["filename"], classes[p]) for r, p in zip(rows, preds)])
-    return len(rows)
-
-
-MIN_EMBED_IMAGES = 5  # fewer points make no PCA / t-SNE picture (t-SNE needs more points than 3 x perplexity 2)
-
-
-def embed_figure(ckpt: str | Path, image_dir: str | Path, method: str, out: str | Path,
-                 device: torch.device) -> None:
-    """PCA / t-SNE of a checkpoint's features on a folder, coloured by the class in the file names
-    (`{label}_{id}.png`) or, for unlabelled folders, by the predicted class."""
-    files = list_images(image_dir)
-    if len(files) < MIN_EMBED_IMAGES:
-        raise DlcvError(f"{image_dir}: {len(files)} image(s); a {method.upper()} picture needs at least "
-                        f"{MIN_EMBED_IMAGES}")
-    model, state = load_classifier(ckpt, device)
-    preds, feats = infer(model, state, files, device, with_features=True)
-    names = [labels_mod.label_from_filename(f) for f in files]
-    if all(n is not None for n in names) and set(names) <= set(state["classes"]):
-        colours, source = labels_mod.encode(names, state["classes"], str(image_dir)), "true"
-    else:
-        colours, source = preds, "predicted"
-    points = figures.embed_2d(feats, method, state["config"]["train"]["seed"])
-    figures.scatter_by_class(points, colours, f"{method.upper()} of {Path(image_dir).name} features "
-                             f"(epoch {state['epoch']}, coloured by {source} class)", out)
-
-
-def accuracy_of_csvs(gt_csv: str | Path, pred_csv: str | Path) -> tuple[float, int, int, int]:
-    """`eval acc`: a predictions CSV scored against a ground-truth CSV (metrics.accuracy_by_filename)."""
-    return metrics.accuracy_by_filename(*labels_mod.read_labelled_csv(gt_csv),
-                                        *labels_mod.read_labelled_csv(pred_csv, allow_empty=True))

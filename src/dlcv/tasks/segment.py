@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,15 +16,13 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from dlcv import config as config_mod
 from dlcv.data import augment
 from dlcv.data.images import cached, read_rgb
+from dlcv.data.masks import CLASS_NAMES, IGNORE, NUM_CLASSES, UNKNOWN, pair_folder, read_mask
 from dlcv.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from dlcv.data.masks import (CLASS_NAMES, IGNORE, NUM_CLASSES, SAT_SUFFIXES, UNKNOWN, mask_name, pair_folder,
-                             read_mask, sat_images, write_mask)
 from dlcv.engine import batches, checkpoint, distributed
 from dlcv.engine.task import Context
-from dlcv.engine.trainer import resolve_channels_last
 from dlcv.errors import DlcvError
-from dlcv.metrics import SCORED, confusion_of, course_iou
-from dlcv.models import create_model, list_models, model_from_checkpoint, model_spec
+from dlcv.metrics import SCORED, course_iou
+from dlcv.models import create_model, list_models
 from dlcv.tasks import ModelTask
 from dlcv.viz import figures
 
@@ -253,80 +251,3 @@ class SegmentTask(ModelTask):
 
 
 # -- inference and scoring ---------------------------------------------------------------------------------
-
-def load_segmenter(ckpt_path: str | Path, device: torch.device, tta: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """The model and its checkpoint; `tta=False` drops the saved test-time augmentation (plain predictions)."""
-    state = checkpoint.load(ckpt_path, "segment", require=("preprocess",))
-    if not tta:
-        state["preprocess"] = {**state["preprocess"], "tta": None}
-    return model_from_checkpoint(state, NUM_CLASSES).to(device).eval(), state
-
-
-def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path, device: torch.device,
-                   batch_size: int = 8, tta: bool = True) -> int:
-    """`xxxx_mask.png` (RGB, course palette, the input's size) for every `xxxx_sat.jpg`, written atomically.
-    Tiles go through the model `batch_size` at a time (one at a time where a batch mixes tile sizes), with
-    the checkpoint's test-time augmentation unless `tta=False`, in the memory layout its run validated in."""
-    files = sat_images(image_dir)
-    out_dir = Path(out_dir)
-    _refuse_ground_truth_folder(Path(image_dir), out_dir)
-    model, state = load_segmenter(ckpt, device, tta)
-    pre, cfg = state["preprocess"], state["config"]
-    mean, std = torch.tensor(pre["mean"], device=device), torch.tensor(pre["std"], device=device)
-    channels_last = resolve_channels_last(cfg["train"]["channels_last"], device,
-                                          model_spec(cfg["model"]["name"]).cpu_channels_last)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=layout)
-    with torch.inference_mode():
-        for start in range(0, len(files), batch_size):
-            chunk = files[start:start + batch_size]
-            arrays = [read_rgb(f).transpose(2, 0, 1) for f in chunk]
-            groups = [arrays] if len({a.shape for a in arrays}) == 1 else [[a] for a in arrays]
-            preds = []
-            for group in groups:
-                x = augment.normalize(torch.from_numpy(np.stack(group)).to(device).float() / 255, mean, std)
-                logits = tile_logits(model, x.contiguous(memory_format=layout), pre.get("tta"), pre.get("infer_scale", 1.0))
-                preds += logits.argmax(1).to(torch.uint8).cpu()
-            for f, pred in zip(chunk, preds):
-                write_mask(out_dir / mask_name(f), pred.numpy())
-    return len(files)
-
-
-def _refuse_ground_truth_folder(image_dir: Path, out_dir: Path) -> None:
-    """`hw1_3.sh DIR DIR` is easy to type, and the course's folders hold `_sat.jpg` and `_mask.png` side
-    by side: predictions must never overwrite ground-truth masks."""
-    if out_dir.exists() and out_dir.resolve() == image_dir.resolve():
-        raise DlcvError(f"the output folder {out_dir} is the image folder: its masks would be overwritten; "
-                        "pick another output folder")
-    if out_dir.is_dir():
-        for sat in sorted(out_dir.iterdir()):
-            if not sat.name.lower().endswith(SAT_SUFFIXES):
-                continue
-            mask = sat.with_name(mask_name(sat))
-            if mask.exists():
-                raise DlcvError(f"{out_dir} holds ground truth ({sat.name} with {mask.name}): writing "
-                                "predictions there would overwrite it; pick another output folder")
-
-
-def score_folders(gt_dir: str | Path, pred_dir: str | Path) -> tuple[list[float], float]:
-    """The official evaluator: the `.png` files of each folder, paired in sorted order, one confusion
-    matrix over all of them."""
-    gt = sorted(Path(gt_dir).glob("*.png"))
-    pred = sorted(Path(pred_dir).glob("*.png"))
-    if not gt:
-        raise DlcvError(f"no .png masks in {gt_dir}")
-    if len(gt) != len(pred):
-        raise DlcvError(f"{len(gt)} masks in {gt_dir} but {len(pred)} in {pred_dir}")
-    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
-    for g, p in zip(gt, pred):
-        truth, _ = read_mask(g, UNKNOWN)
-        guess, _ = read_mask(p, UNKNOWN)
-        if truth.shape != guess.shape:
-            raise DlcvError(f"{p} is {guess.shape[1]}x{guess.shape[0]} but {g} is {truth.shape[1]}x{truth.shape[0]}")
-        confusion += confusion_of(truth, guess)
-    return course_iou(confusion)
-
-
-def format_scores(ious: Sequence[float], miou: float) -> str:
-    """Exactly the official evaluator's printout."""
-    return "".join(f"class #{c} : {iou:1.5f}\n" for c, iou in enumerate(ious)) + f"\nmean_iou: {miou:f}\n"

@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from dlcv import config as config_mod
@@ -18,7 +17,7 @@ from dlcv.data import labels as labels_mod
 from dlcv.data.images import list_images, load_images
 from dlcv.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from dlcv.data.views import ViewSpec, two_views
-from dlcv.engine import batches, checkpoint
+from dlcv.engine import batches
 from dlcv.engine.task import Context
 from dlcv.engine.trainer import fit_or_reuse
 from dlcv.errors import DlcvError
@@ -26,7 +25,6 @@ from dlcv.metrics import knn_accuracy
 from dlcv.fileio import DirectoryLock, atomic_path, write_text
 from dlcv.models import create_model
 from dlcv.models.byol import BYOL, resnet_features, target_momentum
-from dlcv.statedict import load_strict
 from dlcv.tasks import ModelTask, classify
 from dlcv.viz import figures
 
@@ -158,31 +156,6 @@ class SSLTask(ModelTask):
 def save_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> None:
     with atomic_path(path) as tmp:
         torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
-
-
-def export_backbone(ckpt: str | Path, out: str | Path) -> str:
-    """A plain torchvision ResNet state_dict (fc 1000 x features included, so it loads strictly into
-    `torchvision.models.resnet50()`) from a `dlcv ssl pretrain` checkpoint (the online backbone) or a
-    `dlcv classify train` checkpoint of a torchvision ResNet (its fc, trained for other classes, is
-    replaced by a freshly initialised 1000-class fc, seed 0). Returns the architecture name."""
-    state = checkpoint.load(ckpt)
-    arch = state["config"]["model"]["name"]
-    if state["task"] == "ssl":
-        weights = {k.removeprefix("backbone."): v for k, v in state["model"].items() if k.startswith("backbone.")}
-    elif state["task"] == "classify" and arch in BACKBONES:
-        if state["config"]["model"]["options"].get("freeze_backbone"):
-            raise DlcvError(f"{ckpt}: a frozen-backbone run (FrozenBatchNorm2d) is not a backbone to export")
-        weights = {k: v for k, v in state["model"].items() if not k.startswith("fc.")}
-    else:
-        raise DlcvError(f"{ckpt}: a checkpoint of task '{state['task']}' with model '{arch}'; export needs "
-                        f"an ssl checkpoint or a classify checkpoint of {' / '.join(BACKBONES)}")
-    torch.manual_seed(0)
-    reference = getattr(torchvision.models, arch)()  # its seeded fc fills in a classifier's missing one
-    if state["task"] == "classify":
-        weights.update({"fc.weight": reference.fc.weight.detach(), "fc.bias": reference.fc.bias.detach()})
-    load_strict(reference, weights, f"{ckpt} (exported backbone)")
-    save_state_dict(weights, out)
-    return arch
 
 
 # -- transfer settings A-E -------------------------------------------------------------------------------
