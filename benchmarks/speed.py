@@ -200,11 +200,11 @@ def worker(spec: dict) -> dict:
     tic = time.perf_counter()
     summary = Trainer(timed, cfg, run_dir).fit()
     result = summarise(timed.step_s, timed.data_s, [x.item() for x in timed.losses], spec["warmup"], spec["batch"])
-    result.update(peak_memory(device), setup_s=round(timed.setup_s, 2), precision=summary["environment"]["precision"],
-                  channels_last=summary["environment"]["channels_last"], compile=cfg["train"]["compile"],
+    result.update(peak_memory(device), setup_s=round(timed.setup_s, 2), precision=summary.environment["precision"],
+                  channels_last=summary.environment["channels_last"], compile=cfg["train"]["compile"],
                   total_s=round(time.perf_counter() - tic, 1))
     if case == "p1":
-        result["val_acc"] = round(summary["final"]["val_acc"], 4)
+        result["val_acc"] = round(summary.final["val_acc"], 4)
     if spec["inference"] and case in INFERENCE:
         result["inference"] = inference(case, cfg, run_dir, device, sync)
     return result

@@ -26,6 +26,7 @@ REPORT_ACCURACY = 0.2904  # the report's model A, after ~20 epochs
 
 def run_recipe(recipe: str, data: Path, seconds: float, sets: list[str], out: Path) -> dict:
     from dlcv.config import set_args
+    from dlcv.engine.run import read_summary
     command = [sys.executable, "-m", "dlcv", "classify", "train", "-c", recipe, "--out", str(out),
                *set_args([f"data.root={data}", f"train.max_seconds={seconds}", *sets])]
     tic = time.time()
@@ -39,11 +40,11 @@ def run_recipe(recipe: str, data: Path, seconds: float, sets: list[str], out: Pa
         elapsed += float(r["seconds"])
         curve.append({"epoch": int(r["epoch"]), "train_s": round(elapsed, 1), "val_acc": float(r["val_acc"])})
     reached = next((c["train_s"] for c in curve if c["val_acc"] >= REPORT_ACCURACY), None)
-    summary = json.loads((out / "summary.json").read_text())
+    env = read_summary(out).environment
     return {"command": "dlcv " + " ".join(command[3:]), "wall_s": round(wall, 1), "curve": curve,
             "val_acc_at_budget": curve[-1]["val_acc"] if curve else None,
-            "train_s_to_report_accuracy": reached, "precision": summary["environment"]["precision"],
-            "cpu": summary["environment"].get("cpu"), "cpu_native_bf16": summary["environment"].get("cpu_native_bf16")}
+            "train_s_to_report_accuracy": reached, "precision": env["precision"],
+            "cpu": env.get("cpu"), "cpu_native_bf16": env.get("cpu_native_bf16")}
 
 
 def main(argv=None) -> int:

@@ -20,7 +20,7 @@ def test_a_small_model_really_learns_the_synthetic_classes(p1_root, tmp_path):
     summary = train(cfg, tmp_path / "run")
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert float(rows[-1]["train_loss"]) < 0.7 * float(rows[0]["train_loss"])
-    assert summary["best"]["val_acc"] >= 0.6  # 10 classes: chance is 0.1
+    assert summary.best["val_acc"] >= 0.6  # 10 classes: chance is 0.1
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,21 @@ def test_run_directory_contents(two_epoch_run):
 
 
 @pytest.mark.cross_path
+def test_summary_is_one_typed_record_of_the_run_file(two_epoch_run, tmp_path):
+    from dlcv.engine.run import read_summary
+    out, _, summary = two_epoch_run
+    data = json.loads((out / "summary.json").read_text())
+    assert list(data) == ["task", "status", "monitor", "best", "final", "per_class_acc", "seed", "wall_time_s",
+                          "environment", "run_dir"]  # the file's format: the task's extras after final
+    again = read_summary(out)
+    assert again.to_json() == data and again.final == summary.final and again.best_value == summary.best_value
+    assert (again.best_value, again.best_epoch) == (data["best"]["val_acc"], data["best"]["epoch"])
+    assert again.finished and set(again.extras) == {"per_class_acc"}
+    (tmp_path / "summary.json").write_text('{"task": "classify", "best": {}}')
+    with pytest.raises(DlcvError, match=r"summary.json: not a dlcv summary \(missing status, monitor, final\)"):
+        read_summary(tmp_path)
+
+
 def test_val_accuracy_is_over_all_images_not_a_mean_of_batches(two_epoch_run, p1_root):
     out, cfg, summary = two_epoch_run
     from dlcv.engine.distributed import pick_device
@@ -67,7 +82,7 @@ def test_val_accuracy_is_over_all_images_not_a_mean_of_batches(two_epoch_run, p1
     # mean of per-batch accuracies (the report's bug) is (acc of 99 + acc of 1) / 2, off by >= 0.05 for
     # any whole-set accuracy in [0.1, 0.9]
     assert len(files) == 100 and 0.1 <= expected <= 0.9
-    assert summary["final"]["val_acc"] == pytest.approx(expected, abs=1 / len(files) + 1e-9)
+    assert summary.final["val_acc"] == pytest.approx(expected, abs=1 / len(files) + 1e-9)
 
 
 def test_resume_continues_exactly(two_epoch_run, p1_root, tmp_path, monkeypatch):
@@ -99,7 +114,7 @@ def test_max_steps_caps_optimizer_steps(p1_root, tmp_path):
     cfg = small_classify_cfg(p1_root, **{"train.max_steps": 3, "train.epochs": 5})
     summary = train(cfg, tmp_path / "run")
     assert checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 3
-    assert summary["final"]["epoch"] == 1
+    assert summary.final["epoch"] == 1
 
 
 def test_checkpoint_of_another_task_is_refused(two_epoch_run, tmp_path):
@@ -225,7 +240,7 @@ def test_tta_is_the_same_in_validation_and_predict(p1_root, tmp_path):
     files = list_images(p1_root / "val_50")
     preds, _ = infer(model, state, files, pick_device("cpu"), batch_size=7)
     accuracy = sum(int(p) == int(f.name.split("_")[0]) for p, f in zip(preds, files)) / len(files)
-    assert summary["final"]["val_acc"] == pytest.approx(accuracy, abs=1 / len(files) + 1e-9)  # see above
+    assert summary.final["val_acc"] == pytest.approx(accuracy, abs=1 / len(files) + 1e-9)  # see above
     _, plain_state = load_classifier(tmp_path / "run" / "checkpoints" / "last.pt", pick_device("cpu"), tta=False)
     assert plain_state["preprocess"]["tta"] is None  # `predict --no-tta`
 
@@ -236,8 +251,8 @@ def test_max_seconds_ends_the_run_early_and_evaluated(p1_root, tmp_path):
     summary = train(cfg, tmp_path / "run")
     state = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")
     # the budget ran out before training began: epoch 1 still takes one step (never an empty epoch)
-    assert summary["status"] == "finished" and summary["final"]["epoch"] == 1 and state["step"] == 1
-    assert summary["final"]["val_acc"] is not None
+    assert summary.status == "finished" and summary.final["epoch"] == 1 and state["step"] == 1
+    assert summary.final["val_acc"] is not None
     with pytest.raises(DlcvError, match="already complete"):
         train(cfg, tmp_path / "run", resume=True)
 
@@ -293,9 +308,9 @@ def test_eval_every_validates_every_nth_and_the_last_epoch(p1_root, tmp_path):
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4", "5"]
     assert [r["val_acc"] != "" for r in rows] == [False, True, False, True, True]  # 2, 4 and the last
     assert all(r["train_loss"] for r in rows)
-    assert summary["final"]["epoch"] == 5 and summary["final"]["val_acc"] is not None
-    assert summary["best"]["epoch"] in (2, 4, 5)
-    assert checkpoint.load(tmp_path / "run" / "checkpoints" / "best.pt")["epoch"] == summary["best"]["epoch"]
+    assert summary.final["epoch"] == 5 and summary.final["val_acc"] is not None
+    assert summary.best["epoch"] in (2, 4, 5)
+    assert checkpoint.load(tmp_path / "run" / "checkpoints" / "best.pt")["epoch"] == summary.best["epoch"]
     assert (tmp_path / "run" / "figures" / "training_curves.png").stat().st_size > 0
 
 

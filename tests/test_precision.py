@@ -63,9 +63,9 @@ def classify_cfg(p1_root, precision):
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_classify_every_path_under(precision, p1_root, runs, tmp_path):
     out, summary = fit_beside_fp32(classify.ClassifyTask, lambda p: classify_cfg(p1_root, p), precision, runs, tmp_path)
-    assert summary["environment"]["precision"] == precision
+    assert summary.environment["precision"] == precision
     n_val = len(list((p1_root / "val_50").glob("*.png")))
-    assert math.isfinite(summary["final"]["val_loss"]) and is_count_over(summary["final"]["val_acc"], n_val)
+    assert math.isfinite(summary.final["val_loss"]) and is_count_over(summary.final["val_acc"], n_val)
     assert (out / "figures" / "tsne_epoch_001.png").is_file() and (out / "snapshots" / "features_epoch_001.pt").is_file()
     n = classify_contracts.predict_folder(out / "checkpoints/last.pt", p1_root / "val_50", tmp_path / "p.csv", pick_device("cpu"))
     assert n == n_val == len((tmp_path / "p.csv").read_text().splitlines()) - 1
@@ -77,7 +77,7 @@ def test_segment_every_path_under(precision, synth_root, runs, tmp_path):
         return seg_cfg(synth_root / "p3_data", **{**STEPS, "train.precision": p, "data.limit_train": 8,
                                                   "data.limit_val": 3})
     out, summary = fit_beside_fp32(segment.SegmentTask, cfg, precision, runs, tmp_path)
-    assert math.isfinite(summary["final"]["val_loss"]) and 0 < summary["final"]["pixel_acc"] < 1
+    assert math.isfinite(summary.final["val_loss"]) and 0 < summary.final["pixel_acc"] < 1
     assert (out / "figures" / "mask_grid.png").is_file()
     n = segment_contracts.predict_folder(out / "checkpoints/last.pt", synth_root / "p3_data/validation", tmp_path / "masks",
                                pick_device("cpu"))
@@ -92,6 +92,6 @@ def test_ssl_every_path_under(precision, synth_root, runs, tmp_path):
         return ssl_cfg(synth_root / "p2_data", **{**STEPS, "train.precision": p, "data.limit_train": 64})
     out, summary = fit_beside_fp32(ssl.SSLTask, cfg, precision, runs, tmp_path)
     n_val = len(list((synth_root / "p2_data/office/val").glob("*.jpg")))
-    assert is_count_over(summary["final"]["knn_acc"], n_val)
-    assert summary["final"]["embed_std"] > 0.01  # not collapsed
+    assert is_count_over(summary.final["knn_acc"], n_val)
+    assert summary.final["embed_std"] > 0.01  # not collapsed
     assert export_backbone(out / "checkpoints/last.pt", tmp_path / "b.pt") == TINY_SSL["model.name"]

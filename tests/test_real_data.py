@@ -17,8 +17,8 @@ def test_real_p1_slice_trains_and_predict_plus_eval_acc_agree_with_training(tmp_
     cfg = small_classify_cfg(p1, **{"data.limit_train": 1000, "train.epochs": 1, "train.batch_size": 100,
                                     "snapshot.epochs": [1]})
     summary = Trainer(ClassifyTask(cfg), cfg, tmp_path / "run").fit()
-    assert summary["final"]["epoch"] == 1
-    assert len(summary["per_class_acc"]) == 50
+    assert summary.final["epoch"] == 1
+    assert len(summary.extras["per_class_acc"]) == 50
     # The whole real val set (2,500 images), scored by file name against the course's val_gt.csv (CRLF):
     # the standalone path must give the accuracy measured in training. Two code paths may flip predictions
     # whose top logits tie to float precision, so at most 1% of the 2,500 may differ; a pairing error
@@ -33,7 +33,7 @@ def test_real_p1_slice_trains_and_predict_plus_eval_acc_agree_with_training(tmp_
     captured = capsys.readouterr()
     correct, total = re.search(r"accuracy: [\d.]+ \((\d+)/(\d+)\)", captured.out).groups()
     assert int(total) == 2500 and "no prediction" not in captured.out + captured.err
-    assert abs(int(correct) - round(summary["final"]["val_acc"] * 2500)) <= 25
+    assert abs(int(correct) - round(summary.final["val_acc"] * 2500)) <= 25
 
 
 def test_real_val_gt_csv_labels_match_file_names():
@@ -71,8 +71,8 @@ def test_real_p3_slice_trains(tmp_path):
               "train": {"epochs": 1, "batch_size": 2, "eval_batch_size": 3}}
     cfg = segment.SCHEMA.resolve(recipe, [])
     summary = Trainer(segment.SegmentTask(cfg), cfg, tmp_path / "run").fit()
-    final = summary["final"]
+    final = summary.final
     ious = [final[f"iou_{c}"] for c in ("urban", "agriculture", "rangeland", "forest", "water", "barren")]
     assert final["val_miou"] == pytest.approx(sum(ious) / 6, nan_ok=True)  # the course's mean of six
-    assert summary["per_class_iou"]["water"] == pytest.approx(final["iou_water"], abs=1e-5, nan_ok=True)
+    assert summary.extras["per_class_iou"]["water"] == pytest.approx(final["iou_water"], abs=1e-5, nan_ok=True)
     assert (tmp_path / "run" / "figures" / "mask_grid.png").is_file()

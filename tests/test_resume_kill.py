@@ -1,7 +1,6 @@
 """A run killed at any moment resumes: once metrics.csv shows epoch N, `--resume` continues after epoch N
 and ends with the metrics of an uninterrupted run. One run per run directory (an advisory lock)."""
 import csv
-import json
 import os
 import signal
 import subprocess
@@ -13,6 +12,7 @@ import pytest
 from conftest import small_classify_cfg
 from dlcv.cli import main
 from dlcv.engine import checkpoint
+from dlcv.engine.run import read_summary
 from dlcv.engine.trainer import Trainer
 from dlcv.errors import DlcvError
 from dlcv.fileio import DirectoryLock
@@ -85,13 +85,13 @@ def test_a_kill_at_every_write_resumes_to_the_uninterrupted_metrics(straight, tm
             if kill_at == writes and not before:  # killed after its very last write: nothing to resume
                 with pytest.raises(DlcvError, match="already complete"):
                     fit(cfg, out, resume=True)
-                summary = json.loads((out / "summary.json").read_text())
+                summary = read_summary(out)
             else:
                 summary = fit(cfg, out, resume=True)
-            assert summary["status"] == "finished", (kill_at, before)
+            assert summary.status == "finished", (kill_at, before)
             assert scored_rows(out) == expected, (kill_at, before)
-            assert summary["best"] == {"val_acc": pytest.approx(float(max(r["val_acc"] for r in expected))),
-                                       "epoch": summary["best"]["epoch"]}
+            assert summary.best == {"val_acc": pytest.approx(float(max(r["val_acc"] for r in expected))),
+                                 "epoch": summary.best["epoch"]}
             assert (out / "figures" / "tsne_epoch_002.png").is_file(), (kill_at, before)
             assert not list(out.rglob("*.tmp")), (kill_at, before)
 

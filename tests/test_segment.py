@@ -94,10 +94,10 @@ def test_segmentation_learns_and_predict_scores_like_training(synth_root, tmp_pa
     cfg = seg_cfg(p3, **{"tta.flip": True, "tta.rotate90": True})  # both paths average the same 8 views
     summary = Trainer(segment.SegmentTask(cfg), cfg, tmp_path / "run").fit()
     run = tmp_path / "run"
-    assert summary["best"]["val_miou"] > 0.5
+    assert summary.best["val_miou"] > 0.5
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[:4] == ["epoch", "train_loss", "val_loss", "val_miou"] and "iou_water" in header
-    assert set(summary["per_class_iou"]) == {"urban", "agriculture", "rangeland", "forest", "water", "barren"}
+    assert set(summary.extras["per_class_iou"]) == {"urban", "agriculture", "rangeland", "forest", "water", "barren"}
     for fig in ("mask_grid.png", "per_class_iou.png", "training_curves.png"):
         assert (run / "figures" / fig).stat().st_size > 0
     assert sorted(p.name for p in (run / "snapshots").iterdir()) == \
@@ -123,7 +123,7 @@ def test_segmentation_learns_and_predict_scores_like_training(synth_root, tmp_pa
         predicted, _ = read_mask(out / f"{ident}_mask.png", 6)
         assert (torch.from_numpy(predicted) == trained).float().mean() >= 0.999, ident
     _, miou = segment_contracts.score_folders(p3 / "validation", out)
-    assert miou == pytest.approx(summary["final"]["val_miou"], abs=1e-3)
+    assert miou == pytest.approx(summary.final["val_miou"], abs=1e-3)
     # a batch that mixes tile sizes is predicted tile by tile, each mask at its tile's size
     mixed = tmp_path / "mixed"
     mixed.mkdir()

@@ -161,7 +161,7 @@ def test_pretraining_loss_falls_and_monitors_are_logged(pretrained, p2_root):
         assert 0 < float(r["embed_std"]) <= 1.5  # ~1 spread out, 0 collapsed
         correct = float(r["knn_acc"]) * val_images  # a whole-set accuracy: (correct images) / images
         assert correct == pytest.approx(round(correct), abs=1e-6)
-    assert summary["monitor"] == "knn_acc" and summary["best"]["knn_acc"] == max(float(r["knn_acc"]) for r in rows)
+    assert summary.monitor == "knn_acc" and summary.best["knn_acc"] == max(float(r["knn_acc"]) for r in rows)
     assert (out / "figures" / "training_curves.png").stat().st_size > 0
 
 
@@ -202,8 +202,8 @@ def test_without_knn_best_follows_the_lowest_loss(p2_root, tmp_path):
     cfg = ssl_cfg(p2_root, **{"train.epochs": 2, "knn.train_dir": "null", "data.limit_train": 64})
     summary = Trainer(ssl.SSLTask(cfg), cfg, tmp_path / "run").fit()
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
-    assert summary["monitor"] == "train_loss" and "knn_acc" not in rows[0]
-    assert summary["best"]["train_loss"] == min(float(r["train_loss"]) for r in rows)
+    assert summary.monitor == "train_loss" and "knn_acc" not in rows[0]
+    assert summary.best["train_loss"] == min(float(r["train_loss"]) for r in rows)
 
 
 def test_empty_unlabeled_folder_is_a_clear_error(tmp_path, capsys):

@@ -156,8 +156,7 @@ def _train(task_module, task_cls, args, extra_overrides: list[str] = ()) -> int:
     cfg = task_module.SCHEMA.resolve(recipe, [*args.overrides, *extra_overrides])
     out = args.out = str(check_output_dir(args.out or default_run_dir(args.config, cfg["task"]), "--out"))
     summary = Trainer(task_cls(cfg), cfg, out, resume=args.resume).fit()
-    log.info("best %s %s (epoch %s); run directory %s", summary["monitor"], summary["best"][summary["monitor"]],
-             summary["best"]["epoch"], out)
+    log.info("best %s %s (epoch %s); run directory %s", summary.monitor, summary.best_value, summary.best_epoch, out)
     return 0
 
 

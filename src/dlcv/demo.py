@@ -7,7 +7,6 @@ user's real run does.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from dlcv import config as config_mod
 from dlcv.contracts.backbone import export_backbone
 from dlcv.data.labels import write_csv
 from dlcv.data.synth import write_tree
+from dlcv.engine.run import read_summary
 from dlcv.engine.trainer import fit_or_reuse
 from dlcv.fileio import DirectoryLock, write_text
 from dlcv.report.build import build_report
@@ -94,8 +94,8 @@ def _run_demo(out: Path, data: str | Path | None, device: str) -> list[dict]:
         cfg = task_module.SCHEMA.resolve(config_mod.load_yaml(recipe), sets)
         summary = fit_or_reuse(task_cls(cfg), cfg, out / "runs" / run_name)  # a rerun goes on where it stopped
         command = f"dlcv {config_mod.TRAIN_COMMANDS[cfg['task']]} -c configs/{recipe}.yaml {config_mod.set_flags(sets)}"
-        results.append({"run": run_name, "what": what, "metric": summary["monitor"],
-                        "value": summary["best"][summary["monitor"]], "wall_s": summary["wall_time_s"],
+        results.append({"run": run_name, "what": what, "metric": summary.monitor,
+                        "value": summary.best_value, "wall_s": summary.wall_time_s,
                         "command": command})
         if run_name == "p2_supervised":  # both P2 backbones exist now: the transfer table follows
             results += _transfer_table(out, data / "p2_data", device, REAL_DATA_SLICES["p2_table"] if real else [])
@@ -134,9 +134,9 @@ def _transfer_table(out: Path, p2_root: Path, device: str, slices: list[str]) ->
                f"{ssl_backbone} --out {runs / 'p2_table'} {config_mod.set_flags(sets)}")
     results = []
     for setting, (_, pretraining, tuning) in ssl.SETTINGS.items():
-        summary = json.loads((runs / "p2_table" / f"setting_{setting}" / "summary.json").read_text())
+        summary = read_summary(runs / "p2_table" / f"setting_{setting}")
         results.append({"run": f"p2_setting_{setting}", "what": f"setting {setting}: {pretraining}, {tuning}",
-                        "metric": "val_acc (final)", "value": summary["final"]["val_acc"],
-                        "wall_s": summary["wall_time_s"],
+                        "metric": "val_acc (final)", "value": summary.final["val_acc"],
+                        "wall_s": summary.wall_time_s,
                         "command": command})
     return results

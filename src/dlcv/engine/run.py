@@ -1,4 +1,5 @@
-"""The run directory: resolved config, per-epoch metrics, summary, environment, logs and TensorBoard."""
+"""The run directory, the one owner of its files: resolved config, per-epoch metrics, the typed summary
+(`Summary`, read back with `read_summary`), environment, logs and TensorBoard."""
 from __future__ import annotations
 
 import csv
@@ -11,6 +12,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,65 @@ def command_line() -> str:
     return shlex.join(sys.argv)
 
 
+@dataclass
+class Summary:
+    """summary.json: what every reader of a run uses (report, demo, `ssl table`, CLI, benchmarks). The file
+    is the fields below, in this order, with `extras` (a task's non-scalar metrics of the last validated
+    epoch, e.g. per_class_iou) spread at the top level after `final`."""
+    task: str
+    status: str  # "running" while training, "finished" after the last epoch
+    monitor: str  # the metric that selects best.pt
+    best: dict[str, Any]  # {monitor: best value or None, "epoch": its epoch or None}
+    final: dict[str, Any]  # the last epoch's row of metrics.csv
+    seed: int
+    wall_time_s: float
+    environment: dict[str, Any]  # versions, device, precision, memory layout, command line, git commit
+    run_dir: str
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    FIELDS = ("task", "status", "monitor", "best", "final", "seed", "wall_time_s", "environment", "run_dir")
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    @property
+    def best_value(self) -> float | None:
+        return self.best[self.monitor]
+
+    @property
+    def best_epoch(self) -> int | None:
+        return self.best["epoch"]
+
+    def to_json(self) -> dict[str, Any]:
+        head = {k: getattr(self, k) for k in ("task", "status", "monitor", "best", "final")}
+        return {**head, **self.extras, **{k: getattr(self, k) for k in ("seed", "wall_time_s", "environment",
+                                                                          "run_dir")}}
+
+    @classmethod
+    def from_json(cls, data: Any, source: str | Path) -> "Summary":
+        required = ("task", "status", "monitor", "best", "final")
+        missing = [k for k in required if not isinstance(data, dict) or k not in data]
+        if missing or not isinstance(data.get("best"), dict) or data["monitor"] not in data["best"]:
+            what = ", ".join(missing) or f"best.{data.get('monitor')}"
+            raise DlcvError(f"{source}: not a dlcv summary (missing {what})")
+        known = {k: data.get(k) for k in cls.FIELDS}
+        known["environment"] = known["environment"] or {}
+        return cls(**known, extras={k: v for k, v in data.items() if k not in cls.FIELDS})
+
+
+def read_summary(run_dir: str | Path) -> Summary:
+    """A run directory's summary.json, checked; a clear error names the file otherwise."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        raise DlcvError(f"{run_dir} is not a dlcv run directory (missing {path})")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DlcvError(f"{path}: not valid JSON ({exc})") from None
+    return Summary.from_json(data, path)
+
+
 class RunDir:
     """A run's folder. `open()` (main rank) takes the folder's lock for the whole run, so two commands
     never write one run; `close()` releases it. Files are written in an order that keeps the folder
@@ -108,10 +169,9 @@ class RunDir:
         return (self.path / "config.yaml").is_file() or self.last.is_file()
 
     def finished(self) -> bool:
-        summary = self.path / "summary.json"
         try:
-            return summary.is_file() and json.loads(summary.read_text()).get("status") == "finished"
-        except (OSError, ValueError):
+            return read_summary(self.path).finished
+        except (OSError, DlcvError):
             return False
 
     def _attach_log_file(self) -> None:
@@ -159,9 +219,9 @@ class RunDir:
             self._tb = SummaryWriter(str(self.path / "tensorboard"))
         return self._tb
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
+    def write_summary(self, summary: Summary) -> None:
         if self.is_main:
-            write_text(self.path / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+            write_text(self.path / "summary.json", json.dumps(summary.to_json(), indent=2, default=str) + "\n")
 
     def close(self) -> None:
         if self._tb is not None:

@@ -4,7 +4,6 @@ snapshots) lives here once."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import shutil
@@ -22,7 +21,7 @@ from tqdm import tqdm
 from dlcv.engine import batches, checkpoint, distributed
 from dlcv.engine import run as run_mod
 from dlcv.engine.optim import build_optimizer, build_scheduler, trainable_parameters
-from dlcv.engine.run import RunDir, environment
+from dlcv.engine.run import RunDir, Summary, environment, read_summary
 from dlcv.engine.task import Context, Task
 from dlcv.errors import DlcvError
 from dlcv.statedict import load_strict
@@ -61,13 +60,12 @@ def resolve_channels_last(setting, device: torch.device, cpu_channels_last: bool
     return device.type == "cuda" or cpu_channels_last
 
 
-def fit_or_reuse(task: Task, cfg: dict, run_dir: str | Path) -> dict[str, Any]:
+def fit_or_reuse(task: Task, cfg: dict, run_dir: str | Path) -> Summary:
     """For pipelines of runs (`ssl table`, `demo`): a finished run is reused, an interrupted one resumed
     and a missing one started, so a killed pipeline goes on where it stopped."""
-    summary_file = Path(run_dir) / "summary.json"
     if RunDir(run_dir, True).finished():
         log.info("%s is finished; reusing it", run_dir)
-        return json.loads(summary_file.read_text())
+        return read_summary(run_dir)
     return Trainer(task, cfg, run_dir, resume=True).fit()
 
 
@@ -118,7 +116,7 @@ class Trainer:
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
     # -- the loop ------------------------------------------------------------------------------------
-    def fit(self) -> dict[str, Any]:
+    def fit(self) -> Summary:
         """Holds the run folder's lock throughout. A run that fails on bad input before its first
         checkpoint leaves no folder behind when it created the folder."""
         created = not self.run.path.exists()
@@ -152,7 +150,7 @@ class Trainer:
                             "steps); extend it with --set train.epochs=N (or train.max_steps / max_seconds)")
         return state
 
-    def _fit(self) -> dict[str, Any]:
+    def _fit(self) -> Summary:
         cfg, t, env = self.cfg, self.cfg["train"], self.env
         started = time.time()
         state = self._starting_state()
@@ -361,12 +359,13 @@ class Trainer:
     def _better(self, value: float, best: float) -> bool:
         return value > best if self._maximise else value < best
 
-    def _summary(self, status, row, best, metrics, wall) -> dict[str, Any]:
+    def _summary(self, status, row, best, metrics, wall) -> Summary:
         extras = {k: v for k, v in metrics.items() if not isinstance(v, (int, float))}
         scored = [r for r in self.run.rows if not math.isnan(r.get(self.task.monitor, math.nan))]
         best_row = (max if self._maximise else min)(scored, key=lambda r: r[self.task.monitor], default={})
-        return {"task": self.task.name, "status": status, "monitor": self.task.monitor,
-                "best": {self.task.monitor: best if math.isfinite(best) else None, "epoch": best_row.get("epoch")},
-                "final": row, **extras, "seed": self.cfg["train"]["seed"], "wall_time_s": round(wall, 2),
-                "environment": {**self.environment, "precision": self.precision,
-                                "channels_last": self.channels_last}, "run_dir": str(self.run.path)}
+        return Summary(task=self.task.name, status=status, monitor=self.task.monitor,
+                       best={self.task.monitor: best if math.isfinite(best) else None, "epoch": best_row.get("epoch")},
+                       final=row, seed=self.cfg["train"]["seed"], wall_time_s=round(wall, 2),
+                       environment={**self.environment, "precision": self.precision,
+                                    "channels_last": self.channels_last},
+                       run_dir=str(self.run.path), extras=extras)

@@ -31,10 +31,10 @@ def fmt(value) -> str:
 
 
 def environment_line(run: Run) -> str:
-    env, s = run.summary.get("environment", {}), run.summary
+    env, s = run.summary.environment, run.summary
     return (f"{run.path}: {env.get('device_name', '?')} ({env.get('device', '?')}, {env.get('world_size', 1)} "
             f"process(es)), torch {env.get('torch', '?')}, precision {env.get('precision', '?')}, seed "
-            f"{s.get('seed')}, wall time {s.get('wall_time_s')} s, git {str(env.get('git_commit'))[:10]}")
+            f"{s.seed}, wall time {s.wall_time_s} s, git {str(env.get('git_commit'))[:10]}")
 
 
 def _provenance(doc: document.Document, runs: list[Run]) -> None:
@@ -71,9 +71,9 @@ def _results_table(doc, runs: list[Run], metric_label: str, extra_columns=()) ->
               *[c for c, _ in extra_columns]]
     rows = []
     for r in runs:
-        final = r.summary.get("final", {})
-        epochs = final.get("epoch") if r.finished else f"{final.get('epoch')} (unfinished: {r.summary['status']})"
-        rows.append([r.role, str(r.path), r.model, f"{fmt(r.best)} ({r.summary['best']['epoch']})",
+        final = r.summary.final or {}
+        epochs = final.get("epoch") if r.finished else f"{final.get('epoch')} (unfinished: {r.summary.status})"
+        rows.append([r.role, str(r.path), r.model, f"{fmt(r.best)} ({r.summary.best_epoch})",
                      fmt(final.get(r.monitor)), epochs, *[fn(r) for _, fn in extra_columns]])
     doc.table(header, rows)
 
@@ -137,7 +137,7 @@ def _p2(doc, runs: list[Run], tables: list[Table]) -> None:
             ["optimizer", f"{c['optim']['name']} lr {c['optim']['lr']} weight decay {c['optim']['weight_decay']}"],
             ["schedule", f"{c['sched']['name']} (warm-up {c['sched']['warmup_epochs']} epochs)"],
             ["batch / epochs", f"{c['train']['batch_size']} / {c['train']['epochs']}"],
-            ["final k-NN accuracy", fmt(r.summary["final"].get("knn_acc"))],
+            ["final k-NN accuracy", fmt(r.summary.final.get("knn_acc"))],
         ])
         _provenance(doc, [r])
     doc.heading(2, "2. Transfer settings A-E (validation accuracy)")
@@ -147,8 +147,8 @@ def _p2(doc, runs: list[Run], tables: list[Table]) -> None:
         rows = []
         for row in t.rows:
             run = t.runs.get(row["setting"])
-            final = run.summary["final"]["val_acc"] if run else None
-            best = f"{fmt(run.best)} ({run.summary['best']['epoch']})" if run else "-"
+            final = run.summary.final["val_acc"] if run else None
+            best = f"{fmt(run.best)} ({run.summary.best_epoch})" if run else "-"
             rows.append([row["setting"], row["pre-training"], row["fine-tuning"], fmt(final), best])
         doc.table(["setting", "pre-training", "fine-tuning", "val acc (final)", "best (epoch)"], rows)
         _provenance(doc, list(t.runs.values()))
@@ -171,8 +171,8 @@ def _p3(doc, runs: list[Run], arch_dir: Path) -> None:
     doc.heading(2, "1. Architectures of model A and model B")
     _architectures(doc, runs, "p3", arch_dir)
     doc.heading(2, "2. Validation mIoU (the course's evaluator) and per-class IoU")
-    classes = next((list(r.summary["per_class_iou"]) for r in runs if r.problem == "p3"), [])
-    columns = [(f"IoU {c} (final)", lambda r, c=c: fmt(r.summary.get("per_class_iou", {}).get(c)))
+    classes = next((list(r.summary.extras["per_class_iou"]) for r in runs if r.problem == "p3"), [])
+    columns = [(f"IoU {c} (final)", lambda r, c=c: fmt(r.summary.extras.get("per_class_iou", {}).get(c)))
                for c in classes]
     p3 = _role_results(doc, runs, "p3", "val_miou", columns)
     doc.heading(2, "3. Predicted masks of 0013, 0062, 0104 at the first, middle and last epoch")

@@ -3,14 +3,13 @@ the course report's problems and roles. Only files are read: the report never im
 from __future__ import annotations
 
 import csv
-import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dlcv import config as config_mod
-from dlcv.engine.run import read_metrics
+from dlcv.engine.run import Summary, read_metrics, read_summary
 from dlcv.errors import DlcvError
 
 # The report's models by architecture; any other model is one of ours.
@@ -19,14 +18,13 @@ ROLES = {
            "efficientnet_lite2": "B"},
     "p3": {"fcn32s_vgg16": "A", "fcn_resnet50": "B"},
 }
-SUMMARY_KEYS = ("task", "status", "monitor", "best", "final")
 
 
 @dataclass
 class Run:
     path: Path
     config: dict[str, Any]
-    summary: dict[str, Any]
+    summary: Summary
     rows: list[dict[str, Any]]
     figures: dict[str, Path] = field(default_factory=dict)
 
@@ -52,20 +50,20 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return self.summary["status"] == "finished"
+        return self.summary.finished
 
     @property
     def monitor(self) -> str:
-        return self.summary["monitor"]
+        return self.summary.monitor
 
     @property
     def best(self) -> float | None:
-        return self.summary["best"][self.monitor]
+        return self.summary.best_value
 
     @property
     def command(self) -> str:
         """The recorded command when it was a dlcv command line, else the equivalent one."""
-        recorded = self.summary.get("environment", {}).get("command", "")
+        recorded = self.summary.environment.get("command", "")
         if recorded.startswith("dlcv "):  # engine.run.command_line() writes dlcv commands this way
             return recorded
         return self.rerun_command
@@ -85,13 +83,7 @@ def load_run(path: str | Path) -> Run:
     missing = [str(f) for f in files.values() if not f.is_file()]
     if missing:
         raise DlcvError(f"{path} is not a dlcv run directory (missing {', '.join(missing)})")
-    try:
-        summary = json.loads(files["summary.json"].read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DlcvError(f"{files['summary.json']}: not valid JSON ({exc})") from None
-    missing = [k for k in SUMMARY_KEYS if not isinstance(summary, dict) or k not in summary]
-    if missing or not isinstance(summary.get("best"), dict) or summary["monitor"] not in summary["best"]:
-        raise DlcvError(f"{files['summary.json']}: not a dlcv summary (missing {', '.join(missing) or 'best.' + str(summary.get('monitor'))})")
+    summary = read_summary(path)
     rows = read_metrics(path / "metrics.csv") if (path / "metrics.csv").is_file() else []
     if any(not isinstance(r.get("epoch"), int) for r in rows):
         raise DlcvError(f"{path / 'metrics.csv'}: malformed (every row needs a whole epoch number)")

@@ -212,7 +212,7 @@ def run_table(recipe: dict, overrides: list[str], sl_backbone: str | None, ssl_b
             log.info("== setting %s: %s pre-training, %s", setting, pretraining, tuning)
             summary = fit_or_reuse(classify.ClassifyTask(cfg), cfg, out_dir / f"setting_{setting}")
             rows.append({"setting": setting, "pre-training": pretraining + (f" ({backbone})" if backbone else ""),
-                         "fine-tuning": tuning, "val_acc": summary["final"]["val_acc"],
-                         "best_val_acc": summary["best"]["val_acc"], "best_epoch": summary["best"]["epoch"],
+                         "fine-tuning": tuning, "val_acc": summary.final["val_acc"],
+                         "best_val_acc": summary.best_value, "best_epoch": summary.best_epoch,
                          "run": str(out_dir / f"setting_{setting}")})
         return write_table(rows, out_dir)
