@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlcv.data import augment
 from dlcv.data.images import read_rgb
 from dlcv.data.masks import NUM_CLASSES, SAT_SUFFIXES, UNKNOWN, mask_name, read_mask, sat_images, write_mask
+from dlcv.data.preprocess import Preprocess
 from dlcv.engine import checkpoint
 from dlcv.engine.trainer import resolve_channels_last
 from dlcv.errors import DlcvError
@@ -38,7 +38,7 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path,
     _refuse_ground_truth_folder(Path(image_dir), out_dir)
     model, state = load_segmenter(ckpt, device, tta)
     pre, cfg = state["preprocess"], state["config"]
-    mean, std = torch.tensor(pre["mean"], device=device), torch.tensor(pre["std"], device=device)
+    prep = Preprocess({"mean": pre["mean"], "std": pre["std"]}, device)
     channels_last = resolve_channels_last(cfg["train"]["channels_last"], device,
                                           model_spec(cfg["model"]["name"]).cpu_channels_last)
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -50,7 +50,7 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path,
             groups = [arrays] if len({a.shape for a in arrays}) == 1 else [[a] for a in arrays]
             preds = []
             for group in groups:
-                x = augment.normalize(torch.from_numpy(np.stack(group)).to(device).float() / 255, mean, std)
+                x = prep(torch.from_numpy(np.stack(group)).to(device))
                 logits = tile_logits(model, x.contiguous(memory_format=layout), pre.get("tta"), pre.get("infer_scale", 1.0))
                 preds += logits.argmax(1).to(torch.uint8).cpu()
             for f, pred in zip(chunk, preds):

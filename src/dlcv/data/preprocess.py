@@ -13,10 +13,11 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 class Preprocess:
-    """uint8 N x 3 x S x S (cache size) -> normalised float at the model's input size, on the device."""
+    """uint8 N x 3 x H x W -> normalised float, resized to `meta["input_size"]` (a side; absent or None:
+    kept), on the device. Every task's training, validation and predict path goes through it."""
 
     def __init__(self, meta: dict[str, Any], device: torch.device):
-        self.image_size, self.input_size = meta["image_size"], meta["input_size"]
+        self.input_size = meta.get("input_size")
         self.mean = torch.tensor(meta["mean"], device=device)
         self.std = torch.tensor(meta["std"], device=device)
 

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from dlcv.report import document
-from dlcv.report.runs import Run, Table, collect
+from dlcv.report.runs import REPORT_MODELS, Run, Table, collect
 from dlcv.viz.arch import architecture_figure
 
 log = logging.getLogger("dlcv")
@@ -22,8 +22,6 @@ MISSING_COMMANDS = {
     ("p3", "A"): "dlcv segment train -c configs/p3_model_a.yaml --out runs/p3_model_a",
     ("p3", "B"): "dlcv segment train -c configs/p3_model_b.yaml --out runs/p3_model_b",
 }
-DEFAULT_MODELS = {("p1", "A"): "resnet50_cifar", ("p1", "B"): "efficientnet_v2_l",
-                  ("p3", "A"): "fcn32s_vgg16", ("p3", "B"): "fcn_resnet50"}
 
 
 def fmt(value) -> str:
@@ -59,7 +57,7 @@ def _input_size(run: Run | None) -> int | None:
 def _architectures(doc, runs, problem, arch_dir: Path) -> None:
     for role in ("A", "B"):
         run = _pick(runs, problem, role)
-        name = run.model if run else DEFAULT_MODELS[(problem, role)]
+        name = run.model if run else REPORT_MODELS[(problem, role)]
         options = run.config["model"]["options"] if run else {}
         path = architecture_figure(name, arch_dir / f"{problem}_{role}_{name}.png", _input_size(run), options=options)
         source = f"as trained in {run.path}" if run else "the report's model (no run given)"
@@ -81,7 +79,7 @@ def _results_table(doc, runs: list[Run], metric_label: str, extra_columns=()) ->
 def _missing_roles(doc, runs, problem) -> None:
     for role in ("A", "B"):
         if _pick(runs, problem, role) is None:
-            doc.missing(f"no run of the report's model {role} ({DEFAULT_MODELS[(problem, role)]})",
+            doc.missing(f"no run of the report's model {role} ({REPORT_MODELS[(problem, role)]})",
                         MISSING_COMMANDS[(problem, role)])
 
 

@@ -12,12 +12,10 @@ from dlcv import config as config_mod
 from dlcv.engine.run import Summary, read_metrics, read_summary
 from dlcv.errors import DlcvError
 
-# The report's models by architecture; any other model is one of ours.
-ROLES = {
-    "p1": {"resnet50_cifar": "A", "efficientnet_v2_l": "B", "efficientnet_lite0": "B", "efficientnet_lite1": "B",
-           "efficientnet_lite2": "B"},
-    "p3": {"fcn32s_vgg16": "A", "fcn_resnet50": "B"},
-}
+# The report's models A / B, and the offline stand-ins that play a role; any other model is one of ours.
+REPORT_MODELS = {("p1", "A"): "resnet50_cifar", ("p1", "B"): "efficientnet_v2_l",
+                 ("p3", "A"): "fcn32s_vgg16", ("p3", "B"): "fcn_resnet50"}
+STAND_INS = {("p1", "B"): ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")}
 
 
 @dataclass
@@ -38,15 +36,20 @@ class Run:
 
     @property
     def problem(self) -> str:
+        """P3 segments; P2 pre-trains, or classifies from `id,filename,label` CSVs (the transfer settings and
+        the supervised backbone); P1 classifies `{label}_{id}` image folders."""
         if self.task == "segment":
             return "p3"
-        if self.task == "ssl" or Path(str(self.config["data"]["root"])).name == "p2_data":
+        if self.task == "ssl" or self.config["data"].get("train_csv") is not None:
             return "p2"
         return "p1"
 
     @property
     def role(self) -> str:
-        return ROLES.get(self.problem, {}).get(self.model, "ours")
+        for (problem, role), model in REPORT_MODELS.items():
+            if problem == self.problem and self.model in (model, *STAND_INS.get((problem, role), ())):
+                return role
+        return "ours"
 
     @property
     def finished(self) -> bool:

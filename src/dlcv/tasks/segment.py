@@ -17,7 +17,7 @@ from dlcv import config as config_mod
 from dlcv.data import augment
 from dlcv.data.images import cached, read_rgb
 from dlcv.data.masks import CLASS_NAMES, IGNORE, NUM_CLASSES, UNKNOWN, pair_folder, read_mask
-from dlcv.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from dlcv.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from dlcv.engine import batches, checkpoint, distributed
 from dlcv.engine.task import Context
 from dlcv.errors import DlcvError
@@ -142,8 +142,7 @@ class SegmentTask(ModelTask):
                             root / folder, int(data["red"]), treatment)
             splits[split] = (pairs, data["images"].to(device), data["masks"].to(device))
         (_, self.train_x, self.train_y), (self.val_pairs, self.val_x, self.val_y) = splits["train"], splits["val"]
-        self.mean = torch.tensor(d["mean"], device=device)
-        self.std = torch.tensor(d["std"], device=device)
+        self.preprocess = Preprocess({"mean": d["mean"], "std": d["std"]}, device)
         a = self.cfg["augment"]
         self.geometry = {"flip": a["flip"], "rotate90": a["rotate90"], "scale": tuple(a["scale"])}
         self.crop_size = d["crop_size"] or self.train_x.shape[-1]
@@ -162,9 +161,7 @@ class SegmentTask(ModelTask):
 
     def normalize(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         """uint8 tiles, or floats in [0, 1], -> the model's normalised input."""
-        if x.dtype == torch.uint8:
-            x = x.float().div_(255)
-        return ctx.images(augment.normalize(x, self.mean, self.std))
+        return ctx.images(self.preprocess(x) if x.dtype == torch.uint8 else self.preprocess.normalize(x))
 
     def train_batch(self, ctx, indices, offset, gen, global_size, epoch):
         idx = indices.to(ctx.device)
