@@ -130,7 +130,8 @@ def test_separate_views_normalise_each_view_with_its_own_batch_statistics():
     for name, v in (("a", a), ("b", b)):  # each view alone through each network (train-mode BatchNorm)
         by_hand[name] = (model.predictor(model.embed(v)),
                          model.target_projector(resnet_features(model.target_backbone, v)).detach())
-    expected = (regression_loss(by_hand["a"][0], by_hand["b"][1]) + regression_loss(by_hand["b"][0], by_hand["a"][1])).mean()
+    expected = (regression_loss(by_hand["a"][0], by_hand["b"][1])
+                + regression_loss(by_hand["b"][0], by_hand["a"][1])).mean()
     assert model(a, b).item() == pytest.approx(expected.item(), rel=1e-5)
     model.separate_views = False  # one batch of both views: other BatchNorm statistics, another loss
     assert abs(model(a, b).item() - expected.item()) > 1e-3

@@ -186,7 +186,8 @@ def run(args) -> int:
         device = pick_device(args.device)
         if args.cmd == "predict":
             check_output_file(args.out_csv, "OUT_CSV")
-            n = classify_contracts.predict_folder(args.ckpt, args.image_dir, args.out_csv, device, args.batch_size, args.tta)
+            n = classify_contracts.predict_folder(args.ckpt, args.image_dir, args.out_csv, device, args.batch_size,
+                                                  args.tta)
             log.info("wrote %d predictions to %s", n, args.out_csv)
             return 0
         if args.cmd == "embed":

@@ -34,7 +34,8 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def resolve_precision(name: str, device: torch.device, cpu_bf16: bool = True) -> str:
     """`auto`: bf16 on CUDA; on a CPU bf16 exactly when it is native and measured faster for the model
-    (`cpu_bf16`: the model registry's entry, passed on by the task), else fp32. Evidence (train img/s fp32 -> bf16 autocast, benchmarks/cpu_precision.py):
+    (`cpu_bf16`: the model registry's entry, passed on by the task), else fp32. Evidence (train img/s
+    fp32 -> bf16 autocast, benchmarks/cpu_precision.py):
     - 2-core Intel Xeon with AMX-BF16 (benchmarks/results/cpu_precision_avx512.json): cifar_convnet b256
       312 -> 856, resnet50_cifar b32 27.3 -> 54.8, resnet18 64 px b64 202 -> 332, resnet50 128 px b16
       25.9 -> 45.1, fcn_small 256 px b8 51 -> 94; but efficientnet_lite0 64 px 214 -> 139 and

@@ -74,7 +74,8 @@ class Run:
     @property
     def rerun_command(self) -> str:
         """Retrains this run exactly from its resolved config."""
-        return f"dlcv {config_mod.TRAIN_COMMANDS[self.task]} -c {shlex.quote(str(self.path / 'config.yaml'))} --out NEW_RUN_DIR"
+        config_file = shlex.quote(str(self.path / "config.yaml"))
+        return f"dlcv {config_mod.TRAIN_COMMANDS[self.task]} -c {config_file} --out NEW_RUN_DIR"
 
     def figures_like(self, prefix: str) -> list[Path]:
         return [p for name, p in sorted(self.figures.items()) if name.startswith(prefix)]

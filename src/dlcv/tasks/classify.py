@@ -99,12 +99,14 @@ class ClassifyTask(ModelTask):
     def setup(self, ctx: Context) -> None:
         d, seed = self.cfg["data"], self.cfg["train"]["seed"]
         root = Path(d["root"])
-        train_files, train_labels = labels_mod.labelled_split(root / d["train_dir"], labels_mod.resolve_path(root, d["train_csv"]))
+        train_files, train_labels = labels_mod.labelled_split(root / d["train_dir"],
+                                                              labels_mod.resolve_path(root, d["train_csv"]))
         if d["val_dir"] is None:  # no validation folder (mini-ImageNet): hold out a seeded fraction of train
             train_files, train_labels, val_files, val_labels = _holdout(train_files, train_labels,
                                                                         d["val_fraction"], seed)
         else:
-            val_files, val_labels = labels_mod.labelled_split(root / d["val_dir"], labels_mod.resolve_path(root, d["val_csv"]))
+            val_files, val_labels = labels_mod.labelled_split(root / d["val_dir"],
+                                                              labels_mod.resolve_path(root, d["val_csv"]))
         train_files, train_labels = _subset(train_files, train_labels, d["limit_train"], seed)
         val_files, val_labels = _subset(val_files, val_labels, d["limit_val"], seed)
         self.classes = labels_mod.sorted_classes(train_labels)
