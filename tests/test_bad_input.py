@@ -206,7 +206,10 @@ def test_an_unreadable_image_folder_is_named(tmp_path, monkeypatch):
 
 
 def test_a_backbone_given_to_setting_a_is_warned_about(fields, monkeypatch, caplog):
-    monkeypatch.setattr(Trainer, "fit", lambda self: {"monitor": "val_acc", "best": {"val_acc": 0.5, "epoch": 1}})
+    from dlcv.engine.run import Summary
+    done = Summary(task="classify", status="finished", monitor="val_acc", best={"val_acc": 0.5, "epoch": 1},
+                   final={}, seed=0, wall_time_s=0.0, environment={}, run_dir="")
+    monkeypatch.setattr(Trainer, "fit", lambda self: done)
     assert main(["ssl", "finetune", "-c", "p2_finetune", "--setting", "A", "--backbone", "b.pt",
                  "--set", f"data.root={fields['p1']}", "--out", str(fields["tmp"] / "a")]) == 0
     assert "setting A starts from random weights: --backbone b.pt is not used" in caplog.text
