@@ -21,8 +21,8 @@ from dlcv.engine import batches
 from dlcv.engine.task import Context
 from dlcv.engine.trainer import fit_or_reuse
 from dlcv.errors import DlcvError
-from dlcv.metrics import knn_accuracy
 from dlcv.fileio import DirectoryLock, atomic_path, write_text
+from dlcv.metrics import knn_accuracy
 from dlcv.models import create_model
 from dlcv.models.byol import BYOL, resnet_features, target_momentum
 from dlcv.tasks import ModelTask, classify
