@@ -95,7 +95,8 @@ class Summary:
     run_dir: str
     extras: dict[str, Any] = field(default_factory=dict)
 
-    FIELDS = ("task", "status", "monitor", "best", "final", "seed", "wall_time_s", "environment", "run_dir")
+    HEAD = ("task", "status", "monitor", "best", "final")  # required; the extras follow them in the file
+    FIELDS = (*HEAD, "seed", "wall_time_s", "environment", "run_dir")
 
     @property
     def finished(self) -> bool:
@@ -110,14 +111,12 @@ class Summary:
         return self.best["epoch"]
 
     def to_json(self) -> dict[str, Any]:
-        head = {k: getattr(self, k) for k in ("task", "status", "monitor", "best", "final")}
-        return {**head, **self.extras, **{k: getattr(self, k) for k in ("seed", "wall_time_s", "environment",
-                                                                          "run_dir")}}
+        head = {k: getattr(self, k) for k in self.HEAD}
+        return {**head, **self.extras, **{k: getattr(self, k) for k in self.FIELDS if k not in head}}
 
     @classmethod
     def from_json(cls, data: Any, source: str | Path) -> "Summary":
-        required = ("task", "status", "monitor", "best", "final")
-        missing = [k for k in required if not isinstance(data, dict) or k not in data]
+        missing = [k for k in cls.HEAD if not isinstance(data, dict) or k not in data]
         if missing or not isinstance(data.get("best"), dict) or data["monitor"] not in data["best"]:
             what = ", ".join(missing) or f"best.{data.get('monitor')}"
             raise DlcvError(f"{source}: not a dlcv summary (missing {what})")
