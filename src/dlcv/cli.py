@@ -11,6 +11,7 @@ from pathlib import Path
 from dlcv import config as config_mod
 from dlcv.errors import DlcvError
 from dlcv.fileio import check_output_dir, check_output_file
+from dlcv.malloc import reexec_with_settings
 
 log = logging.getLogger("dlcv")
 
@@ -263,6 +264,8 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # a real command (not a call from Python): restart once with the allocator settings
+        reexec_with_settings([sys.executable, "-m", "dlcv", *sys.argv[1:]])
     args = build_parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s",

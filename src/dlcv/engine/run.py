@@ -22,6 +22,7 @@ import dlcv
 from dlcv import config as config_mod
 from dlcv.errors import DlcvError
 from dlcv.fileio import DirectoryLock, write_text
+from dlcv.malloc import settings_in_effect
 
 log = logging.getLogger("dlcv")
 
@@ -42,7 +43,7 @@ def environment(device: torch.device, world_size: int) -> dict[str, Any]:
         "device_name": name, "world_size": world_size, "cpu_threads": torch.get_num_threads(),
         "git_commit": commit, "command": command_line(),
         "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_native_bf16": cpu_has_native_bf16(),
+        "cpu_native_bf16": cpu_has_native_bf16(), "malloc": settings_in_effect(),
     }
 
 
