@@ -1,4 +1,5 @@
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from PIL import Image
 from conftest import REPO, small_classify_cfg
 from dlcv.cli import main
 from dlcv.engine.trainer import Trainer
+from dlcv.malloc import SETTINGS
 from dlcv.tasks.classify import ClassifyTask
 
 
@@ -149,3 +151,19 @@ train: {{epochs: 1, batch_size: 100, max_steps: 2}}
     main(["classify", "predict", "--ckpt", str(out / "checkpoints/best.pt"), str(p1_root / "val_50"),
           str(tmp_path / "p.csv")])
     assert (tmp_path / "p.csv").read_text().splitlines()[1].split(",")[1].startswith("class_")
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the settings are glibc's")
+def test_a_command_restarts_once_with_the_malloc_settings_unless_the_user_chose():
+    show = "import os; print(sorted((k, v) for k, v in os.environ.items() if k.startswith('MALLOC_')))"
+    probe = ("import sys; from dlcv.malloc import reexec_with_settings; "
+             f"reexec_with_settings([sys.executable, '-c', {show!r}]); print('not restarted')")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "DLCV_MALLOC"}
+
+    def run(**env):
+        return subprocess.run([sys.executable, "-c", probe], env={**clean, **env}, capture_output=True, text=True,
+                              check=True).stdout
+
+    assert run() == f"{sorted(SETTINGS.items())}\n"
+    assert run(MALLOC_ARENA_MAX="2") == "not restarted\n"  # the user's own settings win
+    assert run(DLCV_MALLOC="default") == "not restarted\n"

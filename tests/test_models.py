@@ -79,6 +79,13 @@ def test_torchvision_weight_name_without_network_explains_the_local_file(monkeyp
         torchvision_state_dict("resnet18", "IMAGENET9K")
 
 
+def test_the_registry_declares_which_models_initialise_from_data():
+    """classify calls model.init_from_data(images) where the registry says so: the trait and the method agree."""
+    for name in ("cifar_convnet", "resnet18_cifar", "efficientnet_lite0"):
+        assert hasattr(create_model(name, 10), "init_from_data") == model_spec(name).init_from_data, name
+    assert model_spec("cifar_convnet").init_from_data
+
+
 def test_whitening_stem_decorrelates_training_patches():
     """airbench's first layer: after init_from_data, the 12 positive filters' outputs over the training
     patches have identity covariance (up to eps), even for strongly correlated colour channels."""

@@ -2,6 +2,7 @@
 and ends with the metrics of an uninterrupted run. One run per run directory (an advisory lock)."""
 import csv
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from dlcv.engine.run import read_summary
 from dlcv.engine.trainer import Trainer
 from dlcv.errors import DlcvError
 from dlcv.fileio import DirectoryLock
+from dlcv.malloc import SETTINGS
 from dlcv.tasks.classify import ClassifyTask
 
 # deterministic columns (images_per_s and seconds are timings)
@@ -119,6 +121,8 @@ def test_sigkill_of_a_real_process_then_resume_from_the_cli(straight, tmp_path):
     proc.wait()
     subprocess.run(dlcv(out, "--resume"), env=env, check=True, capture_output=True)
     assert scored_rows(out) == scored_rows(tmp_path / "reference")
+    if platform.libc_ver()[0] == "glibc" and not any(k.startswith("MALLOC_") for k in env):  # restarted with them
+        assert read_summary(out).environment["malloc"] == SETTINGS
 
 
 def test_killed_before_the_first_checkpoint_restarts_with_resume(straight, tmp_path, monkeypatch):

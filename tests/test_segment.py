@@ -223,6 +223,30 @@ def test_lite_segmenter_skips_and_old_checkpoints():
         create_model("lite0_deeplab", 7, skips=[4, 8])
 
 
+def test_freeze_stride_keeps_the_early_encoder_fixed_and_trains_the_rest():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    torch.manual_seed(0)
+    model = create_model("lite0_deeplab", 7, skips=[16, 8, 4], freeze_stride=4).train()
+    e = model.encoder
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    loss = torch.nn.functional.cross_entropy(model(torch.rand(2, 3, 64, 64))["out"], torch.randint(0, 7, (2, 64, 64)))
+    loss.backward()
+    optimizer.step()
+    after = model.state_dict()
+    # Lite0's blocks: 0 ends at stride 2, 1-2 at stride 4, 3 is the first at stride 8
+    for frozen in [e._conv_stem, e._bn0, *e._blocks[:3]]:
+        assert all(not p.requires_grad and p.grad is None for p in frozen.parameters())
+    assert torch.equal(before["encoder._conv_stem.weight"], after["encoder._conv_stem.weight"])
+    assert torch.equal(before["encoder._blocks.2._project_conv.weight"], after["encoder._blocks.2._project_conv.weight"])
+    assert not torch.equal(before["encoder._blocks.3._project_conv.weight"], after["encoder._blocks.3._project_conv.weight"])
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+    # their BatchNorm statistics still follow the data
+    assert not torch.equal(before["encoder._bn0.running_mean"], after["encoder._bn0.running_mean"])
+    with pytest.raises(DlcvError, match="freeze_stride"):
+        create_model("lite0_deeplab", 7, freeze_stride=3)
+
+
 def test_tile_logits_at_a_smaller_scale_come_back_at_the_tile_size():
     model = _Counting()
     x = torch.rand(1, 3, 8, 8).repeat_interleave(8, -1).repeat_interleave(8, -2)  # 64 x 64, flat 8 px blocks

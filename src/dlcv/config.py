@@ -14,6 +14,8 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
+from dlcv.fileio import reading
+
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads `1e-4` (no dot) as a string; everyone writing a learning rate means a float."""
@@ -257,15 +259,12 @@ def find_recipe(name: str | Path) -> Path:
 def load_yaml(path: str | Path) -> dict:
     path = find_recipe(path)
     try:
-        data = _yaml(path.read_text(encoding="utf-8")) or {}
+        with reading(path, "recipe", ConfigError):
+            data = _yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text (a YAML recipe is expected)") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path} is a folder, not a YAML recipe") from None
-    except PermissionError:
-        raise ConfigError(f"cannot read {path}: permission denied") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return data

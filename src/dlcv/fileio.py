@@ -37,6 +37,19 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def reading(path: str | Path, what: str, error: type[Exception] = DlcvError) -> Iterator[None]:
+    """The operating system's reasons a file cannot be opened, as one line naming `what` and the path."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise error(f"{what} file not found: {path}") from None
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a directory, not a file") from None
+    except PermissionError:
+        raise error(f"cannot read {what} {path}: permission denied") from None
+
+
 def check_output_file(path: str | Path, what: str = "output file") -> Path:
     """Refuses, before any work, an output file path that cannot be written: empty, an existing folder,
     or under a parent that is a file or not writable."""

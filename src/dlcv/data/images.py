@@ -13,7 +13,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from dlcv.errors import DlcvError
-from dlcv.fileio import atomic_path
+from dlcv.fileio import atomic_path, reading
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -66,8 +66,8 @@ def open_image(path: str | Path, what: str = "image") -> Iterator[Image.Image]:
     limit = max_image_pixels()
     Image.MAX_IMAGE_PIXELS = limit  # PIL's own guard (it raises at twice this) stays on, at our limit
     try:
-        with warnings.catch_warnings():  # PIL warns between 1x and 2x its limit; we refuse there instead
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with reading(path, what), warnings.catch_warnings():  # PIL warns between 1x and 2x its limit;
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we refuse there instead
             im = Image.open(path)
         with im:
             if im.width * im.height > limit:
@@ -75,12 +75,6 @@ def open_image(path: str | Path, what: str = "image") -> Iterator[Image.Image]:
                                 f"{limit:,} (set DLCV_MAX_IMAGE_PIXELS to allow larger images)")
             im.load()
             yield im
-    except FileNotFoundError:
-        raise DlcvError(f"{what} file not found: {path}") from None
-    except IsADirectoryError:
-        raise DlcvError(f"{what} {path} is a directory, not a file") from None
-    except PermissionError:
-        raise DlcvError(f"cannot read {what} {path}: permission denied") from None
     except Image.DecompressionBombError as exc:
         raise DlcvError(f"{what} {path}: {exc} (set DLCV_MAX_IMAGE_PIXELS to allow larger images)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

@@ -206,7 +206,7 @@ class CifarConvNet(nn.Module):
         return self.fc(self.pool(self.blocks(self.stem(x))))
 
 
-@register_model("cifar_convnet", head="fc", input_size=32)
+@register_model("cifar_convnet", head="fc", input_size=32, init_from_data=True)
 def cifar_convnet(num_classes: int, weights: str | None = None, widths=(64, 256, 256),
                   norm: str = "batch", stem: str = "conv") -> nn.Module:
     if weights is not None:

@@ -19,16 +19,17 @@ class ModelSpec:
     input_size: int  # the side its recipes feed it (architecture diagrams use it)
     cpu_channels_last: bool  # train.channels_last=auto on CPU (measured per model; always on with CUDA)
     cpu_bf16: bool  # train.precision=auto picks bf16 on a CPU with native bf16 (measured per model)
+    init_from_data: bool  # the model has init_from_data(images): run once on normalised training images
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(name: str, head: str, task: str = "classify", input_size: int | None = None,
-                   cpu_channels_last: bool = True, cpu_bf16: bool = True):
+                   cpu_channels_last: bool = True, cpu_bf16: bool = True, init_from_data: bool = False):
     def wrap(fn):
         _REGISTRY[name] = ModelSpec(fn, head, task, input_size or (512 if task == "segment" else 224),
-                                    cpu_channels_last, cpu_bf16)
+                                    cpu_channels_last, cpu_bf16, init_from_data)
         return fn
     return wrap
 

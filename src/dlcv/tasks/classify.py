@@ -130,10 +130,9 @@ class ClassifyTask(ModelTask):
     def build_model(self, ctx: Context) -> nn.Module:
         m = self.cfg["model"]
         model = create_model(m["name"], num_classes=len(self.classes), weights=m["weights"], **m["options"])
-        init_from_data = getattr(model, "init_from_data", None)
-        if init_from_data is not None:  # e.g. cifar_convnet's whitening stem: 5,000 images like airbench,
-            every = max(1, len(self.train_x) // 5000)  # evenly spaced, so every class is in (files sort by class)
-            init_from_data(self.preprocess(self.train_x[::every][:5000]).to(ctx.device))
+        if model_spec(m["name"]).init_from_data:  # e.g. cifar_convnet's whitening stem: 5,000 images like
+            every = max(1, len(self.train_x) // 5000)  # airbench, evenly spaced: every class is in (files sort by class)
+            model.init_from_data(self.preprocess(self.train_x[::every][:5000]).to(ctx.device))
         return model
 
     def num_train(self) -> int:

@@ -123,8 +123,7 @@ class SegmentTask(ModelTask):
 
     def setup(self, ctx: Context) -> None:
         d, seed = self.cfg["data"], self.cfg["train"]["seed"]
-        root = Path(d["root"])
-        device = ctx.device
+        root, device = Path(d["root"]), ctx.device
         splits = {}
         for split, folder, limit, red_as in (("train", d["train_dir"], d["limit_train"], IGNORE),
                                              ("val", d["val_dir"], d["limit_val"], UNKNOWN)):
