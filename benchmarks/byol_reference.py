@@ -43,9 +43,9 @@ CPU_BUDGET = ["model.name=resnet18", "data.image_size=64", "byol.projector_hidde
 
 def resolve(data: str, sets: list[str]) -> dict:
     from dlcv import config
-    from dlcv.tasks import ssl
+    from dlcv.tasks import fill_model_defaults, ssl
     recipe = config.load_yaml(config.find_recipe("p2_byol"))
-    return ssl.SCHEMA.resolve(recipe, [f"data.root={data}", *CPU_BUDGET, *sets])
+    return fill_model_defaults(ssl.SCHEMA.resolve(recipe, [f"data.root={data}", *CPU_BUDGET, *sets]))
 
 
 def run_ours(data: str, sets: list[str], seed: int, out: Path) -> list[dict]:

@@ -58,7 +58,7 @@ ABLATIONS = {"dlcv_contiguous": {"train.channels_last": False}, "dlcv_channels_l
 
 def resolve_config(case: str, data: Path, device: str, batch: int, steps: int, extra: dict) -> dict:
     from dlcv import config
-    from dlcv.tasks import classify, segment, ssl
+    from dlcv.tasks import classify, fill_model_defaults, segment, ssl
     task, recipe, folder, _, sets = CASES[case]
     module = {"classify": classify, "ssl": ssl, "segment": segment}[task]
     values = {"data.root": str(data / folder), "device": device, "train.batch_size": batch,
@@ -68,7 +68,7 @@ def resolve_config(case: str, data: Path, device: str, batch: int, steps: int, e
         values.setdefault("data.limit_train", SEG_TILES[device])
     overrides = [f"{k}={json.dumps(v) if isinstance(v, list) else 'null' if v is None else v}"
                  for k, v in values.items()]
-    return module.SCHEMA.resolve(config.load_yaml(recipe), overrides)
+    return fill_model_defaults(module.SCHEMA.resolve(config.load_yaml(recipe), overrides))
 
 
 def make_sync(device: torch.device):

@@ -109,3 +109,15 @@ def test_overriding_model_options_replaces_them():
                   ["model.name=resnet18_cifar", "model.options={keep_maxpool: true}"])
     assert cfg["model"]["options"] == {"keep_maxpool": True}
     assert resolve({"model": {"options": {"a": 1}}}, ["model.options.b=2"])["model"]["options"] == {"a": 1, "b": 2}
+
+
+def test_input_statistics_default_to_the_models_own_and_a_recipe_can_set_them():
+    from dlcv.models import model_spec
+    from dlcv.tasks import fill_model_defaults, segment
+    cfg = segment.SCHEMA.resolve({"model": {"name": "fcn_small"}})
+    assert cfg["data"]["mean"] is None and cfg["data"]["std"] is None  # null: the model's
+    fill_model_defaults(cfg)
+    assert cfg["data"]["mean"] == list(model_spec("fcn_small").mean) == [0.485, 0.456, 0.406]
+    assert cfg["data"]["std"] == [0.229, 0.224, 0.225]
+    own = fill_model_defaults(segment.SCHEMA.resolve({"model": {"name": "fcn_small"}}, ["data.mean=[0.5, 0.5, 0.5]"]))
+    assert own["data"]["mean"] == [0.5, 0.5, 0.5] and own["data"]["std"] == [0.229, 0.224, 0.225]

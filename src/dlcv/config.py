@@ -71,7 +71,7 @@ COMMON_CHOICES: dict[str, tuple] = {
 # Types of keys whose default is null (null stays allowed).
 COMMON_NULLABLE_TYPES: dict[str, type] = {
     "data.root": str, "model.weights": str, "train.max_steps": int, "train.max_seconds": float, "train.grad_clip": float,
-    "train.ema_decay": float, "snapshot.epochs": list,
+    "train.ema_decay": float, "snapshot.epochs": list, "data.mean": list, "data.std": list,
 }
 
 

