@@ -6,6 +6,7 @@ PYTHON ?= python3
 # override for another platform, e.g. make TORCH_PKGS="torch torchvision" test
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test clean
 
@@ -20,11 +21,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: install
 	$(BIN)/dlcv demo --out demo_out
 
-# The cross-path tests run twice: on this CPU's own kernels and on the AVX2 kernels (torch reads
+# The suite runs in TEST_WORKERS pytest-xdist processes (one per core on CI's 2 cores; whole files per
+# worker, so a file's fixtures are built once). The cross-path tests run twice: on this CPU's own kernels and on the AVX2 kernels (torch reads
 # ATEN_CPU_CAPABILITY at start-up), so the suite holds on AVX2-only and AVX-512 machines alike.
 test: install
-	$(BIN)/python -m pytest -q
-	ATEN_CPU_CAPABILITY=avx2 $(BIN)/python -m pytest -q -m cross_path
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	ATEN_CPU_CAPABILITY=avx2 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m cross_path
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -2,6 +2,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Under pytest-xdist (`make test` runs 2 workers), the workers share the cores instead of each spinning
+# up a thread per core: two OpenMP pools of 2 threads on 2 cores wait on each other.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "hw1_data"

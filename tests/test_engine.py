@@ -314,6 +314,16 @@ def test_eval_every_validates_every_nth_and_the_last_epoch(p1_root, tmp_path):
     assert (tmp_path / "run" / "figures" / "training_curves.png").stat().st_size > 0
 
 
+def test_snapshots_of_epochs_without_validation_are_taken_in_eval_mode(p1_root, tmp_path, monkeypatch):
+    # a snapshot in training mode would use the batch's BatchNorm statistics and dropout: the mask grid of
+    # p3_cpu (validation only at the end) showed epoch 1 and 8 masks the saved weights do not predict
+    modes = {}
+    monkeypatch.setattr(ClassifyTask, "snapshot", lambda self, ctx, model, epoch: modes.update({epoch: model.training}))
+    cfg = small_classify_cfg(p1_root, **{"train.epochs": 3, "train.eval_every": 3, "snapshot.epochs": [1, 2, 3]})
+    train(cfg, tmp_path / "run")
+    assert modes == {1: False, 2: False, 3: False}
+
+
 def test_the_loop_imports_no_model_and_the_registry_has_no_import_cycle():
     import subprocess
     import sys

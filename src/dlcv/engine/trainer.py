@@ -222,6 +222,7 @@ class Trainer:
                 stopping = stopping or out_of_time
                 last_metrics = metrics
             if epoch in snapshots or (stopping and not cfg["snapshot"]["epochs"]):
+                ctx.eval_module.eval()  # also on epochs train.eval_every skips: no batch statistics, no dropout
                 with torch.no_grad(), self.autocast():
                     self.task.snapshot(ctx, ctx.eval_module, epoch)
                 self._save_weights(self.run.checkpoints / f"epoch_{epoch:03d}.pt", epoch, step)
