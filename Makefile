@@ -22,8 +22,9 @@ demo: install
 	$(BIN)/dlcv demo --out demo_out
 
 # The suite runs in TEST_WORKERS pytest-xdist processes (one per core on CI's 2 cores; whole files per
-# worker, so a file's fixtures are built once). The cross-path tests run twice: on this CPU's own kernels and on the AVX2 kernels (torch reads
-# ATEN_CPU_CAPABILITY at start-up), so the suite holds on AVX2-only and AVX-512 machines alike.
+# worker, so a file's fixtures are built once). The cross-path tests run twice: on this CPU's own kernels
+# and on the AVX2 kernels (torch reads ATEN_CPU_CAPABILITY at start-up), so the suite holds on AVX2-only
+# and AVX-512 machines alike.
 test: install
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 	ATEN_CPU_CAPABILITY=avx2 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m cross_path
