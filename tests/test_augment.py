@@ -107,14 +107,41 @@ def test_tile_crops_keep_image_and_mask_aligned():
     assert not torch.equal(x[0], x[1])
 
 
-def test_tile_geometry_of_a_rank_slice_equals_the_global_batch():
+@pytest.mark.parametrize("balanced", [0.0, 0.5])
+def test_tile_geometry_of_a_rank_slice_equals_the_global_batch(balanced):
     x = torch.rand(6, 3, 16, 16)
     y = torch.randint(0, 7, (6, 16, 16), dtype=torch.uint8)
-    opts = {"flip": True, "rotate90": True, "scale": (0.3, 1.0)}
+    opts = {"flip": True, "rotate90": True, "scale": (0.3, 1.0), "balanced": balanced}
     whole = augment.tile_geometry(x, y, _draw(6), 12, **opts)
     halves = [augment.tile_geometry(x[o:o + 3], y[o:o + 3], _draw(6, o, 3), 12, **opts) for o in (0, 3)]
     assert torch.allclose(whole[0], torch.cat([h[0] for h in halves]))
     assert torch.equal(whole[1], torch.cat([h[1] for h in halves]))
+
+
+def test_class_pixel_draws_a_present_class_then_one_of_its_pixels():
+    y = torch.zeros(300, 16, 16, dtype=torch.uint8)
+    y[:, 13, 2] = 4  # one pixel of class 4 in every mask
+    y[:, 0, :] = 6  # a class outside 0..5 is never drawn
+    y[-1] = 255  # a mask with no class of 0..5
+    px, py, found = augment.class_pixel(y, _draw(300), 6)
+    assert found[:-1].all() and not found[-1]
+    px, py = px[:-1], py[:-1]
+    on_rare = (px == 2.5 / 16) & (py == 13.5 / 16)  # the centre of that one pixel
+    assert 0.4 < on_rare.float().mean() < 0.6  # two classes present: each drawn about half the time
+    rows = (py[~on_rare] * 16 - 0.5).round().long()
+    assert (rows >= 1).all()  # class 0's pixels, never the unknown row
+    assert len(set(zip(px[~on_rare].tolist(), py[~on_rare].tolist()))) > 50  # spread over class 0's pixels
+
+
+def test_balanced_crops_show_a_rare_class_more_often():
+    y = torch.zeros(200, 64, 64, dtype=torch.uint8)
+    y[:, 60:, 60:] = 2  # a 4x4 corner of a rare class
+    x = torch.rand(200, 3, 64, 64)
+    seen = {}
+    for balanced in (0.0, 1.0):
+        _, crops = augment.tile_geometry(x, y, _draw(200), 32, scale=(0.25, 0.25), balanced=balanced, classes=6)
+        seen[balanced] = (crops == 2).flatten(1).any(1).float().mean().item()
+    assert seen[0.0] < 0.1 and seen[1.0] > 0.4  # uniform centres rarely reach the corner; half pick class 2
 
 
 def test_colour_jitter_is_per_sample_and_identity_at_zero_strength():

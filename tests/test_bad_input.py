@@ -33,6 +33,8 @@ CASES = [
     ("crop scale min > max", TRAIN + ["--set", "augment.resized_crop_scale=[0.9, 0.1]"],
      "'augment.resized_crop_scale': invalid value [0.9, 0.1]; expected [min, max] with 0 < min <= max <= 1"),
     ("seg scale 0", SEG_TRAIN + ["--set", "augment.scale=[0, 1]"], "'augment.scale': invalid value [0, 1]"),
+    ("seg balanced 2", SEG_TRAIN + ["--set", "augment.balanced=2"], "'augment.balanced': invalid value 2"),
+    ("seg tta scale 0", SEG_TRAIN + ["--set", "tta.scales=[1, 0]"], "'tta.scales': invalid value [1, 0]"),
     ("tta translate < 0", TRAIN + ["--set", "tta.translate=-1"], "'tta.translate': invalid value -1"),
     # files and paths
     ("out csv is a folder", PREDICT + ["{tmp}"], "OUT_CSV {tmp} is an existing folder"),

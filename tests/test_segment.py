@@ -210,6 +210,21 @@ def test_dice_loss_by_hand():
     assert segment.dice_loss(logits, only_zero).item() == pytest.approx(1 - 2 * 1.0 / (1.0 + 2))
 
 
+def test_lovasz_softmax_by_hand():
+    # two pixels, labels 0 and 1, p(class 0) = 0.8 and 0.4; a third pixel ignored
+    probs = torch.tensor([[[[0.8, 0.4, 0.5]], [[0.2, 0.6, 0.5]]]])
+    target = torch.tensor([[[0, 1, 255]]])
+    # class 0: errors 0.2 (fg), 0.4 (bg); sorted 0.4, 0.2 -> Jaccard 1/2, 1 -> weights 1/2, 1/2 -> 0.3
+    # class 1: errors 0.2 (bg), 0.4 (fg); sorted 0.4, 0.2 -> Jaccard 1, 1 -> weights 1, 0 -> 0.4
+    assert segment.lovasz_softmax(probs.log(), target, stride=1).item() == pytest.approx(0.35)
+    sure = torch.tensor([[[[9.0, -9.0, 0.0]], [[-9.0, 9.0, 0.0]]]])
+    assert segment.lovasz_softmax(sure, target, stride=1).item() == pytest.approx(0.0, abs=1e-3)
+    # the default stride reads every 4th pixel: a 4x4 block of one label scores as its corner pixel
+    block = probs.log().repeat_interleave(4, 2).repeat_interleave(4, 3)[..., :8]
+    labels = target.repeat_interleave(4, 1).repeat_interleave(4, 2)[..., :8]
+    assert segment.lovasz_softmax(block, labels).item() == pytest.approx(0.35)
+
+
 def test_lite_segmenter_skips_and_old_checkpoints():
     pytest.importorskip("efficientnet_lite_pytorch")
     single = create_model("lite0_deeplab", 7)
@@ -260,3 +275,19 @@ def test_tile_logits_at_a_smaller_scale_come_back_at_the_tile_size():
         seen = []
         segment.tile_logits(lambda v: seen.append(v.shape) or {"out": torch.zeros(1, 7, *v.shape[-2:])}, x, None, 0.5)
         assert seen == [(1, 3, 32, 32)]  # the model saw the tile at half its size
+
+
+def test_tile_logits_average_the_test_time_scales():
+    x = torch.rand(2, 3, 16, 16)
+    seen = []
+
+    def side_as_logit(v):  # every logit is the side of the view the model was shown
+        seen.append(tuple(v.shape[-2:]))
+        return {"out": torch.full((len(v), 7, *v.shape[-2:]), float(v.shape[-1]))}
+
+    out = segment.tile_logits(side_as_logit, x, {"flip": False, "rotate90": True, "scales": [0.75, 1.0, 1.25]})
+    assert out.shape == (2, 7, 16, 16) and torch.allclose(out, torch.full_like(out, (12 + 16 + 20) / 3))
+    assert seen == [(12, 12)] * 4 + [(16, 16)] * 4 + [(20, 20)] * 4  # 4 rotations at each scale
+    seen.clear()
+    segment.tile_logits(side_as_logit, x, {"flip": False, "rotate90": False, "scales": [0.75, 1.25]}, scale=0.5)
+    assert seen == [(6, 6), (10, 10)]  # the scales multiply data.infer_scale

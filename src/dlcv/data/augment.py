@@ -195,12 +195,31 @@ _COS90 = (1.0, 0.0, -1.0, 0.0)
 _SIN90 = (0.0, 1.0, 0.0, -1.0)
 
 
+def class_pixel(y: torch.Tensor, draw: GlobalDraw, classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per mask of `y` (N x H x W): a class drawn uniformly among those of 0..classes-1 it holds, then one of
+    that class's pixels drawn uniformly. Returns the pixel's centre (x, y) as fractions of the side and
+    whether the mask held any such class at all."""
+    n, h, w = y.shape
+    flat = y.reshape(n, -1)
+    present = torch.stack([(flat == c).any(1) for c in range(classes)], 1)  # N x classes
+    count = present.sum(1)
+    rank = (draw.uniform(0, 1) * count).long().clamp(max=(count - 1).clamp(min=0))  # which present class
+    cls = (present.cumsum(1) <= rank[:, None]).sum(1)
+    members = (flat == cls[:, None]).cumsum(1)  # N x HW: pixels of the class so far
+    pick = (draw.uniform(0, 1) * members[:, -1]).long() + 1  # the pick-th pixel of the class, 1-based
+    index = torch.searchsorted(members, pick[:, None].clamp(max=members[:, -1:].clamp(min=1))).squeeze(1)
+    return (index % w + 0.5) / w, (index // w + 0.5) / h, count > 0
+
+
 def tile_geometry(x: torch.Tensor, y: torch.Tensor, draw: GlobalDraw, out_size: int, flip: bool = False,
-                  rotate90: bool = False, scale=(1.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+                  rotate90: bool = False, scale=(1.0, 1.0), balanced: float = 0.0,
+                  classes: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     """Segmentation's joint geometry for a batch, each sample with its own parameters: horizontal and
     vertical flips (p=0.5 each), a rotation by k x 90 degrees (k uniform in 0..3), and a square random crop
     covering `scale` of the tile's area resized to `out_size` - composed into ONE affine map, applied by
-    grid_sample to the images (bilinear) and to the masks (nearest, so no blended class values).
+    grid_sample to the images (bilinear) and to the masks (nearest, so no blended class values). With
+    `balanced` p, that fraction of the crops is centred on a pixel of a class drawn uniformly among the
+    tile's classes 0..classes-1 (class_pixel): rare classes are seen as often as common ones.
 
     x: N x C x H x W float, y: N x H x W integer classes. Flips and rotations alone are exact (the grid hits
     pixel centres). Written by hand because torchvision v2 draws one set of parameters per call, so a
@@ -223,6 +242,11 @@ def tile_geometry(x: torch.Tensor, y: torch.Tensor, draw: GlobalDraw, out_size: 
     side = torch.sqrt(draw.uniform(*scale))  # crop side, fraction of the tile's side
     cx = (1 - side) * draw.uniform(0, 1) + side / 2  # crop centre, fractions of the side
     cy = (1 - side) * draw.uniform(0, 1) + side / 2
+    if balanced:  # class-balanced crops: centred on a pixel of a class drawn uniformly, kept inside the tile
+        px, py, found = class_pixel(y, draw, classes)
+        on_class = draw.chance(balanced) & found
+        cx = torch.where(on_class, torch.minimum(torch.maximum(px, side / 2), 1 - side / 2), cx)
+        cy = torch.where(on_class, torch.minimum(torch.maximum(py, side / 2), 1 - side / 2), cy)
     theta = torch.stack([torch.stack([side * l00, side * l01, 2 * cx - 1], 1),
                          torch.stack([side * l10, side * l11, 2 * cy - 1], 1)], 1)
     grid = F.affine_grid(theta.to(x.dtype), [n, 1, out_size, out_size], align_corners=False)

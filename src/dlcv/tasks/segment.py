@@ -37,11 +37,13 @@ DEFAULTS: dict[str, Any] = {
     "data": {"root": None, "train_dir": "train", "val_dir": "validation", "crop_size": None, "infer_scale": 1.0,
              "mean": None, "std": None, "cache_dir": None, "limit_train": None, "limit_val": None},
     "model": {"name": "fcn32s_vgg16"},
-    "augment": {"flip": False, "rotate90": False, "scale": [1.0, 1.0]},
-    # dice_weight: + that x (1 - soft Dice) to the cross-entropy (see dice_loss)
-    "loss": {"aux_weight": 0.4, "label_smoothing": 0.0, "dice_weight": 0.0},
-    # test-time augmentation in validation AND predict (saved in the checkpoint): see tta_logits
-    "tta": {"flip": False, "rotate90": False},
+    # balanced: the fraction of crops centred on a pixel of a class drawn uniformly among the tile's classes
+    "augment": {"flip": False, "rotate90": False, "scale": [1.0, 1.0], "balanced": 0.0},
+    # dice_weight / lovasz_weight: + that x (1 - soft Dice) / the Lovasz-softmax term to the cross-entropy
+    "loss": {"aux_weight": 0.4, "label_smoothing": 0.0, "dice_weight": 0.0, "lovasz_weight": 0.0},
+    # test-time augmentation in validation AND predict (saved in the checkpoint): see tta_logits; scales:
+    # the tile is also seen resized by each factor (times data.infer_scale), see tile_logits
+    "tta": {"flip": False, "rotate90": False, "scales": [1.0]},
     "snapshot": {"images": ["0013", "0062", "0104"]},
 }
 TYPES = {"data.crop_size": int, "data.cache_dir": str, "data.limit_train": int, "data.limit_val": int}
@@ -73,8 +75,14 @@ def tta_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None) ->
 
 
 def tile_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None, scale: float = 1.0) -> torch.Tensor:
-    """fp32 logits at the tiles' size: the tiles resized by `scale` (antialiased), tta_logits there, the
-    logits resized back (bilinear). scale 1: tta_logits itself."""
+    """fp32 logits at the tiles' size, averaged over the test-time scales (`tta["scales"]`, default [1]):
+    per scale s the tiles resized by scale x s (antialiased when shrunk), tta_logits there, the logits
+    resized back (bilinear). A smaller view shows each pixel more context, a larger one more detail."""
+    scales = (tta or {}).get("scales") or [1.0]
+    return sum(_scaled_logits(model, x, tta, scale * s) for s in scales) / len(scales)
+
+
+def _scaled_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None, scale: float) -> torch.Tensor:
     if scale == 1.0:
         return tta_logits(model, x, tta)
     size = x.shape[-2:]
@@ -95,6 +103,29 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     present = onehot.sum(dims) > 0
     dice = 2 * (probs * onehot).sum(dims) / (probs.sum(dims) + onehot.sum(dims)).clamp_min(1e-6)
     return 1 - dice[present].mean()
+
+
+def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, stride: int = 4) -> torch.Tensor:
+    """Lovasz-softmax (Berman et al. 2018, "classes present", whole batch): the convex surrogate of 1 - IoU
+    of each class present in the labels, averaged, IGNORE pixels left out. It sorts every pixel's error per
+    class; on every `stride`-th pixel in each direction (the decoders predict at stride 4 and upsample
+    bilinearly, so little is lost) that sort is 16x smaller: ~5 ms instead of ~90 ms per class for a batch of
+    16 crops of 256 px on 2 cores (measured). By hand: no library we depend on has it."""
+    logits, target = logits[:, :, ::stride, ::stride], target[:, ::stride, ::stride]
+    keep = (target != IGNORE).reshape(-1)
+    probs = logits.float().softmax(1).permute(1, 0, 2, 3).reshape(logits.shape[1], -1)[:, keep]  # C x P
+    labels = target.reshape(-1)[keep]
+    onehot = F.one_hot(labels, logits.shape[1]).T.float()  # C x P
+    present = onehot.sum(1) > 0
+    if not present.any():
+        return logits.sum() * 0.0
+    fg, probs = onehot[present], probs[present]
+    errors, order = (fg - probs).abs().sort(1, descending=True)
+    fg_sorted = fg.gather(1, order)
+    total = fg_sorted.sum(1, keepdim=True)
+    jaccard = 1 - (total - fg_sorted.cumsum(1)) / (total + (1 - fg_sorted).cumsum(1))
+    gradient = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], 1)  # the extension's weights
+    return (errors * gradient).sum(1).mean()
 
 
 def _decode_split(pairs, red_as: int, what: str):
@@ -143,10 +174,11 @@ class SegmentTask(ModelTask):
         (_, self.train_x, self.train_y), (self.val_pairs, self.val_x, self.val_y) = splits["train"], splits["val"]
         self.preprocess = Preprocess({"mean": d["mean"], "std": d["std"]}, device)
         a = self.cfg["augment"]
-        self.geometry = {"flip": a["flip"], "rotate90": a["rotate90"], "scale": tuple(a["scale"])}
+        self.geometry = {"flip": a["flip"], "rotate90": a["rotate90"], "scale": tuple(a["scale"]),
+                         "balanced": a["balanced"]}
         self.crop_size = d["crop_size"] or self.train_x.shape[-1]
         self.augmenting = a["flip"] or a["rotate90"] or self.geometry["scale"] != (1.0, 1.0) \
-            or self.crop_size != self.train_x.shape[-1]
+            or self.crop_size != self.train_x.shape[-1] or a["balanced"]
         self.confusion = MulticlassConfusionMatrix(NUM_CLASSES).to(device)
         log.info("segment: %d train / %d val tiles of %dx%d px", len(self.train_x), len(self.val_x),
                  self.train_x.shape[-1], self.train_x.shape[-2])
@@ -167,16 +199,20 @@ class SegmentTask(ModelTask):
         x, y = self.train_x[idx], self.train_y[idx]
         if self.augmenting:  # joint geometry on the device, per-sample parameters (data/augment.py)
             draw = augment.GlobalDraw(gen, global_size, offset, len(idx), x.device)
-            x, y = augment.tile_geometry(x.float().div_(255), y, draw, self.crop_size, **self.geometry)
+            x, y = augment.tile_geometry(x.float().div_(255), y, draw, self.crop_size, classes=SCORED,
+                                         **self.geometry)
         return self.normalize(ctx, x), y.long()
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         x, y = batch
         out = model(x)
-        smooth, dice = self.cfg["loss"]["label_smoothing"], self.cfg["loss"]["dice_weight"]
+        terms = self.cfg["loss"]
+        smooth, dice, lovasz = terms["label_smoothing"], terms["dice_weight"], terms["lovasz_weight"]
         loss = F.cross_entropy(out["out"], y, ignore_index=IGNORE, label_smoothing=smooth)
         if dice:
             loss = loss + dice * dice_loss(out["out"], y)
+        if lovasz:
+            loss = loss + lovasz * lovasz_softmax(out["out"], y)
         if out.get("aux") is not None:
             loss = loss + self.cfg["loss"]["aux_weight"] * F.cross_entropy(out["aux"], y, ignore_index=IGNORE,
                                                                             label_smoothing=smooth)
