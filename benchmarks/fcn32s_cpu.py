@@ -6,8 +6,8 @@ tiles/s of each speed option against the plain baseline, as JSON.
 Parts: forward seconds per 512 px tile of the VGG16 convolutions, fc6 (7x7 conv to 4096), fc7, and the
 score layer + 32x upsampling, with their multiply-accumulates. Variants, each in its own process (a crash
 inside a kernel is recorded, not fatal): inference one tile at a time (the report's loop) or in batches,
-contiguous or channels_last, fp32 or bf16 autocast, eager, torch.compile or TorchScript frozen and
-optimised for inference; training steps (batch 2)
+contiguous or channels_last, fp32 or bf16 autocast, eager, torch.compile (with and without inductor's
+weight freezing) or TorchScript frozen and optimised for inference; training steps (batch 2)
 likewise. Same random weights and tiles everywhere; `agreement` is the share of pixels whose predicted
 class equals the baseline's, `max_abs_diff` the largest logit difference (what "computes the same" means
 here: bf16 rounds, the rest should agree to float precision).
@@ -39,6 +39,10 @@ INFERENCE = {  # name -> (batch, channels_last, bf16, mode)
     # TorchScript freeze + optimize_for_inference: folds the graph and runs the convs on oneDNN's blocked
     # layout (PyTorch's recipe for CPU inference)
     "batch 4, torch.jit.optimize_for_inference": (4, False, False, "jit"),
+    # torch.compile with inductor's freezing: the weights become constants, folded and pre-packed for
+    # oneDNN - what PyTorch now recommends instead of the (deprecated) TorchScript freeze above
+    "batch 4, torch.compile (freezing)": (4, False, False, "compile-freezing"),
+    "batch 4, channels_last, torch.compile (freezing)": (4, True, False, "compile-freezing"),
 }
 TRAINING = {  # name -> (channels_last, bf16, compile); batch 2 as in p3_model_a's CPU runs
     "fp32 contiguous (dlcv's choice)": (False, False, False),
@@ -66,7 +70,9 @@ def inference(batch: int, channels_last: bool, bf16: bool, mode: str, n: int, si
     model = build(channels_last).eval()
     x = tiles(n, side, channels_last)
     fast = model
-    if mode == "compile":
+    if mode.startswith("compile"):
+        import torch._inductor.config as inductor
+        inductor.freezing = mode == "compile-freezing"
         fast = torch.compile(model)
     elif mode == "jit":
         with torch.no_grad():
