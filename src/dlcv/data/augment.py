@@ -245,8 +245,8 @@ def tile_geometry(x: torch.Tensor, y: torch.Tensor, draw: GlobalDraw, out_size: 
     if balanced:  # class-balanced crops: centred on a pixel of a class drawn uniformly, kept inside the tile
         px, py, found = class_pixel(y, draw, classes)
         on_class = draw.chance(balanced) & found
-        cx = torch.where(on_class, torch.minimum(torch.maximum(px, side / 2), 1 - side / 2), cx)
-        cy = torch.where(on_class, torch.minimum(torch.maximum(py, side / 2), 1 - side / 2), cy)
+        cx = torch.where(on_class, px.clamp(side / 2, 1 - side / 2), cx)
+        cy = torch.where(on_class, py.clamp(side / 2, 1 - side / 2), cy)
     theta = torch.stack([torch.stack([side * l00, side * l01, 2 * cx - 1], 1),
                          torch.stack([side * l10, side * l11, 2 * cy - 1], 1)], 1)
     grid = F.affine_grid(theta.to(x.dtype), [n, 1, out_size, out_size], align_corners=False)
