@@ -178,7 +178,7 @@ class SegmentTask(ModelTask):
                          "balanced": a["balanced"]}
         self.crop_size = d["crop_size"] or self.train_x.shape[-1]
         self.augmenting = a["flip"] or a["rotate90"] or self.geometry["scale"] != (1.0, 1.0) \
-            or self.crop_size != self.train_x.shape[-1] or a["balanced"]
+            or self.crop_size != self.train_x.shape[-1]
         self.confusion = MulticlassConfusionMatrix(NUM_CLASSES).to(device)
         log.info("segment: %d train / %d val tiles of %dx%d px", len(self.train_x), len(self.val_x),
                  self.train_x.shape[-1], self.train_x.shape[-2])
@@ -214,8 +214,8 @@ class SegmentTask(ModelTask):
         if lovasz:
             loss = loss + lovasz * lovasz_softmax(out["out"], y)
         if out.get("aux") is not None:
-            loss = loss + self.cfg["loss"]["aux_weight"] * F.cross_entropy(out["aux"], y, ignore_index=IGNORE,
-                                                                            label_smoothing=smooth)
+            loss = loss + terms["aux_weight"] * F.cross_entropy(out["aux"], y, ignore_index=IGNORE,
+                                                                label_smoothing=smooth)
         return loss
 
     def evaluate(self, ctx: Context, model: nn.Module) -> dict[str, Any]:
