@@ -89,7 +89,7 @@ def test_image_and_mask_size_mismatch_is_an_error(tmp_path, synth_root):
 
 
 @pytest.mark.cross_path
-def test_segmentation_learns_and_predict_scores_like_training(synth_root, tmp_path):
+def test_segmentation_learns_and_predict_scores_like_training(synth_root, tmp_path, monkeypatch):
     p3 = synth_root / "p3_data"
     cfg = seg_cfg(p3, **{"tta.flip": True, "tta.rotate90": True})  # both paths average the same 8 views
     summary = Trainer(segment.SegmentTask(cfg), cfg, tmp_path / "run").fit()
@@ -133,6 +133,23 @@ def test_segmentation_learns_and_predict_scores_like_training(synth_root, tmp_pa
                                   batch_size=2) == 2
     assert Image.open(tmp_path / "mixed_out/0001_mask.png").size == (96, 64)
     assert Image.open(tmp_path / "mixed_out/0002_mask.png").size == (128, 128)
+    # --compile (torch.compile with weight freezing) predicts the same masks as eager
+    assert main(["segment", "predict", "--ckpt", str(run / "checkpoints/last.pt"), str(p3 / "validation"),
+                 str(tmp_path / "compiled"), "--compile"]) == 0
+    for ident in snap["ids"]:
+        eager, _ = read_mask(out / f"{ident}_mask.png", 6)
+        compiled, _ = read_mask(tmp_path / "compiled" / f"{ident}_mask.png", 6)
+        assert (compiled == eager).mean() >= 0.999, ident
+    # and a machine where it cannot build (no C++ compiler) gets one line naming the option
+    def broken_compile(model, **kwargs):
+        def fail(*args):
+            raise torch._dynamo.exc.BackendCompilerFailed(fail, RuntimeError("no working C++ compiler found"), None)
+        return fail
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.raises(DlcvError, match=r"^--compile: torch.compile could not build the model \(no working C\+\+ "
+                                        r"compiler found\); run without --compile$"):
+        segment_contracts.predict_folder(run / "checkpoints/last.pt", p3 / "validation", tmp_path / "broken",
+                                         torch.device("cpu"), compile_model=True)
 
 
 def test_fcn32s_shapes_and_bilinear_upsampling():

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(segment.add_parser("train", help="train a segmentation model"))
     seg_predict = segment.add_parser("predict", help="write xxxx_mask.png for every xxxx_sat.jpg of a folder")
     _add_predict_args(seg_predict, "image_dir", "out_dir", batch_size=8)
+    seg_predict.add_argument("--compile", action="store_true",
+                             help="torch.compile the model with weight freezing: the same masks, faster on CPUs "
+                                  "for VGG16-FCN32s; needs a C++ compiler, a few seconds per tile size")
     miou = segment.add_parser("miou", help="the course's mIoU of a folder of predicted masks")
     miou.add_argument("gt_dir")
     miou.add_argument("pred_dir")
@@ -237,7 +240,7 @@ def run(args) -> int:
         from dlcv.engine.distributed import pick_device
         check_output_dir(args.out_dir, "OUT_DIR")
         n = segment_contracts.predict_folder(args.ckpt, args.image_dir, args.out_dir, pick_device(args.device),
-                                             args.batch_size, args.tta)
+                                             args.batch_size, args.tta, args.compile)
         log.info("wrote %d masks to %s", n, args.out_dir)
         return 0
     if args.group == "report":
