@@ -47,8 +47,11 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path,
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
     if compile_model:
-        # static shapes: a tile size and each test-time scale compile once instead of one slower dynamic graph
-        model = torch.compile(model, options={"freezing": True}, dynamic=False)
+        # static shapes: a tile size and each test-time scale compile once instead of one slower dynamic graph.
+        # No FX graph cache: in torch 2.14.1 a graph cached under one ATEN_CPU_CAPABILITY and loaded under
+        # another returns NaN logits (measured: written with AVX-512 kernels, read with avx2), and each
+        # compile is a few seconds anyway.
+        model = torch.compile(model, options={"freezing": True, "fx_graph_cache": False}, dynamic=False)
     with torch.inference_mode():
         for start in range(0, len(files), batch_size):
             chunk = files[start:start + batch_size]
