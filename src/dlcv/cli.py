@@ -102,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg_predict = segment.add_parser("predict", help="write xxxx_mask.png for every xxxx_sat.jpg of a folder")
     _add_predict_args(seg_predict, "image_dir", "out_dir", batch_size=8)
     seg_predict.add_argument("--compile", action="store_true",
-                             help="torch.compile the model with weight freezing: the same masks, faster on CPUs "
-                                  "for VGG16-FCN32s; needs a C++ compiler, a few seconds per tile size")
+                             help="torch.compile the model with weight freezing: the same masks; VGG16-FCN32s "
+                                  "1.59x on a Zen 5 CPU, 1.02x on an AMX Xeon (README); needs a C++ compiler "
+                                  "and a few seconds per tile size")
     miou = segment.add_parser("miou", help="the course's mIoU of a folder of predicted masks")
     miou.add_argument("gt_dir")
     miou.add_argument("pred_dir")

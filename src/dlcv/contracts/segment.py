@@ -35,7 +35,8 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path,
     the checkpoint's test-time augmentation unless `tta=False`, in the memory layout its run validated in.
     `compile_model`: torch.compile with inductor's weight freezing (the weights become constants, folded and
     pre-packed for oneDNN): the same masks, VGG16-FCN32s 1.59x the tiles/s on a 2-core Zen 5 CPU
-    (benchmarks/fcn32s_cpu.py), after a few seconds of compiling per input shape."""
+    (benchmarks/fcn32s_cpu.py) but 1.02x on a 2-core AMX Xeon (end to end), after a few seconds of
+    compiling per input shape: an option, not the default."""
     files = sat_images(image_dir)
     out_dir = Path(out_dir)
     _refuse_ground_truth_folder(Path(image_dir), out_dir)
