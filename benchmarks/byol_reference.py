@@ -174,6 +174,50 @@ def run_reference(cfg: dict, seed: int, monitor: Monitor) -> tuple[list[dict], f
     return rows, random_knn
 
 
+def run_supervised(cfg: dict, seed: int, monitor: Monitor, epochs: int) -> list[dict]:
+    """What the k-NN monitor can show: the same backbone trained with labels (cross-entropy on the monitor's
+    bank images and labels, horizontal flips, dlcv's optimizer and schedule over `epochs`), scored by the same
+    monitor after every epoch. Its queries are never trained on."""
+    from dlcv.engine.optim import build_optimizer, build_scheduler
+    from dlcv.engine.trainer import resolve_precision, PRECISIONS
+    from dlcv.models import create_model, model_spec
+
+    m, t = cfg["model"], cfg["train"]
+    dtype = PRECISIONS[resolve_precision(t["precision"], torch.device("cpu"), model_spec(m["name"]).cpu_bf16)]
+
+    def autocast():
+        return torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
+
+    torch.manual_seed(seed)
+    images, labels = monitor.sets["train"]
+    net = create_model(m["name"], num_classes=len(monitor.classes), weights=None)
+    classifier, net.fc = net.fc, nn.Identity()  # the monitor reads the pooled features
+    model = nn.Sequential(net, classifier)
+    batch = t["batch_size"]
+    steps = len(images) // batch
+    optimizer = build_optimizer(list(model.parameters()), cfg)
+    scheduler = build_scheduler(optimizer, {**cfg, "train": {**t, "epochs": epochs}}, steps)
+    generator, rows = torch.Generator().manual_seed(seed), []
+    for epoch in range(1, epochs + 1):
+        tic, loss_sum = time.time(), 0.0
+        order = torch.randperm(len(images), generator=generator)
+        for i in range(steps):
+            pick = order[i * batch:(i + 1) * batch]
+            flip = torch.rand(len(pick), 1, 1, 1, generator=generator) < 0.5
+            x = monitor.normalize(torch.where(flip, images[pick].flip(3), images[pick]))
+            with autocast():
+                loss = F.cross_entropy(model(x).float(), labels[pick])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            loss_sum += loss.item()
+        knn = monitor(net, nn.Identity(), autocast)["knn_acc"]
+        rows.append({"epoch": epoch, "loss": loss_sum / steps, "knn_acc": knn, "seconds": round(time.time() - tic, 1)})
+        print(json.dumps({"supervised": seed, **rows[-1]}), file=sys.stderr, flush=True)
+    return rows
+
+
 def mini_knn_split(data: Path, tmp: Path, query_per_class: int = 10) -> list[str]:
     """--set values for a k-NN monitor on mini-ImageNet's own labels: the first `query_per_class` images of
     each class (file order) are the queries, the rest the bank. CSVs written to `tmp`."""
@@ -195,7 +239,10 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="the p2_data folder")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for both implementations")
-    p.add_argument("--only", choices=("dlcv", "reference"), help="run one side only")
+    p.add_argument("--only", choices=("dlcv", "reference", "supervised"), help="run one side only")
+    p.add_argument("--supervised-epochs", type=int, default=0, metavar="N",
+                   help="also train the backbone with labels for N epochs on the k-NN bank: the k-NN the "
+                        "monitor can show at this size (with --only supervised: that alone)")
     p.add_argument("--knn", choices=("office", "mini"), default="office",
                    help="k-NN monitor: the office train/val sets (the recipe's) or, in the pre-training "
                         "domain, mini-ImageNet's labels: 10 images per class queried against the other 90")
@@ -208,13 +255,15 @@ def main(argv=None) -> int:
         monitor = Monitor(cfg, torch.device("cpu"))
         report = {**report_json.machine(), "sets": [*CPU_BUDGET, *args.set], "runs": {}}
         for seed in args.seeds:
-            if args.only != "reference":
+            if args.only in (None, "dlcv"):
                 report["runs"][f"dlcv seed {seed}"] = run_ours(args.data, args.set, seed, Path(tmp) / f"ours{seed}")
                 print(json.dumps({f"dlcv seed {seed}": report["runs"][f"dlcv seed {seed}"]}), file=sys.stderr, flush=True)
-            if args.only != "dlcv":
+            if args.only in (None, "reference"):
                 rows, random_knn = run_reference(cfg, seed, monitor)
                 report["runs"][f"reference seed {seed}"] = rows
                 report[f"random network knn_acc seed {seed}"] = random_knn
+            if args.supervised_epochs and args.only in (None, "supervised"):
+                report["runs"][f"supervised seed {seed}"] = run_supervised(cfg, seed, monitor, args.supervised_epochs)
     return report_json.emit(report, args.out)
 
 
