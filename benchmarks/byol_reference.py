@@ -1,7 +1,8 @@
 """BYOL A/B: dlcv's `ssl pretrain` against a reference BYOL assembled from lightly's published building
 blocks - same backbone, image size, data, optimizer, schedule, batch, number of steps and seed - printing
 per epoch the training loss, embed_std and k-NN accuracy of both for every seed, beside a random
-network's k-NN accuracy; JSON on stdout (and --out).
+network's k-NN accuracy; JSON on stdout (and --out). `--supervised-epochs N` adds the same backbone trained
+with the k-NN bank's labels, scored by the same monitor: the rise the monitor can show at that image size.
 
     .venv/bin/pip install -e '.[bench]'   # lightly: for this benchmark only, never a runtime dependency
     .venv/bin/python benchmarks/byol_reference.py --data ../shared/data/hw1_data/p2_data --seeds 0 1 \\
@@ -98,6 +99,15 @@ class Monitor:
                                         self.k, self.temperature, len(self.classes))}
 
 
+def cpu_autocast(cfg: dict):
+    """A context factory for the precision dlcv's `auto` picks for the backbone on this CPU."""
+    from dlcv.engine.trainer import resolve_precision, PRECISIONS
+    from dlcv.models import model_spec
+    dtype = PRECISIONS[resolve_precision(cfg["train"]["precision"], torch.device("cpu"),
+                                         model_spec(cfg["model"]["name"]).cpu_bf16)]
+    return lambda: torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
+
+
 def run_reference(cfg: dict, seed: int, monitor: Monitor) -> tuple[list[dict], float]:
     """lightly's BYOL (its docs' example loop) under dlcv's optimizer and schedule. Returns the rows per
     epoch and the random network's k-NN accuracy (before the first step)."""
@@ -109,16 +119,10 @@ def run_reference(cfg: dict, seed: int, monitor: Monitor) -> tuple[list[dict], f
     from PIL import Image
 
     from dlcv.engine.optim import build_optimizer, build_scheduler
-    from dlcv.engine.trainer import resolve_precision, PRECISIONS
-    from dlcv.models import create_model, model_spec
+    from dlcv.models import create_model
 
-    device = torch.device("cpu")
     m, b, t, d = cfg["model"], cfg["byol"], cfg["train"], cfg["data"]
-    dtype = PRECISIONS[resolve_precision(t["precision"], device, model_spec(m["name"]).cpu_bf16)]
-
-    def autocast():
-        return torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
-
+    autocast = cpu_autocast(cfg)
     torch.manual_seed(seed)
     backbone = create_model(m["name"], num_classes=1000, weights=None)
     feature_dim = backbone.fc.in_features
@@ -179,15 +183,10 @@ def run_supervised(cfg: dict, seed: int, monitor: Monitor, epochs: int) -> list[
     bank images and labels, horizontal flips, dlcv's optimizer and schedule over `epochs`), scored by the same
     monitor after every epoch. Its queries are never trained on."""
     from dlcv.engine.optim import build_optimizer, build_scheduler
-    from dlcv.engine.trainer import resolve_precision, PRECISIONS
-    from dlcv.models import create_model, model_spec
+    from dlcv.models import create_model
 
     m, t = cfg["model"], cfg["train"]
-    dtype = PRECISIONS[resolve_precision(t["precision"], torch.device("cpu"), model_spec(m["name"]).cpu_bf16)]
-
-    def autocast():
-        return torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
-
+    autocast = cpu_autocast(cfg)
     torch.manual_seed(seed)
     images, labels = monitor.sets["train"]
     net = create_model(m["name"], num_classes=len(monitor.classes), weights=None)
@@ -248,6 +247,8 @@ def main(argv=None) -> int:
                         "domain, mini-ImageNet's labels: 10 images per class queried against the other 90")
     p.add_argument("--out")
     args = p.parse_args(argv)
+    if args.only == "supervised" and not args.supervised_epochs:
+        p.error("--only supervised needs --supervised-epochs N")
     with tempfile.TemporaryDirectory() as tmp:
         if args.knn == "mini":
             args.set = [*mini_knn_split(Path(args.data), Path(tmp)), *args.set]
