@@ -202,8 +202,9 @@ def run_supervised(cfg: dict, seed: int, monitor: Monitor, epochs: int) -> list[
         order = torch.randperm(len(images), generator=generator)
         for i in range(steps):
             pick = order[i * batch:(i + 1) * batch]
+            x = images[pick]
             flip = torch.rand(len(pick), 1, 1, 1, generator=generator) < 0.5
-            x = monitor.normalize(torch.where(flip, images[pick].flip(3), images[pick]))
+            x = monitor.normalize(torch.where(flip, x.flip(3), x))
             with autocast():
                 loss = F.cross_entropy(model(x).float(), labels[pick])
             loss.backward()

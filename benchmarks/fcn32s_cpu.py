@@ -71,9 +71,7 @@ def inference(batch: int, channels_last: bool, bf16: bool, mode: str, n: int, si
     x = tiles(n, side, channels_last)
     fast = model
     if mode.startswith("compile"):
-        import torch._inductor.config as inductor
-        inductor.freezing = mode == "compile-freezing"
-        fast = torch.compile(model)
+        fast = torch.compile(model, options={"freezing": mode == "compile-freezing"})
     elif mode == "jit":
         with torch.no_grad():
             fast = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, x[:batch], strict=False)))
