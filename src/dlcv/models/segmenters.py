@@ -143,13 +143,16 @@ class LiteDeepLab(nn.Module):
     `skips` (descending) upsampled to that stride, joined with the encoder's features there (1x1 to 48
     channels) and fused by a 3x3 conv; a 1x1 classifier, upsampled to the input. skips=(8,) is DeepLabV3+'s
     single skip; (16, 8, 4) uses several encoder stages (sharper borders, more context per pixel).
+    aspp_rates=(r1, r2, r3) replaces the stride-32 projection by DeepLabV3's ASPP (torchvision's: a 1x1
+    branch, 3x3 branches at those dilations and an image-pooling branch), context beyond the crop's
+    receptive field.
     freeze_stride=N keeps the ImageNet weights of the stem and of every block whose output stride is <= N
     (detectron2's FREEZE_AT for the same reason: those generic edge/colour filters need no fine-tuning, and
     backward then stops at stride N+1; 4 trains p3_cpu's Lite2 1.2x faster on a 2-core CPU, 9.19 vs 7.46
     img/s at 256 px, batch 16; their BatchNorm statistics still follow the data)."""
 
     def __init__(self, num_classes: int, encoder: nn.Module, skips: Sequence[int] = (8,), width: int = 128,
-                 freeze_stride: int = 0):
+                 freeze_stride: int = 0, aspp_rates: Sequence[int] = ()):
         super().__init__()
         if list(skips) != sorted(set(skips), reverse=True) or not set(skips) <= {2, 4, 8, 16}:
             raise DlcvError(f"model.options.skips must be distinct strides from 16, 8, 4, 2 in descending order, "
@@ -167,8 +170,9 @@ class LiteDeepLab(nn.Module):
                 part.requires_grad_(False)
         with torch.no_grad():
             lows, high = self._encode(torch.zeros(1, 3, 64, 64), self.skip_blocks)
-        self.project = nn.Sequential(nn.Conv2d(high.shape[1], width, 1, bias=False), nn.BatchNorm2d(width),
-                                     nn.ReLU(inplace=True))
+        self.project = (segmentation.deeplabv3.ASPP(high.shape[1], list(aspp_rates), width) if aspp_rates else
+                        nn.Sequential(nn.Conv2d(high.shape[1], width, 1, bias=False), nn.BatchNorm2d(width),
+                                      nn.ReLU(inplace=True)))
         self.skips = nn.ModuleList(
             nn.Sequential(nn.Conv2d(low.shape[1], 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU(inplace=True))
             for low in lows)
@@ -209,31 +213,31 @@ def _single_skip_names(state: dict, prefix: str, *_) -> None:
 
 
 def _lite_deeplab(variant: int, num_classes: int, weights: str | None, skips: Sequence[int], width: int,
-                  freeze_stride: int) -> nn.Module:
+                  freeze_stride: int, aspp_rates: Sequence[int]) -> nn.Module:
     encoder = getattr(classifiers, f"efficientnet_lite{variant}")(num_classes=1000, weights=weights, dropout=0.0)
     encoder._fc = nn.Identity()  # the classifier is unused here, and DDP refuses unused parameters
-    return LiteDeepLab(num_classes, encoder, skips, width, freeze_stride)
+    return LiteDeepLab(num_classes, encoder, skips, width, freeze_stride, aspp_rates)
 
 
 # CPU bf16 off: slower than fp32 on the AMX CPU (13.0 vs 15.9 img/s at 256 px, batch 8; depthwise
 # convolutions dominate; benchmarks/results/cpu_precision_avx512.json).
 @register_model("lite0_deeplab", head="classifier", task="segment", cpu_bf16=False)
 def lite0_deeplab(num_classes: int, weights: str | None = None, skips: Sequence[int] = (8,), width: int = 128,
-                  freeze_stride: int = 0) -> nn.Module:
+                  freeze_stride: int = 0, aspp_rates: Sequence[int] = ()) -> nn.Module:
     """weights="imagenet": the encoder starts from EfficientNet-Lite0's ImageNet weights (offline)."""
-    return _lite_deeplab(0, num_classes, weights, skips, width, freeze_stride)
+    return _lite_deeplab(0, num_classes, weights, skips, width, freeze_stride, aspp_rates)
 
 
 @register_model("lite1_deeplab", head="classifier", task="segment", cpu_bf16=False)
 def lite1_deeplab(num_classes: int, weights: str | None = None, skips: Sequence[int] = (8,), width: int = 128,
-                  freeze_stride: int = 0) -> nn.Module:
+                  freeze_stride: int = 0, aspp_rates: Sequence[int] = ()) -> nn.Module:
     """Lite0's decoder on EfficientNet-Lite1 (ImageNet weights offline; published: 0.6 GFLOPs at 240 px vs
     Lite0's 0.4 at 224)."""
-    return _lite_deeplab(1, num_classes, weights, skips, width, freeze_stride)
+    return _lite_deeplab(1, num_classes, weights, skips, width, freeze_stride, aspp_rates)
 
 
 @register_model("lite2_deeplab", head="classifier", task="segment", cpu_bf16=False)
 def lite2_deeplab(num_classes: int, weights: str | None = None, skips: Sequence[int] = (8,), width: int = 128,
-                  freeze_stride: int = 0) -> nn.Module:
+                  freeze_stride: int = 0, aspp_rates: Sequence[int] = ()) -> nn.Module:
     """Lite0's decoder on EfficientNet-Lite2 (ImageNet weights offline; published: 0.9 GFLOPs at 260 px)."""
-    return _lite_deeplab(2, num_classes, weights, skips, width, freeze_stride)
+    return _lite_deeplab(2, num_classes, weights, skips, width, freeze_stride, aspp_rates)
