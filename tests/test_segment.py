@@ -264,6 +264,21 @@ def test_lite_segmenter_skips_and_old_checkpoints():
         create_model("lite0_deeplab", 7, skips=[4, 8])
 
 
+def test_lite_segmenter_aspp_replaces_the_projection_with_dilated_and_pooling_branches():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    torch.manual_seed(0)
+    model = create_model("lite0_deeplab", 7, skips=[16, 8, 4], aspp_rates=[2, 4, 6]).train()
+    dilations = [m.dilation[0] for m in model.project.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert dilations == [2, 4, 6]
+    assert create_model("lite0_deeplab", 7).project[0].kernel_size == (1, 1)  # the default keeps the 1x1 projection
+    loss = torch.nn.functional.cross_entropy(model(torch.rand(2, 3, 64, 96))["out"], torch.randint(0, 7, (2, 64, 96)))
+    loss.backward()
+    assert all(p.grad is not None for p in model.project.parameters())  # every branch, pooling included, trains
+    assert isinstance(model.project.convs[-1][0], torch.nn.AdaptiveAvgPool2d)  # the image-pooling branch
+    with torch.no_grad():  # a single tile, as predict sends it, at a size that is no multiple of 32
+        assert model.eval()(torch.rand(1, 3, 100, 130))["out"].shape == (1, 7, 100, 130)
+
+
 def test_freeze_stride_keeps_the_early_encoder_fixed_and_trains_the_rest():
     pytest.importorskip("efficientnet_lite_pytorch")
     torch.manual_seed(0)
