@@ -277,6 +277,8 @@ def test_lite_segmenter_aspp_replaces_the_projection_with_dilated_and_pooling_br
     assert isinstance(model.project.convs[-1][0], torch.nn.AdaptiveAvgPool2d)  # the image-pooling branch
     with torch.no_grad():  # a single tile, as predict sends it, at a size that is no multiple of 32
         assert model.eval()(torch.rand(1, 3, 100, 130))["out"].shape == (1, 7, 100, 130)
+    with pytest.raises(DlcvError, match="aspp_rates"):
+        create_model("lite0_deeplab", 7, aspp_rates=[0, 2])
 
 
 def test_freeze_stride_keeps_the_early_encoder_fixed_and_trains_the_rest():
