@@ -99,6 +99,19 @@ class Monitor:
                                         self.k, self.temperature, len(self.classes))}
 
 
+def lightly_view_options(views: dict, view: int) -> dict:
+    """dlcv's view settings (`views.*`, per-view pairs indexed by `view`) as lightly's BYOLView arguments, so
+    that a --set on the views reaches both sides. lightly's crops always use an aspect ratio of 3/4-4/3 and a
+    largest scale of 1, so dlcv's must too."""
+    if not torch.allclose(torch.tensor([*views["crop_ratio"], views["crop_scale"][1]]), torch.tensor([3 / 4, 4 / 3, 1])):
+        raise SystemExit(f"views.crop_ratio={views['crop_ratio']}, views.crop_scale={views['crop_scale']}: lightly's "
+                         "views only crop at aspect ratios 3/4-4/3 and scales up to 1")
+    return {"min_scale": views["crop_scale"][0], "hf_prob": views["flip"], "cj_prob": views["jitter"],
+            "cj_bright": views["brightness"], "cj_contrast": views["contrast"], "cj_sat": views["saturation"],
+            "cj_hue": views["hue"], "random_gray_scale": views["grayscale"], "gaussian_blur": views["blur"][view],
+            "sigmas": tuple(views["blur_sigma"]), "solarization_prob": views["solarize"][view]}
+
+
 def cpu_autocast(cfg: dict):
     """A context factory for the precision dlcv's `auto` picks for the backbone on this CPU."""
     from dlcv.engine.trainer import resolve_precision, PRECISIONS
@@ -124,7 +137,7 @@ def run_reference(cfg: dict, seed: int, monitor: Monitor) -> tuple[list[dict], f
     m, b, t, d = cfg["model"], cfg["byol"], cfg["train"], cfg["data"]
     autocast = cpu_autocast(cfg)
     torch.manual_seed(seed)
-    backbone = create_model(m["name"], num_classes=1000, weights=None)
+    backbone = create_model(m["name"], num_classes=1000, weights=None, **m["options"])
     feature_dim = backbone.fc.in_features
     backbone.fc = nn.Identity()
     projector = BYOLProjectionHead(feature_dim, b["projector_hidden"], b["projector_dim"])
@@ -135,8 +148,8 @@ def run_reference(cfg: dict, seed: int, monitor: Monitor) -> tuple[list[dict], f
 
     normalize = {"mean": list(d["mean"]), "std": list(d["std"])}
     size = d["image_size"]
-    transform = BYOLTransform(BYOLView1Transform(input_size=size, normalize=normalize),
-                              BYOLView2Transform(input_size=size, normalize=normalize))
+    transform = BYOLTransform(*(view(input_size=size, normalize=normalize, **lightly_view_options(cfg["views"], i))
+                                for i, view in enumerate((BYOLView1Transform, BYOLView2Transform))))
     images = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in monitor.unlabeled]
 
     class Views(torch.utils.data.Dataset):
@@ -189,7 +202,7 @@ def run_supervised(cfg: dict, seed: int, monitor: Monitor, epochs: int) -> list[
     autocast = cpu_autocast(cfg)
     torch.manual_seed(seed)
     images, labels = monitor.sets["train"]
-    net = create_model(m["name"], num_classes=len(monitor.classes), weights=None)
+    net = create_model(m["name"], num_classes=len(monitor.classes), weights=None, **m["options"])
     classifier, net.fc = net.fc, nn.Identity()  # the monitor reads the pooled features
     model = nn.Sequential(net, classifier)
     batch = t["batch_size"]

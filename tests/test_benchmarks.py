@@ -82,6 +82,18 @@ def test_byol_reference_mini_knn_split_holds_out_the_first_images_of_each_class(
     assert sorted(query[0]) == sorted(n for c in classes for n in first[c])
 
 
+def test_byol_reference_gives_lightly_dlcvs_view_settings_per_view():
+    import byol_reference
+    from dlcv.tasks import ssl
+    views = {**ssl.DEFAULTS["views"], "blur": [0.5, 0.0], "crop_scale": [0.2, 1.0]}
+    first, second = (byol_reference.lightly_view_options(views, i) for i in (0, 1))
+    assert (first["gaussian_blur"], second["gaussian_blur"]) == (0.5, 0.0)
+    assert (first["solarization_prob"], second["solarization_prob"]) == (0.0, 0.2)  # BYOL's asymmetric pair
+    assert first["min_scale"] == 0.2 and first["cj_prob"] == 0.8 and first["cj_hue"] == 0.1
+    with pytest.raises(SystemExit, match="crop_ratio"):  # lightly cannot crop at other aspect ratios
+        byol_reference.lightly_view_options({**views, "crop_ratio": [0.5, 2.0]}, 0)
+
+
 def test_byol_reference_runs_both_implementations_per_epoch(synth_root, tmp_path):
     pytest.importorskip("lightly")  # the benchmark-only extra (pip install -e '.[bench]')
     import byol_reference

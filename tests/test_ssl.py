@@ -207,6 +207,21 @@ def test_without_knn_best_follows_the_lowest_loss(p2_root, tmp_path):
     assert summary.best["train_loss"] == min(float(r["train_loss"]) for r in rows)
 
 
+def test_cifar_stem_backbone_pretrains_and_exports_its_own_shape(p2_root, tmp_path):
+    from dlcv.models import create_model
+    cfg = ssl_cfg(p2_root, **{"model.name": "resnet18_cifar", "model.options.keep_maxpool": "true",
+                              "data.image_size": 32, "train.epochs": 1, "knn.train_dir": "null",
+                              "data.limit_train": 64})
+    Trainer(ssl.SSLTask(cfg), cfg, tmp_path / "run").fit()
+    state = torch.load(tmp_path / "run" / "backbone.pt", weights_only=True)
+    assert state["conv1.weight"].shape == (64, 3, 3, 3)  # the 3x3 stride-1 stem, not ImageNet's 7x7
+    net = create_model("resnet18_cifar", num_classes=1000, keep_maxpool=True)
+    net.load_state_dict(state)  # strict
+    stages = torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3,
+                                 net.layer4).eval()
+    assert stages(torch.zeros(1, 3, 32, 32)).shape == (1, 512, 2, 2)  # the ImageNet stem leaves 1x1 at 32 px
+
+
 def test_empty_unlabeled_folder_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "p2" / "mini" / "train").mkdir(parents=True)
     code = main(["ssl", "pretrain", "-c", "p2_byol", "--set", f"data.root={tmp_path / 'p2'}", "--out",

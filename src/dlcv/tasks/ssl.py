@@ -30,7 +30,9 @@ from dlcv.viz import figures
 
 log = logging.getLogger("dlcv")
 
-BACKBONES = ("resnet50", "resnet18")
+# torchvision ResNets; the *_cifar ones (3x3 stride-1 stem, model.options.keep_maxpool) keep 32 px inputs from
+# being pooled down to a 1x1 map before the last stage
+BACKBONES = ("resnet50", "resnet18", "resnet50_cifar", "resnet18_cifar")
 
 DEFAULTS: dict[str, Any] = {
     "task": "ssl",
