@@ -103,7 +103,8 @@ def lightly_view_options(views: dict, view: int) -> dict:
     """dlcv's view settings (`views.*`, per-view pairs indexed by `view`) as lightly's BYOLView arguments, so
     that a --set on the views reaches both sides. lightly's crops always use an aspect ratio of 3/4-4/3 and a
     largest scale of 1, so dlcv's must too."""
-    if not torch.allclose(torch.tensor([*views["crop_ratio"], views["crop_scale"][1]]), torch.tensor([3 / 4, 4 / 3, 1])):
+    crop_limits = torch.tensor([*views["crop_ratio"], views["crop_scale"][1]])
+    if not torch.allclose(crop_limits, torch.tensor([3 / 4, 4 / 3, 1])):
         raise SystemExit(f"views.crop_ratio={views['crop_ratio']}, views.crop_scale={views['crop_scale']}: lightly's "
                          "views only crop at aspect ratios 3/4-4/3 and scales up to 1")
     return {"min_scale": views["crop_scale"][0], "hf_prob": views["flip"], "cj_prob": views["jitter"],

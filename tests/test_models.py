@@ -69,6 +69,20 @@ def test_local_weight_file_loads_and_mismatch_lists_keys(tmp_path):
         create_model("resnet18_cifar", 10, weights=str(tmp_path / "nope.pth"))
 
 
+def test_cifar_stem_weight_file_loads_whole_and_an_imagenet_stem_is_left_out(tmp_path):
+    torch.manual_seed(0)
+    source = create_model("resnet18_cifar", 1000, keep_maxpool=True)  # e.g. a CIFAR-stem BYOL backbone
+    torch.save(source.state_dict(), tmp_path / "cifar.pth")
+    model = create_model("resnet18_cifar", 10, weights=str(tmp_path / "cifar.pth"), keep_maxpool=True,
+                         freeze_backbone=True, head_norm=True)
+    assert torch.equal(model.conv1.weight, source.conv1.weight) and not model.conv1.weight.requires_grad
+    assert torch.equal(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    assert model.fc[1].out_features == 10 and model.fc[1].weight.requires_grad
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "imagenet.pth")
+    imagenet_stem_left_out = create_model("resnet18_cifar", 10, weights=str(tmp_path / "imagenet.pth"))
+    assert imagenet_stem_left_out.conv1.weight.shape == (64, 3, 3, 3)
+
+
 def test_torchvision_weight_name_without_network_explains_the_local_file(monkeypatch):
     def offline(self, *args, **kwargs):
         raise urllib.error.URLError("no network")

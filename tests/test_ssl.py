@@ -217,6 +217,9 @@ def test_cifar_stem_backbone_pretrains_and_exports_its_own_shape(p2_root, tmp_pa
     assert state["conv1.weight"].shape == (64, 3, 3, 3)  # the 3x3 stride-1 stem, not ImageNet's 7x7
     net = create_model("resnet18_cifar", num_classes=1000, keep_maxpool=True)
     net.load_state_dict(state)  # strict
+    assert main(["ssl", "export", str(tmp_path / "run" / "checkpoints" / "last.pt"), str(tmp_path / "e.pt")]) == 0
+    exported = torch.load(tmp_path / "e.pt", weights_only=True)
+    assert all(torch.equal(exported[k], state[k]) for k in state) and exported.keys() == state.keys()
     stages = torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3,
                                  net.layer4).eval()
     assert stages(torch.zeros(1, 3, 32, 32)).shape == (1, 512, 2, 2)  # the ImageNet stem leaves 1x1 at 32 px

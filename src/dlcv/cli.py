@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="cmd", required=True)
     _add_train_args(ssl.add_parser("pretrain", help="BYOL pre-training on an unlabeled image folder"))
     export = ssl.add_parser("export", help="write a plain torchvision ResNet state_dict from a checkpoint")
-    export.add_argument("ckpt", help="an ssl pretrain checkpoint, or a classify checkpoint of resnet50/resnet18")
+    export.add_argument("ckpt", help="an ssl pretrain checkpoint, or a classify checkpoint of a ResNet "
+                                      "(resnet50, resnet18, resnet50_cifar, resnet18_cifar)")
     export.add_argument("out", help="backbone file (.pt)")
     finetune = ssl.add_parser("finetune", help="train one transfer setting (A-E) with the classify task")
     _add_train_args(finetune)

@@ -5,19 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torchvision
 
 from dlcv.engine import checkpoint
 from dlcv.errors import DlcvError
+from dlcv.models import create_model
 from dlcv.statedict import load_strict
 from dlcv.tasks.ssl import BACKBONES, save_state_dict
 
 
 def export_backbone(ckpt: str | Path, out: str | Path) -> str:
     """A plain torchvision ResNet state_dict (fc 1000 x features included, so it loads strictly into
-    `torchvision.models.resnet50()`) from a `dlcv ssl pretrain` checkpoint (the online backbone) or a
-    `dlcv classify train` checkpoint of a torchvision ResNet (its fc, trained for other classes, is
-    replaced by a freshly initialised 1000-class fc, seed 0). Returns the architecture name."""
+    `torchvision.models.resnet50()`; a *_cifar model's into one with its 3x3 first conv) from a `dlcv ssl
+    pretrain` checkpoint (the online backbone) or a `dlcv classify train` checkpoint of a torchvision ResNet
+    (its fc, trained for other classes, is replaced by a freshly initialised 1000-class fc, seed 0).
+    Returns the architecture name."""
     state = checkpoint.load(ckpt)
     arch = state["config"]["model"]["name"]
     if state["task"] == "ssl":
@@ -30,7 +31,7 @@ def export_backbone(ckpt: str | Path, out: str | Path) -> str:
         raise DlcvError(f"{ckpt}: a checkpoint of task '{state['task']}' with model '{arch}'; export needs "
                         f"an ssl checkpoint or a classify checkpoint of {' / '.join(BACKBONES)}")
     torch.manual_seed(0)
-    reference = getattr(torchvision.models, arch)()  # its seeded fc fills in a classifier's missing one
+    reference = create_model(arch, num_classes=1000)  # its seeded fc fills in a classifier's missing one
     if state["task"] == "classify":
         weights.update({"fc.weight": reference.fc.weight.detach(), "fc.bias": reference.fc.bias.detach()})
     load_strict(reference, weights, f"{ckpt} (exported backbone)")

@@ -10,32 +10,8 @@ from torchvision.ops import FrozenBatchNorm2d
 from dlcv.errors import DlcvError
 from dlcv.models.layers import norm_layer
 from dlcv.models.registry import register_model
-from dlcv.models.weights import load_pretrained
+from dlcv.models.weights import load_pretrained, pretrained_state_dict
 from dlcv.statedict import load_strict
-
-
-def _cifar_resnet(arch: str, num_classes: int, weights: str | None, keep_maxpool: bool) -> nn.Module:
-    """A torchvision ResNet for 32x32 inputs: 3x3 stride-1 first conv and (as the report's code did) no
-    max-pool, so the last stage still sees 4x4 maps instead of 1x1; fc -> num_classes."""
-    model = getattr(torchvision.models, arch)()
-    load_pretrained(model, weights, arch)
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
-    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    if not keep_maxpool:
-        model.maxpool = nn.Identity()
-    return model
-
-
-@register_model("resnet50_cifar", head="fc", input_size=32)
-def resnet50_cifar(num_classes: int, weights: str | None = None, keep_maxpool: bool = False) -> nn.Module:
-    """Report's P1 model A: torchvision ResNet-50 with the CIFAR stem."""
-    return _cifar_resnet("resnet50", num_classes, weights, keep_maxpool)
-
-
-@register_model("resnet18_cifar", head="fc", input_size=32)
-def resnet18_cifar(num_classes: int, weights: str | None = None, keep_maxpool: bool = False) -> nn.Module:
-    """The standard CIFAR ResNet-18 (torchvision's, CIFAR stem): our improved from-scratch GPU recipe."""
-    return _cifar_resnet("resnet18", num_classes, weights, keep_maxpool)
 
 
 def freeze_all_but(model: nn.Module, head: str) -> None:
@@ -53,35 +29,69 @@ def freeze_all_but(model: nn.Module, head: str) -> None:
             setattr(model.get_submodule(parent) if parent else model, child, frozen)
 
 
-def _torchvision_resnet(arch: str, num_classes: int, weights: str | None, freeze_backbone: bool,
-                        head_norm: bool) -> nn.Module:
-    """A torchvision ResNet with its ImageNet stem. `weights` (torchvision name or a plain state_dict file,
-    e.g. an exported BYOL or supervised backbone) must load strictly into the 1000-class model; the fc
-    is then replaced when num_classes differs. `head_norm` puts a BatchNorm1d without affine parameters
-    before the fc (MAE's linear-probe head): features of differently pre-trained backbones differ in
-    scale by orders of magnitude, and normalising them lets one learning rate serve every setting."""
+def _resnet(arch: str, num_classes: int, weights: str | None, freeze_backbone: bool, head_norm: bool,
+            cifar_stem: bool = False, keep_maxpool: bool = True) -> nn.Module:
+    """A torchvision ResNet. `weights` (torchvision name or a plain state_dict file, e.g. an exported BYOL or
+    supervised backbone) must load strictly into the 1000-class model; the fc is then replaced when
+    num_classes differs. `head_norm` puts a BatchNorm1d without affine parameters before the fc (MAE's
+    linear-probe head): features of differently pre-trained backbones differ in scale by orders of
+    magnitude, and normalising them lets one learning rate serve every setting.
+
+    `cifar_stem`: for 32x32 inputs, a 3x3 stride-1 first conv and (unless keep_maxpool) no max-pool, so the
+    last stage still sees 4x4 maps instead of 1x1 (the report's P1 model A). ImageNet weights keep their
+    7x7 stem out (the 3x3 one starts from scratch); a file with the 3x3 stem (a CIFAR-stem backbone
+    exported by `dlcv ssl export`) loads whole."""
     model = getattr(torchvision.models, arch)()
-    load_pretrained(model, weights, arch)
-    if num_classes != model.fc.out_features or head_norm:
+    state, source = pretrained_state_dict(weights, arch) if weights is not None else (None, "")
+    stem_kernel = tuple(state["conv1.weight"].shape[-2:]) if state and "conv1.weight" in state else None
+    own_stem = cifar_stem and stem_kernel == (3, 3)
+    if own_stem:
+        model.conv1 = _cifar_conv1()
+    if state is not None:
+        load_strict(model, state, source)
+    # a new CIFAR stem always comes with a new fc, as before the stems shared this builder: same draws per seed
+    if num_classes != model.fc.out_features or head_norm or (cifar_stem and not own_stem):
         linear = nn.Linear(model.fc.in_features, num_classes)
         model.fc = nn.Sequential(nn.BatchNorm1d(model.fc.in_features, affine=False), linear) if head_norm else linear
+    if cifar_stem and not own_stem:
+        model.conv1 = _cifar_conv1()
+    if cifar_stem and not keep_maxpool:
+        model.maxpool = nn.Identity()
     if freeze_backbone:
         freeze_all_but(model, "fc")
     return model
+
+
+def _cifar_conv1() -> nn.Conv2d:
+    return nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+
+
+@register_model("resnet50_cifar", head="fc", input_size=32)
+def resnet50_cifar(num_classes: int, weights: str | None = None, keep_maxpool: bool = False,
+                   freeze_backbone: bool = False, head_norm: bool = False) -> nn.Module:
+    """Report's P1 model A: torchvision ResNet-50 with the CIFAR stem."""
+    return _resnet("resnet50", num_classes, weights, freeze_backbone, head_norm, True, keep_maxpool)
+
+
+@register_model("resnet18_cifar", head="fc", input_size=32)
+def resnet18_cifar(num_classes: int, weights: str | None = None, keep_maxpool: bool = False,
+                   freeze_backbone: bool = False, head_norm: bool = False) -> nn.Module:
+    """The standard CIFAR ResNet-18 (torchvision's, CIFAR stem): our improved from-scratch GPU recipe."""
+    return _resnet("resnet18", num_classes, weights, freeze_backbone, head_norm, True, keep_maxpool)
 
 
 @register_model("resnet50", head="fc")
 def resnet50(num_classes: int, weights: str | None = None, freeze_backbone: bool = False,
              head_norm: bool = False) -> nn.Module:
     """torchvision ResNet-50: P2's backbone (BYOL, supervised) and its transfer classifier (settings A-E)."""
-    return _torchvision_resnet("resnet50", num_classes, weights, freeze_backbone, head_norm)
+    return _resnet("resnet50", num_classes, weights, freeze_backbone, head_norm)
 
 
 @register_model("resnet18", head="fc")
 def resnet18(num_classes: int, weights: str | None = None, freeze_backbone: bool = False,
              head_norm: bool = False) -> nn.Module:
     """torchvision ResNet-18: P2 at a CPU budget."""
-    return _torchvision_resnet("resnet18", num_classes, weights, freeze_backbone, head_norm)
+    return _resnet("resnet18", num_classes, weights, freeze_backbone, head_norm)
 
 
 @register_model("efficientnet_v2_l", head="classifier.1")

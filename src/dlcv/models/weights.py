@@ -50,11 +50,15 @@ def torchvision_state_dict(arch: str, name: str) -> dict[str, torch.Tensor]:
             f"fetch {weights.url} on a connected machine and pass model.weights=/path/to/file.pth") from None
 
 
+def pretrained_state_dict(weights: str, arch: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The state_dict named by `weights` (a local file or a torchvision name for `arch`) and a label for
+    errors."""
+    if is_weight_file(weights):
+        return read_state_dict(weights), f"weights file {weights}"
+    return torchvision_state_dict(arch, weights), f"torchvision weights {weights}"
+
+
 def load_pretrained(model: nn.Module, weights: str | None, arch: str) -> None:
     """Loads ImageNet-style weights into `model` (a torchvision `arch` with its original head)."""
-    if weights is None:
-        return
-    if is_weight_file(weights):
-        load_strict(model, read_state_dict(weights), f"weights file {weights}")
-    else:
-        load_strict(model, torchvision_state_dict(arch, weights), f"torchvision weights {weights}")
+    if weights is not None:
+        load_strict(model, *pretrained_state_dict(weights, arch))
