@@ -44,16 +44,17 @@ def _resnet(arch: str, num_classes: int, weights: str | None, freeze_backbone: b
     model = getattr(torchvision.models, arch)()
     state, source = pretrained_state_dict(weights, arch) if weights is not None else (None, "")
     stem_kernel = tuple(state["conv1.weight"].shape[-2:]) if state and "conv1.weight" in state else None
-    own_stem = cifar_stem and stem_kernel == (3, 3)
-    if own_stem:
+    loads_cifar_stem = cifar_stem and stem_kernel == (3, 3)
+    new_cifar_stem = cifar_stem and not loads_cifar_stem
+    if loads_cifar_stem:
         model.conv1 = _cifar_conv1()
     if state is not None:
         load_strict(model, state, source)
     # a new CIFAR stem always comes with a new fc, as before the stems shared this builder: same draws per seed
-    if num_classes != model.fc.out_features or head_norm or (cifar_stem and not own_stem):
+    if num_classes != model.fc.out_features or head_norm or new_cifar_stem:
         linear = nn.Linear(model.fc.in_features, num_classes)
         model.fc = nn.Sequential(nn.BatchNorm1d(model.fc.in_features, affine=False), linear) if head_norm else linear
-    if cifar_stem and not own_stem:
+    if new_cifar_stem:
         model.conv1 = _cifar_conv1()
     if cifar_stem and not keep_maxpool:
         model.maxpool = nn.Identity()
