@@ -13,7 +13,7 @@ from dlcv.errors import DlcvError
 from dlcv.models import classifiers
 from dlcv.models.layers import norm_layer
 from dlcv.models.registry import register_model
-from dlcv.models.weights import is_weight_file, load_pretrained, read_state_dict, torchvision_state_dict
+from dlcv.models.weights import load_pretrained, pretrained_state_dict
 from dlcv.statedict import load_strict
 
 
@@ -110,8 +110,7 @@ def _torchvision_segmenter(arch: str, num_classes: int, weights: str | None, bac
     model = getattr(segmentation, arch)(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
     load_pretrained(model, weights, arch)
     if backbone_weights is not None:
-        state = read_state_dict(backbone_weights) if is_weight_file(backbone_weights) else \
-            torchvision_state_dict("resnet50", backbone_weights)
+        state, _ = pretrained_state_dict(backbone_weights, "resnet50")
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         load_strict(model.backbone, state, f"backbone weights {backbone_weights}")
     head = model.classifier[4]
