@@ -163,7 +163,9 @@ def run_reference(cfg: dict, seed: int, monitor: Monitor) -> tuple[list[dict], f
     loader = torch.utils.data.DataLoader(Views(), batch_size=t["batch_size"], shuffle=True, drop_last=True,
                                          num_workers=1, persistent_workers=True,
                                          generator=torch.Generator().manual_seed(seed))
-    params = [*backbone.parameters(), *projector.parameters(), *predictor.parameters()]
+    params = [(f"{part}.{name}", p) for part, module in
+              {"backbone": backbone, "projector": projector, "predictor": predictor}.items()
+              for name, p in module.named_parameters()]
     optimizer = build_optimizer(params, cfg)
     scheduler = build_scheduler(optimizer, cfg, len(loader))
     criterion = NegativeCosineSimilarity()
@@ -208,7 +210,7 @@ def run_supervised(cfg: dict, seed: int, monitor: Monitor, epochs: int) -> list[
     model = nn.Sequential(net, classifier)
     batch = t["batch_size"]
     steps = len(images) // batch
-    optimizer = build_optimizer(list(model.parameters()), cfg)
+    optimizer = build_optimizer(model.named_parameters(), cfg)
     scheduler = build_scheduler(optimizer, {**cfg, "train": {**t, "epochs": epochs}}, steps)
     generator, rows = torch.Generator().manual_seed(seed), []
     for epoch in range(1, epochs + 1):

@@ -35,6 +35,10 @@ CASES = [
     ("seg scale 0", SEG_TRAIN + ["--set", "augment.scale=[0, 1]"], "'augment.scale': invalid value [0, 1]"),
     ("seg balanced 2", SEG_TRAIN + ["--set", "augment.balanced=2"], "'augment.balanced': invalid value 2"),
     ("seg tta scale 0", SEG_TRAIN + ["--set", "tta.scales=[1, 0]"], "'tta.scales': invalid value [1, 0]"),
+    # values checked against the model once it is built (the run folder made for it is removed again)
+    ("lr_mult of no parameter", SEG_TRAIN + ["--set", "optim.lr_mult.backbone=0.1"],
+     "'optim.lr_mult.backbone': no trainable parameter is named backbone.*; top-level names: ['classifier', 'encoder'"),
+    ("lr_mult < 0", SEG_TRAIN + ["--set", "optim.lr_mult.encoder=-1"], "'optim.lr_mult.encoder': expected a number >= 0"),
     ("tta translate < 0", TRAIN + ["--set", "tta.translate=-1"], "'tta.translate': invalid value -1"),
     # files and paths
     ("out csv is a folder", PREDICT + ["{tmp}"], "OUT_CSV {tmp} is an existing folder"),

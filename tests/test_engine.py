@@ -172,14 +172,39 @@ def test_norm_and_bias_parameters_can_be_kept_out_of_weight_decay():
     from dlcv.engine.optim import build_optimizer
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
     cfg = small_classify_cfg(".", **{"optim.name": "sgd", "optim.weight_decay": 0.01})
-    groups = build_optimizer(model.parameters(), cfg).param_groups
+    groups = build_optimizer(model.named_parameters(), cfg).param_groups
     assert len(groups) == 1 and groups[0]["weight_decay"] == 0.01 and len(groups[0]["params"]) == 6
     cfg["optim"]["decay_norm_and_bias"] = False
-    decayed, plain = build_optimizer(model.parameters(), cfg).param_groups
+    decayed, plain = build_optimizer(model.named_parameters(), cfg).param_groups
     assert decayed["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
     assert {id(p) for p in decayed["params"]} == {id(model[0].weight), id(model[2].weight)}
     assert {id(p) for p in plain["params"]} == {id(model[0].bias), id(model[1].weight), id(model[1].bias),
                                                 id(model[2].bias)}
+
+
+def test_lr_mult_scales_the_learning_rate_of_a_named_part_and_follows_the_schedule():
+    from dlcv.config import ConfigError
+    from dlcv.engine.optim import build_optimizer, build_scheduler
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+    cfg = small_classify_cfg(".", **{"optim.name": "adamw", "optim.lr": 0.01, "optim.weight_decay": 0.1,
+                                     "optim.decay_norm_and_bias": False, "sched.name": "cosine", "sched.warmup_epochs": 0,
+                                     "train.epochs": 2, "optim.lr_mult": {"0": 0.1, "1": 0}})
+    optimizer = build_optimizer(model.named_parameters(), cfg)
+    by_param = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    assert by_param[id(model[0].weight)] == pytest.approx((0.001, 0.1))
+    assert by_param[id(model[0].bias)] == pytest.approx((0.001, 0.0))
+    assert by_param[id(model[1].weight)] == (0.0, 0.0)
+    assert by_param[id(model[2].weight)] == pytest.approx((0.01, 0.1))
+    assert len(by_param) == 6 and len(optimizer.param_groups) == 5  # (0.1 | 0 | 1) x (decayed | not)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=1)
+    scheduler.step()  # half-way through the cosine: every group at half its own lr
+    assert by_param[id(model[0].weight)][0] * 0.5 == pytest.approx(optimizer.param_groups[0]["lr"])
+    cfg["optim"]["lr_mult"] = {"encoder": 0.1}
+    with pytest.raises(ConfigError, match=r"optim.lr_mult.encoder': no trainable parameter is named encoder"):
+        build_optimizer(model.named_parameters(), cfg)
+    cfg["optim"]["lr_mult"] = {"0": -1}
+    with pytest.raises(ConfigError, match=r"optim.lr_mult.0': expected a number >= 0, got -1"):
+        build_optimizer(model.named_parameters(), cfg)
 
 
 def test_snapshot_epochs_default_first_middle_last():

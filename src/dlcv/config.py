@@ -42,7 +42,8 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "data": {"root": None},
     "model": {"name": "", "weights": None, "options": {}},
     "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9, "nesterov": False,
-              "betas": [0.9, 0.999], "decay_norm_and_bias": True},
+              "betas": [0.9, 0.999], "decay_norm_and_bias": True,
+              "lr_mult": {}},  # {parameter-name prefix: lr factor}, e.g. {encoder: 0.1}
     "sched": {"name": "constant", "milestones": [], "gamma": 0.1, "warmup_epochs": 0.0,
               "final_lr_ratio": 0.0},
     # precision / channels_last `auto`: chosen per device (and model) from measurements, see
@@ -199,7 +200,7 @@ def _check(node: Any, schema: Any, choices: dict[str, tuple], prefix: str, free:
 
 def resolve(task_defaults: dict, task_choices: dict[str, tuple], task_types: dict[str, type],
             recipe: dict | None = None,
-            overrides: list[str] = (), free: set[str] = frozenset({"model.options"})) -> dict:
+            overrides: list[str] = (), free: set[str] = frozenset({"model.options", "optim.lr_mult"})) -> dict:
     """Merge defaults <- recipe <- overrides and validate the result against the defaults."""
     schema = deep_merge(COMMON_DEFAULTS, task_defaults)
     choices = {**COMMON_CHOICES, **task_choices}

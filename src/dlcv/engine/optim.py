@@ -6,20 +6,41 @@ import math
 import torch
 from torch import nn
 
+from dlcv.config import ConfigError
 
-def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
-    """`optim.decay_norm_and_bias: false` puts the 1-D parameters (BatchNorm/GroupNorm weights and biases,
-    every bias) in a group without weight decay, as timm's filter_bias_and_bn and lightly's BYOL do."""
+
+def build_optimizer(named_params, cfg: dict) -> torch.optim.Optimizer:
+    """named_params: (name, parameter) pairs. `optim.decay_norm_and_bias: false` puts the 1-D parameters
+    (BatchNorm/GroupNorm weights and biases, every bias) in a group without weight decay, as timm's
+    filter_bias_and_bn and lightly's BYOL do. `optim.lr_mult` ({name prefix: factor}, mmsegmentation's
+    paramwise lr_mult) scales the learning rate of the parameters under that prefix, e.g. {encoder: 0.1}
+    for a pretrained encoder under a new decoder; the longest matching prefix wins."""
     o = cfg["optim"]
-    params = list(params)
-    if not o["decay_norm_and_bias"]:
-        params = [{"params": [p for p in params if p.ndim > 1]},
-                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    named_params = list(named_params)
+    mults = o["lr_mult"]
+    for prefix, mult in mults.items():
+        if isinstance(mult, bool) or not isinstance(mult, (int, float)) or mult < 0:
+            raise ConfigError(f"config key 'optim.lr_mult.{prefix}': expected a number >= 0, got {mult!r}")
+        if not any(_under(name, prefix) for name, _ in named_params):
+            raise ConfigError(f"config key 'optim.lr_mult.{prefix}': no trainable parameter is named "
+                              f"{prefix}.*; top-level names: {sorted({n.split('.')[0] for n, _ in named_params})}")
+    groups: dict[tuple[float, bool], list] = {}
+    for name, p in named_params:
+        prefix = max((k for k in mults if _under(name, k)), key=len, default=None)
+        mult = 1.0 if prefix is None else float(mults[prefix])
+        groups.setdefault((mult, o["decay_norm_and_bias"] or p.ndim > 1), []).append(p)
+    params = [{"params": ps, "lr": o["lr"] * mult, **({} if decayed else {"weight_decay": 0.0})}
+              # decayed groups first, as before lr_mult existed: a checkpoint's optimizer state loads in order
+              for (mult, decayed), ps in sorted(groups.items(), key=lambda group: not group[0][1])]
     if o["name"] == "sgd":
         return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"],
                                weight_decay=o["weight_decay"])
     cls = torch.optim.AdamW if o["name"] == "adamw" else torch.optim.Adam
     return cls(params, lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"])
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
 
 
 def lr_factor(epoch_float: float, cfg: dict) -> float:
@@ -48,5 +69,5 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict, steps_per_epoch
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step / steps_per_epoch, cfg))
 
 
-def trainable_parameters(model: nn.Module):
-    return [p for p in model.parameters() if p.requires_grad]
+def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]

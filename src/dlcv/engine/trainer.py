@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from dlcv.config import ConfigError
 from dlcv.engine import batches, checkpoint, distributed
 from dlcv.engine import run as run_mod
 from dlcv.engine.optim import build_optimizer, build_scheduler, trainable_parameters
@@ -124,7 +125,7 @@ class Trainer:
         self.run.open()
         try:
             return self._fit()
-        except DlcvError:
+        except (DlcvError, ConfigError):  # bad input found while building: leave no half-made run behind
             if created and self.env.is_main and not self.run.last.exists():
                 shutil.rmtree(self.run.path, ignore_errors=True)
             raise
@@ -228,7 +229,9 @@ class Trainer:
                 self._save_weights(self.run.checkpoints / f"epoch_{epoch:03d}.pt", epoch, step)
             scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
             row = {"epoch": epoch, "train_loss": (totals[0] / totals[1]).item(), **scalars,
-                   "lr": scheduler.get_last_lr()[0], "images_per_s": totals[1].item() / train_seconds,
+                   # optim.lr as scheduled now (groups under optim.lr_mult run at their multiple of it)
+                   "lr": cfg["optim"]["lr"] * scheduler.lr_lambdas[0](scheduler.last_epoch),
+                   "images_per_s": totals[1].item() / train_seconds,
                    "seconds": time.time() - tic}
             # NaN where not validated this epoch, or e.g. for a class absent from a tiny val set
             value = row.get(self.task.monitor, math.nan)
