@@ -197,6 +197,7 @@ def test_lr_mult_scales_the_learning_rate_of_a_named_part_and_follows_the_schedu
     assert by_param[id(model[2].weight)] == pytest.approx((0.01, 0.1))
     assert len(by_param) == 6 and len(optimizer.param_groups) == 5  # (0.1 | 0 | 1) x (decayed | not)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=1)
+    optimizer.step()  # no gradients: nothing moves; the scheduler then steps in the order torch expects
     scheduler.step()  # half-way through the cosine: every group at half its own lr
     assert by_param[id(model[0].weight)][0] * 0.5 == pytest.approx(optimizer.param_groups[0]["lr"])
     cfg["optim"]["lr_mult"] = {"encoder": 0.1}
