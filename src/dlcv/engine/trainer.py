@@ -185,7 +185,11 @@ class Trainer:
             if self.ema is not None:
                 load_strict(self.ema.module, state["model"], where)
                 self.ema.n_averaged.fill_(state["ema_steps"])
-            optimizer.load_state_dict(state["optimizer"])
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+            except ValueError as exc:  # other parameter groups: optim.lr_mult or decay_norm_and_bias changed
+                raise DlcvError(f"{self.run.last}: its optimizer state does not fit this config's parameter groups "
+                                f"({exc}); resume with the run's optim.lr_mult and optim.decay_norm_and_bias") from None
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
             start_epoch, step, best = state["epoch"] + 1, state["step"], state["best"]
