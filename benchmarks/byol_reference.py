@@ -252,7 +252,8 @@ def mini_knn_split(data: Path, tmp: Path, query_per_class: int = 10) -> list[str
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, help="the p2_data folder")
+    p.add_argument("--data", required=True,
+                   help="data.root: the p2_data folder, or another root the --set data./knn. folders name")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for both implementations")
     p.add_argument("--only", choices=("dlcv", "reference", "supervised"), help="run one side only")
