@@ -17,6 +17,9 @@ lr is one step size), update_momentum, cosine_schedule, and BYOLView1/2Transform
 DataLoader, each view through each network on its own. Both start from the same decoded images
 (data.image_size px), the same backbone builder and seed, and the same k-NN monitor and embed_std
 definition (dlcv's functions), in the precision dlcv's `auto` picks for the backbone on this machine.
+`--independent` takes dlcv's model and optimizer/schedule builders out of the reference's training too
+(torchvision's ResNet, torch's SGD, lightly's warm-up + cosine), so that what the two sides share is only
+the data, the monitor and the numbers.
 """
 from __future__ import annotations
 
@@ -53,9 +56,14 @@ def run_ours(data: str, sets: list[str], seed: int, out: Path) -> list[dict]:
     from dlcv import config
     command = [sys.executable, "-m", "dlcv", "ssl", "pretrain", "-c", "p2_byol", "--out", str(out),
                *config.set_args([f"data.root={data}", *CPU_BUDGET, *sets, f"train.seed={seed}"])]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"dlcv ssl pretrain failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    # its log passes through as it runs (a stopped benchmark keeps the epochs done); the last line names a failure
+    last = "?"
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            print(line, end="", file=sys.stderr, flush=True)
+            last = line.strip() or last
+    if proc.returncode != 0:
+        raise SystemExit(f"dlcv ssl pretrain failed: {last}")
     from dlcv.engine.run import read_metrics
     return [{"epoch": r["epoch"], "loss": r["train_loss"], "embed_std": r["embed_std"], "knn_acc": r["knn_acc"],
              "seconds": r["seconds"]} for r in read_metrics(out / "metrics.csv")]
@@ -122,9 +130,36 @@ def cpu_autocast(cfg: dict):
     return lambda: torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
 
 
-def run_reference(cfg: dict, seed: int, monitor: Monitor) -> tuple[list[dict], float]:
-    """lightly's BYOL (its docs' example loop) under dlcv's optimizer and schedule. Returns the rows per
-    epoch and the random network's k-NN accuracy (before the first step)."""
+def torchvision_backbone(cfg: dict) -> nn.Module:
+    """--independent: the backbone straight from torchvision (the CIFAR stem set by hand as lightly's and
+    solo-learn's CIFAR ResNets have it), without dlcv's model builder."""
+    import torchvision
+    name, options = cfg["model"]["name"], cfg["model"]["options"]
+    net = getattr(torchvision.models, name.removesuffix("_cifar"))()
+    if name.endswith("_cifar"):
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        if not options.get("keep_maxpool", False):
+            net.maxpool = nn.Identity()
+    return net
+
+
+def torch_optimizer(params: list, cfg: dict, steps_per_epoch: int):
+    """--independent: torch's SGD over every parameter and lightly's linear warm-up + cosine per step (to
+    0.001x, as dlcv's sched.final_lr_ratio default 0 nearly), without dlcv's optimizer/schedule builders."""
+    from lightly.utils.scheduler import CosineWarmupScheduler
+    o, t = cfg["optim"], cfg["train"]
+    if o["name"] != "sgd" or o["lr_mult"] or not o["decay_norm_and_bias"] or cfg["sched"]["name"] != "cosine":
+        raise SystemExit("--independent builds plain SGD with weight decay on every parameter and a cosine schedule")
+    optimizer = torch.optim.SGD([p for _, p in params], lr=o["lr"], momentum=o["momentum"],
+                                nesterov=o["nesterov"], weight_decay=o["weight_decay"])
+    warmup = round(cfg["sched"]["warmup_epochs"] * steps_per_epoch)
+    return optimizer, CosineWarmupScheduler(optimizer, warmup, t["epochs"] * steps_per_epoch, end_value=0.001)
+
+
+def run_reference(cfg: dict, seed: int, monitor: Monitor, independent: bool = False) -> tuple[list[dict], float]:
+    """lightly's BYOL (its docs' example loop) under dlcv's optimizer and schedule, or with `independent`
+    under torchvision's backbone and torch's SGD + lightly's schedule (no dlcv code in training). Returns the
+    rows per epoch and the random network's k-NN accuracy (before the first step)."""
     from lightly.loss import NegativeCosineSimilarity
     from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
     from lightly.models.utils import deactivate_requires_grad, update_momentum
@@ -138,7 +173,8 @@ def run_reference(cfg: dict, seed: int, monitor: Monitor) -> tuple[list[dict], f
     m, b, t, d = cfg["model"], cfg["byol"], cfg["train"], cfg["data"]
     autocast = cpu_autocast(cfg)
     torch.manual_seed(seed)
-    backbone = create_model(m["name"], num_classes=1000, weights=None, **m["options"])
+    backbone = (torchvision_backbone(cfg) if independent
+                else create_model(m["name"], num_classes=1000, weights=None, **m["options"]))
     feature_dim = backbone.fc.in_features
     backbone.fc = nn.Identity()
     projector = BYOLProjectionHead(feature_dim, b["projector_hidden"], b["projector_dim"])
@@ -146,6 +182,7 @@ def run_reference(cfg: dict, seed: int, monitor: Monitor) -> tuple[list[dict], f
     backbone_target, projector_target = copy.deepcopy(backbone), copy.deepcopy(projector)
     deactivate_requires_grad(backbone_target), deactivate_requires_grad(projector_target)
     random_knn = monitor(backbone, projector, autocast)["knn_acc"]
+    print(json.dumps({"reference": seed, "random network knn_acc": random_knn}), file=sys.stderr, flush=True)
 
     normalize = {"mean": list(d["mean"]), "std": list(d["std"])}
     size = d["image_size"]
@@ -166,8 +203,11 @@ def run_reference(cfg: dict, seed: int, monitor: Monitor) -> tuple[list[dict], f
     params = [(f"{part}.{name}", p) for part, module in
               {"backbone": backbone, "projector": projector, "predictor": predictor}.items()
               for name, p in module.named_parameters()]
-    optimizer = build_optimizer(params, cfg)
-    scheduler = build_scheduler(optimizer, cfg, len(loader))
+    if independent:
+        optimizer, scheduler = torch_optimizer(params, cfg, len(loader))
+    else:
+        optimizer = build_optimizer(params, cfg)
+        scheduler = build_scheduler(optimizer, cfg, len(loader))
     criterion = NegativeCosineSimilarity()
     total, step, rows = len(loader) * t["epochs"], 0, []
     for epoch in range(1, t["epochs"] + 1):
@@ -263,6 +303,9 @@ def main(argv=None) -> int:
     p.add_argument("--knn", choices=("office", "mini"), default="office",
                    help="k-NN monitor: the office train/val sets (the recipe's) or, in the pre-training "
                         "domain, mini-ImageNet's labels: 10 images per class queried against the other 90")
+    p.add_argument("--independent", action="store_true",
+                   help="the reference without dlcv's model and optimizer/schedule builders: torchvision's "
+                        "ResNet, torch's SGD, lightly's warm-up + cosine")
     p.add_argument("--out")
     args = p.parse_args(argv)
     if args.only == "supervised" and not args.supervised_epochs:
@@ -278,8 +321,8 @@ def main(argv=None) -> int:
                 report["runs"][f"dlcv seed {seed}"] = run_ours(args.data, args.set, seed, Path(tmp) / f"ours{seed}")
                 print(json.dumps({f"dlcv seed {seed}": report["runs"][f"dlcv seed {seed}"]}), file=sys.stderr, flush=True)
             if args.only in (None, "reference"):
-                rows, random_knn = run_reference(cfg, seed, monitor)
-                report["runs"][f"reference seed {seed}"] = rows
+                rows, random_knn = run_reference(cfg, seed, monitor, args.independent)
+                report["runs"][f"reference{' (independent)' if args.independent else ''} seed {seed}"] = rows
                 report[f"random network knn_acc seed {seed}"] = random_knn
             if args.supervised_epochs and args.only in (None, "supervised"):
                 report["runs"][f"supervised seed {seed}"] = run_supervised(cfg, seed, monitor, args.supervised_epochs)

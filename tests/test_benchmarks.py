@@ -94,7 +94,7 @@ def test_byol_reference_gives_lightly_dlcvs_view_settings_per_view():
         byol_reference.lightly_view_options({**views, "crop_ratio": [0.5, 2.0]}, 0)
 
 
-def test_byol_reference_runs_both_implementations_per_epoch(synth_root, tmp_path):
+def test_byol_reference_runs_both_implementations_per_epoch(synth_root, tmp_path, capsys):
     pytest.importorskip("lightly")  # the benchmark-only extra (pip install -e '.[bench]')
     import byol_reference
     tiny = ["data.image_size=32", "byol.projector_hidden=64", "byol.projector_dim=32", "train.batch_size=32",
@@ -109,6 +109,54 @@ def test_byol_reference_runs_both_implementations_per_epoch(synth_root, tmp_path
         assert all(0 <= r["knn_acc"] <= 1 and r["embed_std"] > 0 and r["loss"] > 0 for r in rows), rows
     assert 0 <= report["random network knn_acc seed 0"] <= 1
     assert "knn.train_dir=mini/train" in report["sets"]
+    # both sides log each epoch as it ends (dlcv's run log passes through), not only in the final JSON
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "epoch 2/2" in err and '"reference": 0, "epoch": 2' in err
+
+
+@pytest.mark.parametrize("name,options", [("resnet18", {}), ("resnet18_cifar", {}),
+                                          ("resnet18_cifar", {"keep_maxpool": True})])
+def test_byol_reference_independent_backbone_is_dlcvs_network(name, options):
+    # --independent builds the backbone without dlcv: the same network (dlcv's weights loaded into it compute
+    # the same), for the ImageNet stem also the same weights per seed (dlcv draws a new fc before a CIFAR stem)
+    import byol_reference
+    import torch
+
+    from dlcv.models import create_model
+    cfg = {"model": {"name": name, "options": options}}
+    torch.manual_seed(3)
+    ours = create_model(name, num_classes=1000, weights=None, **options).eval()
+    torch.manual_seed(3)
+    independent = byol_reference.torchvision_backbone(cfg).eval()
+    theirs = ours.state_dict()
+    assert {k: v.shape for k, v in independent.state_dict().items()} == {k: v.shape for k, v in theirs.items()}
+    assert all(torch.equal(v, theirs[k]) for k, v in independent.state_dict().items()) == (name == "resnet18")
+    independent.load_state_dict(theirs)
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(independent(x), ours(x))
+
+
+def test_byol_reference_independent_schedule_follows_dlcvs():
+    # torch's SGD + lightly's warm-up cosine against dlcv's builders on the same config, step by step
+    pytest.importorskip("lightly")
+    import byol_reference
+    import torch
+
+    from dlcv.engine.optim import build_optimizer, build_scheduler
+    from dlcv.tasks import ssl
+    cfg = ssl.SCHEMA.resolve(None, ["data.root=x", "optim.name=sgd", "optim.lr=0.1", "optim.weight_decay=5e-4",
+                                    "sched.name=cosine", "sched.warmup_epochs=2", "train.epochs=10"])
+    params = [("w", torch.nn.Parameter(torch.zeros(3)))]
+    ours = build_optimizer(params, cfg)
+    dlcv_sched = build_scheduler(ours, cfg, 100)
+    independent, lightly_sched = byol_reference.torch_optimizer(params, cfg, 100)
+    assert independent.defaults["weight_decay"] == 5e-4 and independent.defaults["momentum"] == 0.9
+    for _ in range(1000):
+        # the same warm-up and cosine (to 0.001x, not 0) within a step (lightly's counts one step ahead)
+        assert independent.param_groups[0]["lr"] == pytest.approx(ours.param_groups[0]["lr"], abs=1e-3)
+        ours.step(), independent.step(), dlcv_sched.step(), lightly_sched.step()
+    with pytest.raises(SystemExit, match="--independent"):
+        byol_reference.torch_optimizer(params, {**cfg, "optim": {**cfg["optim"], "name": "adamw"}}, 5)
 
 
 def test_byol_reference_supervised_ceiling_learns_the_bank_labels(synth_root, tmp_path):
