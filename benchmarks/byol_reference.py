@@ -144,8 +144,8 @@ def torchvision_backbone(cfg: dict) -> nn.Module:
 
 
 def torch_optimizer(params: list, cfg: dict, steps_per_epoch: int):
-    """--independent: torch's SGD over every parameter and lightly's linear warm-up + cosine per step (to
-    0.001x, as dlcv's sched.final_lr_ratio default 0 nearly), without dlcv's optimizer/schedule builders."""
+    """--independent: torch's SGD over every parameter and lightly's linear warm-up + cosine per step (down to
+    lightly's default 0.001x where dlcv's ends at 0), without dlcv's optimizer/schedule builders."""
     from lightly.utils.scheduler import CosineWarmupScheduler
     o, t = cfg["optim"], cfg["train"]
     if o["name"] != "sgd" or o["lr_mult"] or not o["decay_norm_and_bias"] or cfg["sched"]["name"] != "cosine":
