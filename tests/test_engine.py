@@ -110,6 +110,20 @@ def test_resume_continues_exactly(two_epoch_run, p1_root, tmp_path, monkeypatch)
     assert [r["val_acc"] for r in rows] == [r["val_acc"] for r in straight]
 
 
+def test_a_resumed_run_trains_with_its_configs_optimizer_settings(p1_root, tmp_path, caplog):
+    # torch's optimizer.load_state_dict restores the saved lr and weight decay; config.yaml and metrics.csv
+    # show the config's, so the config's must be what trains after --resume
+    out = tmp_path / "run"
+    train(small_classify_cfg(p1_root, **{"train.epochs": 1}), out)
+    changed = small_classify_cfg(p1_root, **{"train.epochs": 2, "optim.lr": 0.02, "optim.weight_decay": 1e-3})
+    with caplog.at_level("INFO", logger="dlcv"):
+        train(changed, out, resume=True)
+    state = checkpoint.load(out / "checkpoints" / "last.pt")
+    assert state["epoch"] == 2 and state["scheduler"]["base_lrs"] == [0.02]
+    assert [(g["initial_lr"], g["weight_decay"]) for g in state["optimizer"]["param_groups"]] == [(0.02, 1e-3)]
+    assert "not the checkpoint's: weight_decay 0.0005 -> 0.001 (group 0); lr 0.05 -> 0.02 (group 0)" in caplog.text
+
+
 def test_max_steps_caps_optimizer_steps(p1_root, tmp_path):
     cfg = small_classify_cfg(p1_root, **{"train.max_steps": 3, "train.epochs": 5})
     summary = train(cfg, tmp_path / "run")

@@ -69,5 +69,28 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict, steps_per_epoch
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step / steps_per_epoch, cfg))
 
 
+def keep_config_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, config_groups: list[dict]) -> list[str]:
+    """After a checkpoint's optimizer and scheduler state are loaded on resume. torch's load_state_dict brings
+    back the saved lr, weight decay, momentum...; the config's values (config_groups: the param_groups as
+    built, without "params") are put back so that a resumed run trains with what its config.yaml and
+    metrics.csv say. Unchanged values give back the same numbers, so an exact resume stays exact.
+    Returns the changes as "key old -> new (group i)" for the log."""
+    changes = []
+    for i, (group, config) in enumerate(zip(optimizer.param_groups, config_groups)):
+        for key, value in config.items():
+            if key != "lr" and _plain(group.get(key)) != _plain(value):
+                changes.append(f"{'lr' if key == 'initial_lr' else key} {group.get(key)} -> {value} (group {i})")
+            group[key] = value
+    # LambdaLR's lr is base_lr * lambda(step): base_lrs come from the config, the step from the checkpoint
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    return changes
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value  # betas: a tuple as built, maybe a list as saved
+
+
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(name, p) for name, p in model.named_parameters() if p.requires_grad]

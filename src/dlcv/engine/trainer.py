@@ -21,7 +21,7 @@ from tqdm import tqdm
 from dlcv.config import ConfigError
 from dlcv.engine import batches, checkpoint, distributed
 from dlcv.engine import run as run_mod
-from dlcv.engine.optim import build_optimizer, build_scheduler, trainable_parameters
+from dlcv.engine.optim import build_optimizer, build_scheduler, keep_config_hyperparameters, trainable_parameters
 from dlcv.engine.run import RunDir, Summary, environment, read_summary
 from dlcv.engine.task import Context, Task
 from dlcv.errors import DlcvError
@@ -185,12 +185,16 @@ class Trainer:
             if self.ema is not None:
                 load_strict(self.ema.module, state["model"], where)
                 self.ema.n_averaged.fill_(state["ema_steps"])
+            config_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
             try:
                 optimizer.load_state_dict(state["optimizer"])
             except ValueError as exc:  # other parameter groups: optim.lr_mult or decay_norm_and_bias changed
                 raise DlcvError(f"{self.run.last}: its optimizer state does not fit this config's parameter groups "
                                 f"({exc}); resume with the run's optim.lr_mult and optim.decay_norm_and_bias") from None
             scheduler.load_state_dict(state["scheduler"])
+            changed = keep_config_hyperparameters(optimizer, scheduler, config_groups)
+            if changed:
+                log.info("resumed with the config's optimizer settings, not the checkpoint's: %s", "; ".join(changed))
             scaler.load_state_dict(state["scaler"])
             start_epoch, step, best = state["epoch"] + 1, state["step"], state["best"]
             past_wall = state["wall_time_s"]
