@@ -35,7 +35,7 @@ def target_momentum(step: int, total_steps: int, base: float, final: float = 1.0
 
 class BYOL(nn.Module):
     def __init__(self, backbone: nn.Module, projector_hidden: int = 4096, projector_dim: int = 256,
-                 separate_views: bool = False):
+                 separate_views: bool = True):
         super().__init__()
         self.separate_views = separate_views
         # The backbone keeps its (unused) fc so that `backbone.state_dict()` is the plain torchvision
@@ -53,9 +53,9 @@ class BYOL(nn.Module):
         return self.projector(resnet_features(self.backbone, x))
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
-        """The symmetric BYOL loss of a batch of view pairs (mean over samples, range [0, 8]). By default both
-        views go through each network in one batch (one forward instead of two), so BatchNorm statistics mix
-        the views; `separate_views` forwards each view on its own, as the paper, lightly and solo-learn do."""
+        """The symmetric BYOL loss of a batch of view pairs (mean over samples, range [0, 8]). Each view goes
+        through each network on its own, as the paper, lightly and solo-learn do; `separate_views=False` sends
+        both in one batch (one forward instead of two, BatchNorm statistics mixed), as byol-pytorch does."""
         views = [view1, view2] if self.separate_views else [torch.cat([view1, view2])]
         prediction = torch.cat([self.predictor(self.embed(v)) for v in views])
         with torch.no_grad():
