@@ -156,21 +156,67 @@ def torch_optimizer(params: list, cfg: dict, steps_per_epoch: int):
     return optimizer, CosineWarmupScheduler(optimizer, warmup, t["epochs"] * steps_per_epoch, end_value=0.001)
 
 
-def run_reference(cfg: dict, seed: int, monitor: Monitor, independent: bool = False) -> tuple[list[dict], float]:
+def lightly_views(cfg: dict, monitor: Monitor, seed: int) -> torch.utils.data.DataLoader:
+    """The reference's views: lightly's BYOLView1/2Transform on PIL images through a shuffling DataLoader."""
+    from lightly.transforms.byol_transform import BYOLTransform, BYOLView1Transform, BYOLView2Transform
+    from PIL import Image
+    d = cfg["data"]
+    normalize = {"mean": list(d["mean"]), "std": list(d["std"])}
+    transform = BYOLTransform(*(view(input_size=d["image_size"], normalize=normalize,
+                                     **lightly_view_options(cfg["views"], i))
+                                for i, view in enumerate((BYOLView1Transform, BYOLView2Transform))))
+    images = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in monitor.unlabeled]
+
+    class Views(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            return transform(images[i])
+
+    return torch.utils.data.DataLoader(Views(), batch_size=cfg["train"]["batch_size"], shuffle=True, drop_last=True,
+                                       num_workers=1, persistent_workers=True,
+                                       generator=torch.Generator().manual_seed(seed))
+
+
+class DlcvViews:
+    """`--views dlcv`: batches of dlcv's own views (`dlcv.data.views.two_views`, what `ssl pretrain` trains
+    on) of the same images in a seeded shuffled order, full batches only, in place of lightly's: the reference
+    trained on them isolates the view pipeline (issue 14, section 2)."""
+
+    def __init__(self, cfg: dict, monitor: Monitor, seed: int):
+        from dlcv.data.views import ViewSpec
+        self.spec, self.monitor = ViewSpec.from_config(cfg["views"]), monitor
+        self.size, self.batch = cfg["data"]["image_size"], cfg["train"]["batch_size"]
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.monitor.unlabeled) // self.batch
+
+    def __iter__(self):
+        from dlcv.data.views import two_views
+        images, mean, std = self.monitor.unlabeled, self.monitor.mean, self.monitor.std
+        order = torch.randperm(len(images), generator=self.gen)
+        for i in range(len(self)):
+            x = images[order[i * self.batch:(i + 1) * self.batch]].float().div_(255)
+            yield tuple((v - mean) / std for v in two_views(x, self.spec, self.size, self.gen, self.batch, 0))
+
+
+def run_reference(cfg: dict, seed: int, monitor: Monitor, independent: bool = False,
+                  views: str = "lightly") -> tuple[list[dict], float]:
     """lightly's BYOL (its docs' example loop) under dlcv's optimizer and schedule, or with `independent`
-    under torchvision's backbone and torch's SGD + lightly's schedule (no dlcv code in training). Returns the
-    rows per epoch and the random network's k-NN accuracy (before the first step)."""
+    under torchvision's backbone and torch's SGD + lightly's schedule (no dlcv code in training); `views`
+    "dlcv" trains it on dlcv's views instead of lightly's. Returns the rows per epoch and the random
+    network's k-NN accuracy (before the first step)."""
     from lightly.loss import NegativeCosineSimilarity
     from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
     from lightly.models.utils import deactivate_requires_grad, update_momentum
-    from lightly.transforms.byol_transform import BYOLTransform, BYOLView1Transform, BYOLView2Transform
     from lightly.utils.scheduler import cosine_schedule
-    from PIL import Image
 
     from dlcv.engine.optim import build_optimizer, build_scheduler
     from dlcv.models import create_model
 
-    m, b, t, d = cfg["model"], cfg["byol"], cfg["train"], cfg["data"]
+    m, b, t = cfg["model"], cfg["byol"], cfg["train"]
     autocast = cpu_autocast(cfg)
     torch.manual_seed(seed)
     backbone = (torchvision_backbone(cfg) if independent
@@ -184,22 +230,7 @@ def run_reference(cfg: dict, seed: int, monitor: Monitor, independent: bool = Fa
     random_knn = monitor(backbone, projector, autocast)["knn_acc"]
     print(json.dumps({"reference": seed, "random network knn_acc": random_knn}), file=sys.stderr, flush=True)
 
-    normalize = {"mean": list(d["mean"]), "std": list(d["std"])}
-    size = d["image_size"]
-    transform = BYOLTransform(*(view(input_size=size, normalize=normalize, **lightly_view_options(cfg["views"], i))
-                                for i, view in enumerate((BYOLView1Transform, BYOLView2Transform))))
-    images = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in monitor.unlabeled]
-
-    class Views(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(images)
-
-        def __getitem__(self, i):
-            return transform(images[i])
-
-    loader = torch.utils.data.DataLoader(Views(), batch_size=t["batch_size"], shuffle=True, drop_last=True,
-                                         num_workers=1, persistent_workers=True,
-                                         generator=torch.Generator().manual_seed(seed))
+    loader = DlcvViews(cfg, monitor, seed) if views == "dlcv" else lightly_views(cfg, monitor, seed)
     params = [(f"{part}.{name}", p) for part, module in
               {"backbone": backbone, "projector": projector, "predictor": predictor}.items()
               for name, p in module.named_parameters()]
@@ -306,6 +337,9 @@ def main(argv=None) -> int:
     p.add_argument("--independent", action="store_true",
                    help="the reference without dlcv's model and optimizer/schedule builders: torchvision's "
                         "ResNet, torch's SGD, lightly's warm-up + cosine")
+    p.add_argument("--views", choices=("lightly", "dlcv"), default="lightly",
+                   help="the reference's views: lightly's BYOLTransform on PIL images, or dlcv's own (isolates "
+                        "the view pipeline)")
     p.add_argument("--out")
     args = p.parse_args(argv)
     if args.only == "supervised" and not args.supervised_epochs:
@@ -321,8 +355,10 @@ def main(argv=None) -> int:
                 report["runs"][f"dlcv seed {seed}"] = run_ours(args.data, args.set, seed, Path(tmp) / f"ours{seed}")
                 print(json.dumps({f"dlcv seed {seed}": report["runs"][f"dlcv seed {seed}"]}), file=sys.stderr, flush=True)
             if args.only in (None, "reference"):
-                rows, random_knn = run_reference(cfg, seed, monitor, args.independent)
-                report["runs"][f"reference{' (independent)' if args.independent else ''} seed {seed}"] = rows
+                rows, random_knn = run_reference(cfg, seed, monitor, args.independent, args.views)
+                tags = ", ".join([*(["independent"] if args.independent else []),
+                                  *(["dlcv views"] if args.views == "dlcv" else [])])
+                report["runs"][f"reference{f' ({tags})' if tags else ''} seed {seed}"] = rows
                 report[f"random network knn_acc seed {seed}"] = random_knn
             if args.supervised_epochs and args.only in (None, "supervised"):
                 report["runs"][f"supervised seed {seed}"] = run_supervised(cfg, seed, monitor, args.supervised_epochs)

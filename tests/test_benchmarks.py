@@ -94,6 +94,35 @@ def test_byol_reference_gives_lightly_dlcvs_view_settings_per_view():
         byol_reference.lightly_view_options({**views, "crop_ratio": [0.5, 2.0]}, 0)
 
 
+def test_byol_reference_dlcv_views_are_ssl_pretrains_views_in_full_shuffled_batches():
+    # --views dlcv: the reference trains on dlcv's own views, normalised, every image at most once per epoch
+    from types import SimpleNamespace
+
+    import byol_reference
+    import torch
+
+    from dlcv.tasks import ssl
+    images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
+    monitor = SimpleNamespace(unlabeled=images, mean=torch.full((1, 3, 1, 1), 0.5), std=torch.full((1, 3, 1, 1), 0.25))
+    base = ["data.root=x", "data.image_size=16", "train.batch_size=4"]
+    views = byol_reference.DlcvViews(ssl.SCHEMA.resolve(None, base), monitor, seed=0)
+    first = list(views)
+    assert len(views) == len(first) == 2  # 10 images in batches of 4: full batches only
+    assert all(x0.shape == x1.shape == (4, 3, 16, 16) and not torch.equal(x0, x1) for x0, x1 in first)
+    again = list(byol_reference.DlcvViews(ssl.SCHEMA.resolve(None, base), monitor, seed=0))
+    assert all(torch.equal(a, b) for pa, pb in zip(first, again) for a, b in zip(pa, pb))  # seeded
+    assert not torch.equal(next(iter(views))[0], first[0][0])  # the next epoch draws anew
+    # with every augmentation off, the views are the images themselves, normalised, 8 different ones per epoch
+    off = ["views.crop_scale=[1.0, 1.0]", "views.crop_ratio=[1.0, 1.0]", "views.flip=0", "views.jitter=0",
+           "views.grayscale=0", "views.blur=[0.0, 0.0]", "views.solarize=[0.0, 0.0]"]
+    plain = list(byol_reference.DlcvViews(ssl.SCHEMA.resolve(None, base + off), monitor, seed=1))
+    for x0, x1 in plain:
+        torch.testing.assert_close(x0, x1)
+    seen = (torch.cat([x0 for x0, _ in plain]) * 0.25 + 0.5) * 255
+    matches = [int(torch.isclose(images.float(), x, atol=1e-3).flatten(1).all(1).nonzero()) for x in seen]
+    assert len(set(matches)) == 8
+
+
 def test_byol_reference_runs_both_implementations_per_epoch(synth_root, tmp_path, capsys):
     pytest.importorskip("lightly")  # the benchmark-only extra (pip install -e '.[bench]')
     import byol_reference

@@ -30,6 +30,11 @@ class ViewSpec:
     blur_sigma: tuple = (0.1, 2.0)
     solarize: tuple = (0.0, 0.2)  # probability per view
 
+    @classmethod
+    def from_config(cls, views: dict) -> "ViewSpec":
+        """From a resolved config's `views` section (YAML lists as tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in views.items()})
+
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian blur with one sigma per image (a grouped convolution), kernel ~10% of the side

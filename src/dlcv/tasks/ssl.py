@@ -81,7 +81,7 @@ class SSLTask(ModelTask):
         self.images = load_images(files, d["image_size"], d["cache_dir"]).to(device)
         self.input_size = d["input_size"] or d["image_size"]
         self.preprocess = Preprocess({k: d[k] for k in ("input_size", "mean", "std")}, device)
-        self.views = ViewSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.cfg["views"].items()})
+        self.views = ViewSpec.from_config(self.cfg["views"])
         if self.use_knn:
             kn = self.cfg["knn"]
             splits = {split: labels_mod.labelled_split(root / kn[f"{split}_dir"],
