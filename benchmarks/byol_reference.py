@@ -19,7 +19,8 @@ DataLoader, each view through each network on its own. Both start from the same 
 definition (dlcv's functions), in the precision dlcv's `auto` picks for the backbone on this machine.
 `--independent` takes dlcv's model and optimizer/schedule builders out of the reference's training too
 (torchvision's ResNet, torch's SGD, lightly's warm-up + cosine), so that what the two sides share is only
-the data, the monitor and the numbers.
+the data, the monitor and the numbers. `--views dlcv` trains the reference on dlcv's views instead of
+lightly's, so that the view pipeline is the only change against the plain reference.
 """
 from __future__ import annotations
 
