@@ -15,8 +15,9 @@ rest from lightly: BYOLProjectionHead / BYOLPredictionHead, NegativeCosineSimila
 scale: 4 + 4 x its mean over both directions = dlcv's (2 - 2 cos) summed over the two directions, so one
 lr is one step size), update_momentum, cosine_schedule, and BYOLView1/2Transform on PIL images through a
 DataLoader, each view through each network on its own. Both start from the same decoded images
-(data.image_size px), the same backbone builder and seed, and the same k-NN monitor and embed_std
-definition (dlcv's functions), in the precision dlcv's `auto` picks for the backbone on this machine.
+(data.image_size px; views and k-NN at data.input_size when set), the same backbone builder and seed, and the
+same k-NN monitor and embed_std definition (dlcv's functions), in the precision dlcv's `auto` picks for the
+backbone on this machine.
 `--independent` takes dlcv's model and optimizer/schedule builders out of the reference's training too
 (torchvision's ResNet, torch's SGD, lightly's warm-up + cosine), so that what the two sides share is only
 the data, the monitor and the numbers. `--views dlcv` trains the reference on dlcv's views instead of
@@ -76,10 +77,11 @@ class Monitor:
     def __init__(self, cfg: dict, device: torch.device):
         from dlcv.data import labels as labels_mod
         from dlcv.data.images import list_images, load_images
+        from dlcv.data.preprocess import Preprocess
         d, kn = cfg["data"], cfg["knn"]
         root = Path(d["root"])
-        self.mean = torch.tensor(d["mean"]).view(1, 3, 1, 1)
-        self.std = torch.tensor(d["std"]).view(1, 3, 1, 1)
+        self.input_size = d["input_size"] or d["image_size"]  # the views' and the k-NN's side, as in ssl
+        self.preprocess = Preprocess({k: d[k] for k in ("input_size", "mean", "std")}, torch.device("cpu"))
         self.unlabeled = load_images(list_images(root / d["unlabeled_dir"]), d["image_size"], d["cache_dir"])
         splits = {s: labels_mod.labelled_split(root / kn[f"{s}_dir"], labels_mod.resolve_path(root, kn[f"{s}_csv"]))
                   for s in ("train", "val")}
@@ -90,17 +92,14 @@ class Monitor:
         self.k, self.temperature, self.embed_images = kn["k"], kn["temperature"], cfg["embed_std_images"]
         self.batch = cfg["train"]["eval_batch_size"]
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() / 255 - self.mean) / self.std
-
     @torch.no_grad()
     def __call__(self, backbone: nn.Module, projector: nn.Module, autocast) -> dict:
         from dlcv.metrics import knn_accuracy
         backbone.eval(), projector.eval()
         with autocast():
-            feats = {s: torch.cat([backbone(self.normalize(c)).float() for c in x.split(self.batch)])
+            feats = {s: torch.cat([backbone(self.preprocess(c)).float() for c in x.split(self.batch)])
                      for s, (x, _) in self.sets.items()}
-            z = torch.cat([F.normalize(projector(backbone(self.normalize(c))).float(), dim=1)
+            z = torch.cat([F.normalize(projector(backbone(self.preprocess(c))).float(), dim=1)
                            for c in self.unlabeled[:self.embed_images].split(self.batch)])
         backbone.train(), projector.train()
         return {"embed_std": (z.std(0).mean() * math.sqrt(z.shape[1])).item(),
@@ -163,7 +162,7 @@ def lightly_views(cfg: dict, monitor: Monitor, seed: int) -> torch.utils.data.Da
     from PIL import Image
     d = cfg["data"]
     normalize = {"mean": list(d["mean"]), "std": list(d["std"])}
-    transform = BYOLTransform(*(view(input_size=d["image_size"], normalize=normalize,
+    transform = BYOLTransform(*(view(input_size=monitor.input_size, normalize=normalize,
                                      **lightly_view_options(cfg["views"], i))
                                 for i, view in enumerate((BYOLView1Transform, BYOLView2Transform))))
     images = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in monitor.unlabeled]
@@ -188,7 +187,7 @@ class DlcvViews:
     def __init__(self, cfg: dict, monitor: Monitor, seed: int):
         from dlcv.data.views import ViewSpec
         self.spec, self.monitor = ViewSpec.from_config(cfg["views"]), monitor
-        self.size, self.batch = cfg["data"]["image_size"], cfg["train"]["batch_size"]
+        self.batch = cfg["train"]["batch_size"]
         self.gen = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -196,11 +195,11 @@ class DlcvViews:
 
     def __iter__(self):
         from dlcv.data.views import two_views
-        images, mean, std = self.monitor.unlabeled, self.monitor.mean, self.monitor.std
+        images, size, normalize = self.monitor.unlabeled, self.monitor.input_size, self.monitor.preprocess.normalize
         order = torch.randperm(len(images), generator=self.gen)
         for i in range(len(self)):
             x = images[order[i * self.batch:(i + 1) * self.batch]].float().div_(255)
-            yield tuple((v - mean) / std for v in two_views(x, self.spec, self.size, self.gen, self.batch, 0))
+            yield tuple(normalize(v) for v in two_views(x, self.spec, size, self.gen, self.batch, 0))
 
 
 def run_reference(cfg: dict, seed: int, monitor: Monitor, independent: bool = False,
@@ -292,7 +291,7 @@ def run_supervised(cfg: dict, seed: int, monitor: Monitor, epochs: int) -> list[
             pick = order[i * batch:(i + 1) * batch]
             x = images[pick]
             flip = torch.rand(len(pick), 1, 1, 1, generator=generator) < 0.5
-            x = monitor.normalize(torch.where(flip, x.flip(3), x))
+            x = monitor.preprocess(torch.where(flip, x.flip(3), x))
             with autocast():
                 loss = F.cross_entropy(model(x).float(), labels[pick])
             loss.backward()

@@ -101,9 +101,11 @@ def test_byol_reference_dlcv_views_are_ssl_pretrains_views_in_full_shuffled_batc
     import byol_reference
     import torch
 
+    from dlcv.data.preprocess import Preprocess
     from dlcv.tasks import ssl
     images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
-    monitor = SimpleNamespace(unlabeled=images, mean=torch.full((1, 3, 1, 1), 0.5), std=torch.full((1, 3, 1, 1), 0.25))
+    preprocess = Preprocess({"mean": [0.5] * 3, "std": [0.25] * 3}, torch.device("cpu"))
+    monitor = SimpleNamespace(unlabeled=images, input_size=16, preprocess=preprocess)
     base = ["data.root=x", "data.image_size=16", "train.batch_size=4"]
     views = byol_reference.DlcvViews(ssl.SCHEMA.resolve(None, base), monitor, seed=0)
     first = list(views)
@@ -112,6 +114,9 @@ def test_byol_reference_dlcv_views_are_ssl_pretrains_views_in_full_shuffled_batc
     again = list(byol_reference.DlcvViews(ssl.SCHEMA.resolve(None, base), monitor, seed=0))
     assert all(torch.equal(a, b) for pa, pb in zip(first, again) for a, b in zip(pa, pb))  # seeded
     assert not torch.equal(next(iter(views))[0], first[0][0])  # the next epoch draws anew
+    at_8 = SimpleNamespace(**{**vars(monitor), "input_size": 8})
+    small = byol_reference.DlcvViews(ssl.SCHEMA.resolve(None, base), at_8, seed=0)
+    assert next(iter(small))[0].shape == (4, 3, 8, 8)  # the views at the monitor's (ssl's) input size
     # with every augmentation off, the views are the images themselves, normalised, 8 different ones per epoch
     off = ["views.crop_scale=[1.0, 1.0]", "views.crop_ratio=[1.0, 1.0]", "views.flip=0", "views.jitter=0",
            "views.grayscale=0", "views.blur=[0.0, 0.0]", "views.solarize=[0.0, 0.0]"]
