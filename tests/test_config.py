@@ -53,6 +53,17 @@ def test_report_byol_recipe_is_the_reports():
         ("adam", 1e-4, 8, 100)
 
 
+@pytest.mark.parametrize("suffix", ["", "_cpu"])
+def test_p2_recipes_of_one_budget_share_the_backbone_its_size_and_the_datas_root(suffix):
+    # ssl table loads the BYOL and supervised backbones into the fine-tuning recipe's network
+    from dlcv.tasks import ssl
+    byol = ssl.SCHEMA.resolve(config.load_yaml(f"p2_byol{suffix}"), [])
+    tuned = [resolve(config.load_yaml(f"p2_{name}{suffix}")) for name in ("supervised", "finetune")]
+    for cfg in tuned:
+        assert (cfg["model"]["name"], cfg["data"]["image_size"], cfg["data"]["root"]) == \
+            (byol["model"]["name"], byol["data"]["image_size"], byol["data"]["root"])
+
+
 def test_report_model_a_recipe_is_the_reports():
     cfg = resolve(config.load_yaml(REPO / "configs/p1_model_a.yaml"))
     assert cfg["model"]["name"] == "resnet50_cifar" and cfg["model"]["weights"] is None
