@@ -281,6 +281,26 @@ def test_lite_segmenter_aspp_replaces_the_projection_with_dilated_and_pooling_br
         create_model("lite0_deeplab", 7, aspp_rates=[0, 2])
 
 
+def test_output_stride_16_computes_the_stride_32_encoder_on_a_twice_finer_grid():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    torch.manual_seed(0)
+    coarse = create_model("lite0_deeplab", 7, skips=[16, 8, 4]).eval()
+    fine = create_model("lite0_deeplab", 7, skips=[16, 8, 4], output_stride=16).eval()
+    fine.load_state_dict(coarse.state_dict())  # the same parameters: checkpoints and ImageNet weights load as before
+    assert fine.skip_blocks == coarse.skip_blocks == [10, 4, 2]  # the stride-16 skip stays the stride-16 stage's
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        (_, high_coarse), (_, high_fine) = coarse._encode(x, []), fine._encode(x, [])
+        assert high_coarse.shape[-2:] == (2, 3) and high_fine.shape[-2:] == (4, 6)
+        # SAME padding puts a stride-2 window's centre on odd positions; the dilated blocks then compute there
+        # exactly what the strided ones computed (Lite has no squeeze-excitation to mix positions)
+        torch.testing.assert_close(high_fine[..., 1::2, 1::2], high_coarse, rtol=1e-4, atol=1e-4)
+        assert fine(x)["out"].shape == (1, 7, 64, 96)
+        assert fine(torch.rand(1, 3, 100, 130))["out"].shape == (1, 7, 100, 130)  # no multiple of 32
+    with pytest.raises(DlcvError, match="output_stride"):
+        create_model("lite0_deeplab", 7, output_stride=8)
+
+
 def test_freeze_stride_keeps_the_early_encoder_fixed_and_trains_the_rest():
     pytest.importorskip("efficientnet_lite_pytorch")
     torch.manual_seed(0)

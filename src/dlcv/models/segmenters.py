@@ -148,10 +148,13 @@ class LiteDeepLab(nn.Module):
     freeze_stride=N keeps the ImageNet weights of the stem and of every block whose output stride is <= N
     (detectron2's FREEZE_AT for the same reason: those generic edge/colour filters need no fine-tuning, and
     backward then stops at stride N+1; 4 trains p3_cpu's Lite2 1.2x faster on a 2-core CPU, 9.19 vs 7.46
-    img/s at 256 px, batch 16; their BatchNorm statistics still follow the data)."""
+    img/s at 256 px, batch 16; their BatchNorm statistics still follow the data).
+    output_stride=16 runs the encoder's stride-32 blocks at stride 16 instead (DeepLab's atrous encoder: the
+    first of them loses its stride, the rest dilate their depthwise convolutions by 2, the weights unchanged),
+    so the deepest features see 4x the positions; on Lite2 at 256 px, 1.4x the FLOPs of the whole model."""
 
     def __init__(self, num_classes: int, encoder: nn.Module, skips: Sequence[int] = (8,), width: int = 128,
-                 freeze_stride: int = 0, aspp_rates: Sequence[int] = ()):
+                 freeze_stride: int = 0, aspp_rates: Sequence[int] = (), output_stride: int = 32):
         super().__init__()
         if list(skips) != sorted(set(skips), reverse=True) or not set(skips) <= {2, 4, 8, 16}:
             raise DlcvError(f"model.options.skips must be distinct strides from 16, 8, 4, 2 in descending order, "
@@ -161,6 +164,8 @@ class LiteDeepLab(nn.Module):
                             f"got {freeze_stride!r}")
         if any(not isinstance(r, int) or r < 1 for r in aspp_rates):
             raise DlcvError(f"model.options.aspp_rates must be dilation rates >= 1, got {list(aspp_rates)}")
+        if output_stride not in (16, 32):
+            raise DlcvError(f"model.options.output_stride must be 32 or 16, got {output_stride!r}")
         self.encoder = encoder
         with torch.no_grad():  # the last block at each stride: its output is that stride's skip feature
             sizes = [f.shape[-1] for f in self._encode(torch.zeros(1, 3, 64, 64), range(len(encoder._blocks)))[0]]
@@ -169,6 +174,8 @@ class LiteDeepLab(nn.Module):
             for part in [encoder._conv_stem, encoder._bn0] + [b for b, s in zip(encoder._blocks, sizes)
                                                                if 64 // s <= freeze_stride]:
                 part.requires_grad_(False)
+        if output_stride == 16:
+            _dilate(encoder, [b for b, s in zip(encoder._blocks, sizes) if 64 // s == 32])
         with torch.no_grad():
             lows, high = self._encode(torch.zeros(1, 3, 64, 64), self.skip_blocks)
         self.project = (segmentation.deeplabv3.ASPP(high.shape[1], list(aspp_rates), width) if aspp_rates else
@@ -206,6 +213,22 @@ class LiteDeepLab(nn.Module):
         return {"out": nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)}
 
 
+def _dilate(encoder: nn.Module, blocks: list[nn.Module]) -> None:
+    """torchvision's replace_stride_with_dilation for EfficientNet blocks: the first block's depthwise
+    convolution keeps dilation 1 and loses its stride, the others dilate by 2. The library's convolutions pad
+    like TensorFlow's SAME (for this input size, at construction), so each is replaced by a plain nn.Conv2d
+    with the same weight and symmetric padding (odd kernels: SAME at stride 1)."""
+    for i, block in enumerate(blocks):
+        old = block._depthwise_conv
+        dilation = 1 if i == 0 else 2
+        new = nn.Conv2d(old.in_channels, old.out_channels, old.kernel_size, stride=1,
+                        padding=(old.kernel_size[0] - 1) * dilation // 2, dilation=dilation, groups=old.groups,
+                        bias=old.bias is not None)
+        new.weight = old.weight
+        new.requires_grad_(old.weight.requires_grad)
+        block._depthwise_conv = new
+
+
 def _single_skip_names(state: dict, prefix: str, *_) -> None:
     """Checkpoints from before `skips` existed name the one skip `skip.` / `fuse.`: read them as skip 0."""
     for key in [k for k in state if k.startswith((prefix + "skip.", prefix + "fuse."))]:
@@ -214,31 +237,31 @@ def _single_skip_names(state: dict, prefix: str, *_) -> None:
 
 
 def _lite_deeplab(variant: int, num_classes: int, weights: str | None, skips: Sequence[int], width: int,
-                  freeze_stride: int, aspp_rates: Sequence[int]) -> nn.Module:
+                  freeze_stride: int, aspp_rates: Sequence[int], output_stride: int) -> nn.Module:
     encoder = getattr(classifiers, f"efficientnet_lite{variant}")(num_classes=1000, weights=weights, dropout=0.0)
     encoder._fc = nn.Identity()  # the classifier is unused here, and DDP refuses unused parameters
-    return LiteDeepLab(num_classes, encoder, skips, width, freeze_stride, aspp_rates)
+    return LiteDeepLab(num_classes, encoder, skips, width, freeze_stride, aspp_rates, output_stride)
 
 
 # CPU bf16 off: slower than fp32 on the AMX CPU (13.0 vs 15.9 img/s at 256 px, batch 8; depthwise
 # convolutions dominate; benchmarks/results/cpu_precision_avx512.json).
 @register_model("lite0_deeplab", head="classifier", task="segment", cpu_bf16=False)
 def lite0_deeplab(num_classes: int, weights: str | None = None, skips: Sequence[int] = (8,), width: int = 128,
-                  freeze_stride: int = 0, aspp_rates: Sequence[int] = ()) -> nn.Module:
+                  freeze_stride: int = 0, aspp_rates: Sequence[int] = (), output_stride: int = 32) -> nn.Module:
     """weights="imagenet": the encoder starts from EfficientNet-Lite0's ImageNet weights (offline)."""
-    return _lite_deeplab(0, num_classes, weights, skips, width, freeze_stride, aspp_rates)
+    return _lite_deeplab(0, num_classes, weights, skips, width, freeze_stride, aspp_rates, output_stride)
 
 
 @register_model("lite1_deeplab", head="classifier", task="segment", cpu_bf16=False)
 def lite1_deeplab(num_classes: int, weights: str | None = None, skips: Sequence[int] = (8,), width: int = 128,
-                  freeze_stride: int = 0, aspp_rates: Sequence[int] = ()) -> nn.Module:
+                  freeze_stride: int = 0, aspp_rates: Sequence[int] = (), output_stride: int = 32) -> nn.Module:
     """Lite0's decoder on EfficientNet-Lite1 (ImageNet weights offline; published: 0.6 GFLOPs at 240 px vs
     Lite0's 0.4 at 224)."""
-    return _lite_deeplab(1, num_classes, weights, skips, width, freeze_stride, aspp_rates)
+    return _lite_deeplab(1, num_classes, weights, skips, width, freeze_stride, aspp_rates, output_stride)
 
 
 @register_model("lite2_deeplab", head="classifier", task="segment", cpu_bf16=False)
 def lite2_deeplab(num_classes: int, weights: str | None = None, skips: Sequence[int] = (8,), width: int = 128,
-                  freeze_stride: int = 0, aspp_rates: Sequence[int] = ()) -> nn.Module:
+                  freeze_stride: int = 0, aspp_rates: Sequence[int] = (), output_stride: int = 32) -> nn.Module:
     """Lite0's decoder on EfficientNet-Lite2 (ImageNet weights offline; published: 0.9 GFLOPs at 260 px)."""
-    return _lite_deeplab(2, num_classes, weights, skips, width, freeze_stride, aspp_rates)
+    return _lite_deeplab(2, num_classes, weights, skips, width, freeze_stride, aspp_rates, output_stride)
