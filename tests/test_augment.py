@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from dlcv.data import augment
+from dlcv.data.views import ViewSpec
 from dlcv.engine import batches
 from dlcv.errors import DlcvError
 
@@ -142,6 +143,34 @@ def test_balanced_crops_show_a_rare_class_more_often():
         _, crops = augment.tile_geometry(x, y, _draw(200), 32, scale=(0.25, 0.25), balanced=balanced, classes=6)
         seen[balanced] = (crops == 2).flatten(1).any(1).float().mean().item()
     assert seen[0.0] < 0.1 and seen[1.0] > 0.4  # uniform centres rarely reach the corner; half pick class 2
+
+
+def test_jitter_with_matches_torchvision_per_image_in_each_images_order():
+    """hsv hue + per-image orders is exactly ColorJitter; the default YIQ hue stays close for small shifts."""
+    from torchvision.transforms.v2 import functional as TF
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 12, 12)
+    b, c, s = torch.rand(3, 6) * 0.8 + 0.6
+    h = torch.rand(6) * 0.2 - 0.1
+    order = torch.stack([torch.randperm(4) for _ in range(6)])
+    order[0] = torch.tensor([3, 2, 1, 0])  # hue first: the orders differ where it matters
+    got = augment.jitter_with(x, b, c, s, h, order, hue_space="hsv")
+    for i in range(6):
+        want = x[i]
+        for op in order[i].tolist():
+            want = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue][op](
+                want, [b, c, s, h][op][i].item())
+        assert torch.allclose(got[i], want, atol=2e-3), i
+    assert not torch.allclose(got, augment.jitter_with(x, b, c, s, h, None, hue_space="hsv"), atol=1e-2)
+    one = torch.ones(6)  # hue alone: YIQ's rotation keeps luma, HSV's shift keeps the max channel
+    yiq, hsv = (augment.jitter_with(x, one, one, one, h, hue_space=space) for space in ("yiq", "hsv"))
+    inside = (yiq > 0.001).all(1) & (yiq < 0.999).all(1)  # pixels the final clamp left alone
+    assert inside.float().mean() > 0.3
+    assert torch.allclose(augment.grayscale(yiq)[:, 0][inside], augment.grayscale(x)[:, 0][inside], atol=1e-4)
+    assert torch.allclose(hsv.amax(1), x.amax(1), atol=1e-5)
+    assert not torch.allclose(yiq, hsv, atol=0.05)
+    with pytest.raises(DlcvError, match="views.hue_space must be one of yiq, hsv"):
+        ViewSpec(hue_space="hls")
 
 
 def test_colour_jitter_is_per_sample_and_identity_at_zero_strength():

@@ -118,30 +118,81 @@ def per_image(v: torch.Tensor) -> torch.Tensor:
     return v.view(-1, 1, 1, 1)
 
 
-def colour_jitter(x: torch.Tensor, draw: GlobalDraw, brightness: float, contrast: float, saturation: float,
-                  hue: float, p: float = 1.0) -> torch.Tensor:
-    """ColorJitter(brightness, contrast, saturation, hue) per image, applied with probability p, on float
-    images in [0, 1]. Two batch-friendly simplifications: a fixed order (torchvision shuffles it) and the
-    hue shift as a rotation of the chroma plane in YIQ space instead of a shift of HSV hue (the same effect
-    for small shifts; linear, so one 3x3 matrix per image)."""
-    apply = per_image(draw.chance(p))
-    b = draw.uniform(1 - brightness, 1 + brightness)
-    c = draw.uniform(1 - contrast, 1 + contrast)
-    s = draw.uniform(1 - saturation, 1 + saturation)
-    h = draw.uniform(-hue, hue) * (2 * math.pi)
-    y = (x * per_image(b)).clamp(0, 1)
-    mean = grayscale(y).mean((2, 3), keepdim=True)
-    y = ((y - mean) * per_image(c) + mean).clamp(0, 1)
-    gray = grayscale(y)
-    y = ((y - gray) * per_image(s) + gray).clamp(0, 1)
-    # hue: rotate (I, Q) by angle h in YIQ space, one 3x3 matrix per image
+def _hue_yiq(x: torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
+    """Hue change as a rotation of the (I, Q) chroma plane in YIQ space: linear (one 3x3 matrix per image),
+    keeps each pixel's luma. Not HSV's shift (which keeps the max channel): on random colours the two
+    differ by about half the change itself, and the turn runs the other way (a symmetric draw hides that)."""
+    h = turn * (2 * math.pi)
     to_yiq = _RGB_TO_YIQ.to(x.device, x.dtype)
     cos, sin, one, zero = torch.cos(h), torch.sin(h), torch.ones_like(h), torch.zeros_like(h)
     rotation = torch.stack([torch.stack([one, zero, zero], 1), torch.stack([zero, cos, -sin], 1),
                             torch.stack([zero, sin, cos], 1)], 1)
     matrix = torch.linalg.inv(to_yiq) @ rotation @ to_yiq  # N x 3 x 3
-    y = torch.einsum("nij,njhw->nihw", matrix, y).clamp(0, 1)
-    return torch.where(apply, y, x)
+    return torch.einsum("nij,njhw->nihw", matrix, x).clamp(0, 1)
+
+
+def _hue_hsv(x: torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
+    """torchvision's `adjust_hue` (RGB -> HSV, hue + turn mod 1, back) with one shift per image; torchvision's
+    takes one shift per call."""
+    top, bottom = x.max(1).values, x.min(1).values
+    span = top - bottom
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    r, g, b = x.unbind(1)
+    hue = torch.where(top == r, (g - b) / safe, torch.where(top == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    hue = torch.where(span > 0, hue / 6, torch.zeros_like(hue))
+    hue = (hue + turn.view(-1, 1, 1)) % 1.0
+    sat = torch.where(top > 0, span / torch.where(top > 0, top, torch.ones_like(top)), torch.zeros_like(top))
+    # HSV -> RGB as f(n) = V - V S max(0, min(k, 4 - k, 1)), k = (n + 6 H) mod 6, n = 5, 3, 1 for R, G, B
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = (n + 6 * hue.unsqueeze(1)) % 6
+    ramp = torch.minimum(torch.minimum(k, 4 - k), torch.ones_like(k)).clamp(min=0)
+    return (top.unsqueeze(1) * (1 - sat.unsqueeze(1) * ramp)).clamp(0, 1)
+
+
+def jitter_with(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor,
+                hue: torch.Tensor, order: torch.Tensor | None = None, hue_space: str = "yiq") -> torch.Tensor:
+    """torchvision's brightness, contrast, saturation and hue adjustments with given per-image factors (hue
+    as a fraction of a turn), in the fixed order b, c, s, h or in each image's own `order` (N x 4, a
+    permutation of 0-3 per row, ColorJitter's `fn_idx`)."""
+    def adjust(op: int, y: torch.Tensor) -> torch.Tensor:
+        if op == 0:
+            return (y * per_image(brightness)).clamp(0, 1)
+        if op == 1:
+            mean = grayscale(y).mean((2, 3), keepdim=True)
+            return ((y - mean) * per_image(contrast) + mean).clamp(0, 1)
+        if op == 2:
+            gray = grayscale(y)
+            return ((y - gray) * per_image(saturation) + gray).clamp(0, 1)
+        return {"yiq": _hue_yiq, "hsv": _hue_hsv}[hue_space](y, hue)
+
+    if order is None:
+        for op in range(4):
+            x = adjust(op, x)
+        return x
+    # each position computes all four adjustments and picks each image's: 4x the work of the fixed order,
+    # but no indexing by a mask (which waits for the GPU)
+    for position in range(4):
+        chosen = per_image(order[:, position])
+        x = torch.stack([adjust(op, x) for op in range(4)]).gather(
+            0, chosen.expand_as(x).unsqueeze(0)).squeeze(0)
+    return x
+
+
+def colour_jitter(x: torch.Tensor, draw: GlobalDraw, brightness: float, contrast: float, saturation: float,
+                  hue: float, p: float = 1.0, order: str = "fixed", hue_space: str = "yiq") -> torch.Tensor:
+    """ColorJitter(brightness, contrast, saturation, hue) per image, applied with probability p, on float
+    images in [0, 1]. By default two batch-friendly simplifications: a fixed order (`order="random"`:
+    torchvision's per-image shuffle) and the hue shift as a rotation in YIQ space (`hue_space="hsv"`:
+    torchvision's HSV shift)."""
+    apply = per_image(draw.chance(p))
+    b = draw.uniform(1 - brightness, 1 + brightness)
+    c = draw.uniform(1 - contrast, 1 + contrast)
+    s = draw.uniform(1 - saturation, 1 + saturation)
+    h = draw.uniform(-hue, hue)
+    shuffle = None
+    if order == "random":
+        shuffle = torch.stack([draw.uniform(0, 1) for _ in range(4)], 1).argsort(1)
+    return torch.where(apply, jitter_with(x, b, c, s, h, shuffle, hue_space), x)
 
 
 def resized_crop_boxes(draw: GlobalDraw, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from dlcv.data.augment import GlobalDraw, colour_jitter, grayscale, per_image, random_resized_crop
+from dlcv.errors import DlcvError
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,17 @@ class ViewSpec:
     contrast: float = 0.4
     saturation: float = 0.2
     hue: float = 0.1  # fraction of a full turn, like ColorJitter(hue=0.1)
+    jitter_order: str = "fixed"  # "random": ColorJitter's per-image shuffle of the four adjustments
+    hue_space: str = "yiq"  # "hsv": ColorJitter's hue shift; yiq: a linear rotation (colour_jitter)
     grayscale: float = 0.2
     blur: tuple = (1.0, 0.1)  # probability per view
     blur_sigma: tuple = (0.1, 2.0)
     solarize: tuple = (0.0, 0.2)  # probability per view
+
+    def __post_init__(self):
+        for key, allowed in (("jitter_order", ("fixed", "random")), ("hue_space", ("yiq", "hsv"))):
+            if getattr(self, key) not in allowed:
+                raise DlcvError(f"views.{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
 
     @classmethod
     def from_config(cls, views: dict) -> "ViewSpec":
@@ -54,7 +62,8 @@ def one_view(x: torch.Tensor, spec: ViewSpec, view: int, out_size: int, draw: Gl
     """x: float images in [0, 1] (this process's slice). Returns the augmented view, still in [0, 1]."""
     flip = draw.chance(spec.flip)
     y = random_resized_crop(x, out_size, draw, tuple(spec.crop_scale), tuple(spec.crop_ratio), flip=flip)
-    y = colour_jitter(y, draw, spec.brightness, spec.contrast, spec.saturation, spec.hue, p=spec.jitter)
+    y = colour_jitter(y, draw, spec.brightness, spec.contrast, spec.saturation, spec.hue, p=spec.jitter,
+                      order=spec.jitter_order, hue_space=spec.hue_space)
     y = torch.where(per_image(draw.chance(spec.grayscale)), grayscale(y).expand_as(y), y)
     blur, sigma = draw.chance(spec.blur[view]), draw.uniform(*spec.blur_sigma)
     if spec.blur[view] > 0:  # every image blurred, then picked: indexing the chosen ones waits for the GPU
