@@ -26,8 +26,8 @@ class ViewSpec:
     contrast: float = 0.4
     saturation: float = 0.2
     hue: float = 0.1  # fraction of a full turn, like ColorJitter(hue=0.1)
-    jitter_order: str = "fixed"  # "random": ColorJitter's per-image shuffle of the four adjustments
-    hue_space: str = "yiq"  # "hsv": ColorJitter's hue shift; yiq: a linear rotation (colour_jitter)
+    jitter_order: str = "random"  # ColorJitter's per-image shuffle of the four adjustments; or "fixed"
+    hue_space: str = "hsv"  # ColorJitter's hue shift; or "yiq", a linear rotation (colour_jitter)
     grayscale: float = 0.2
     blur: tuple = (1.0, 0.1)  # probability per view
     blur_sigma: tuple = (0.1, 2.0)
