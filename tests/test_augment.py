@@ -146,7 +146,7 @@ def test_balanced_crops_show_a_rare_class_more_often():
 
 
 def test_jitter_with_matches_torchvision_per_image_in_each_images_order():
-    """hsv hue + per-image orders is exactly ColorJitter; the default YIQ hue stays close for small shifts."""
+    """hsv hue + per-image orders is exactly ColorJitter; the old YIQ hue is a different change (keeps luma)."""
     from torchvision.transforms.v2 import functional as TF
     torch.manual_seed(0)
     x = torch.rand(6, 3, 12, 12)

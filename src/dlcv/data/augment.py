@@ -141,7 +141,7 @@ def _hue_hsv(x: torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
     hue = torch.where(top == r, (g - b) / safe, torch.where(top == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
     hue = torch.where(span > 0, hue / 6, torch.zeros_like(hue))
     hue = (hue + turn.view(-1, 1, 1)) % 1.0
-    sat = torch.where(top > 0, span / torch.where(top > 0, top, torch.ones_like(top)), torch.zeros_like(top))
+    sat = span / torch.where(top > 0, top, torch.ones_like(top))  # top 0: span 0 too, so saturation 0
     # HSV -> RGB as f(n) = V - V S max(0, min(k, 4 - k, 1)), k = (n + 6 H) mod 6, n = 5, 3, 1 for R, G, B
     n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     k = (n + 6 * hue.unsqueeze(1)) % 6
