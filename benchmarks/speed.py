@@ -2,7 +2,12 @@
 
     .venv/bin/python benchmarks/speed.py --data ../shared/data/hw1_data            # p1, byol, seg
     .venv/bin/python benchmarks/speed.py --data DIR --tasks p1 --steps p1=60 --out bench.json
-    .venv/bin/python benchmarks/speed.py --data DIR --tasks p1 --ablate   # + dlcv variants (layout, compile, bf16)
+    .venv/bin/python benchmarks/speed.py --data DIR --tasks p1 --ablate   # + dlcv variants (layout, precision, compile)
+
+Output: JSON lines, on stdout and appended to --out, each the moment it is measured (a run cut off by a time
+limit keeps every variant finished before): first the machine, then one line per run of a variant, then one
+line per case with the ratio and the fraction of the GPU's bf16 peak. Every dlcv variant reads the decoded
+images from dlcv's uint8 cache ($DLCV_CACHE), which the first one fills: the data is decoded once.
 
 Cases: `p1` the report's P1 model A (ResNet-50, 3x3 stem, 32x32, Adam, batch 32); `byol` BYOL ResNet-50 on
 128 px views of mini/train; `seg` VGG16-FCN32s on 512 px tiles with flips and 90-degree rotations.
@@ -37,13 +42,15 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 # case -> (task, recipe, data folder, {device type: (batch, timed steps, warm-up steps)}, extra --set)
+# CUDA step counts: a variant's process (start, cached data, steps, the hw1 inference timing) takes ~10-15 s on
+# an H200, so P1's five variants fit 90 s; the timed steps' spread is in each line's step_ms_spread
 CASES = {
-    "p1": ("classify", "p1_model_a", "p1_data", {"cpu": (32, 30, 3), "cuda": (256, 200, 30)},
+    "p1": ("classify", "p1_model_a", "p1_data", {"cpu": (32, 30, 3), "cuda": (256, 50, 10)},
            {"data.limit_val": 500}),
-    "byol": ("ssl", "p2_byol", "p2_data", {"cpu": (16, 10, 2), "cuda": (256, 60, 15)},
+    "byol": ("ssl", "p2_byol", "p2_data", {"cpu": (16, 10, 2), "cuda": (256, 30, 10)},
              {"knn.train_dir": None, "embed_std_images": 64, "sched.name": "constant", "sched.warmup_epochs": 0,
               "optim.lr": 0.05}),
-    "seg": ("segment", "p3_model_a", "p3_data", {"cpu": (2, 3, 1), "cuda": (16, 40, 8)},
+    "seg": ("segment", "p3_model_a", "p3_data", {"cpu": (2, 3, 1), "cuda": (16, 20, 5)},
             {"model.weights": None, "augment.flip": True, "augment.rotate90": True, "data.limit_val": 8}),
 }
 SEG_TILES = {"cpu": 64, "cuda": 512}  # training tiles decoded for the seg case
@@ -52,8 +59,11 @@ INFERENCE = {"p1": ("hw1_1.sh", 5000, {"cpu": 512, "cuda": 2500}), "seg": ("hw1_
 # dense bf16 tensor-core peak (TFLOP/s) by device-name fragment, most specific first
 BF16_PEAK_TFLOPS = [("H100 PCIe", 756), ("H100", 989), ("H200", 989), ("A100", 312), ("L40S", 362), ("L4", 121),
                     ("A10", 125), ("RTX 4090", 165), ("RTX 3090", 71), ("T4", 65), ("V100", 125)]
+# dlcv with one setting changed; a variant equal to what `dlcv` resolved to on this machine is skipped, and
+# compile runs last (its warm-up is the longest)
 ABLATIONS = {"dlcv_contiguous": {"train.channels_last": False}, "dlcv_channels_last": {"train.channels_last": True},
-             "dlcv_compile": {"train.compile": True}, "dlcv_bf16": {"train.precision": "bf16"}}
+             "dlcv_fp32": {"train.precision": "fp32"}, "dlcv_bf16": {"train.precision": "bf16"},
+             "dlcv_compile": {"train.compile": True}}
 
 
 def resolve_config(case: str, data: Path, device: str, batch: int, steps: int, extra: dict) -> dict:
@@ -114,7 +124,9 @@ def summarise(step_s, data_s, losses, warmup: int, batch: int) -> dict:
     timed, waited = sum(step_s[warmup:]), sum(data_s[warmup:])
     tail = losses[-5:]
     return {"images_per_s": round(batch * len(step_s[warmup:]) / timed, 3), "data_wait_fraction": round(waited / timed, 4),
-            "step_ms": round(1000 * timed / len(step_s[warmup:]), 1), "warmup_s": round(sum(step_s[:warmup]), 2),
+            "step_ms": round(1000 * timed / len(step_s[warmup:]), 1),
+            "step_ms_spread": [round(1000 * min(step_s[warmup:]), 1), round(1000 * max(step_s[warmup:]), 1)],
+            "warmup_s": round(sum(step_s[:warmup]), 2),
             "steps_timed": len(step_s) - warmup, "first_loss": round(losses[0], 4),
             "last_loss_mean": round(sum(tail) / len(tail), 4)}
 
@@ -252,11 +264,11 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", nargs="*", default=[], metavar="CASE=N", help="warm-up steps per case")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="baseline DataLoader workers")
     p.add_argument("--ablate", action="store_true",
-                   help="also run dlcv with channels_last forced off / on, compile on, bf16 (where native)")
+                   help="also run dlcv with its memory layout or precision switched, and compiled")
     p.add_argument("--repeat", type=int, default=1, help="runs per variant, interleaved; the median is reported")
     p.add_argument("--no-inference", dest="inference", action="store_false",
                    help="skip the hw1_1.sh / hw1_3.sh inference timings")
-    p.add_argument("--out", help="also write the JSON to this file")
+    p.add_argument("--out", help="also append the JSON lines to this file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -269,49 +281,75 @@ def main(argv=None) -> int:
         p.error(f"--data {data} not found (the course's hw1_data folder)")
     device = pick_device(args.device)
     batch, steps, warm = (parse_pairs(x, int) for x in (args.batch, args.steps, args.warmup))
-    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "data": str(data),
-              "environment": environment(device, 1), "cases": {}}
+    out = Path(args.out) if args.out else None
+    environment_line = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "data": str(data),
+                        "environment": environment(device, 1)}
     if device.type == "cuda":
-        report["environment"]["bf16_peak_tflops"] = bf16_peak(torch.cuda.get_device_name())
+        environment_line["environment"]["bf16_peak_tflops"] = bf16_peak(torch.cuda.get_device_name())
+    emit(environment_line, out)
     with tempfile.TemporaryDirectory() as runs:
         for case in args.tasks:
             b, s, w = CASES[case][3][device.type]
             b, s, w = batch.get(case, b), steps.get(case, s), warm.get(case, w)
-            variants = {"baseline": {}, "dlcv": {}}
-            if args.ablate:
-                variants.update(ABLATIONS)
-                if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-                    variants.pop("dlcv_bf16")  # emulated bf16: ~15x slower, measured in engine/trainer.py
-            entry = {"batch": b, "steps": s, "warmup": w, "repeats": args.repeat}
-            results = {impl: [] for impl in variants}
+            variants = {"baseline": {}, "dlcv": {}, **(ABLATIONS if args.ablate else {})}
+            results: dict[str, list[dict]] = {}
             for r in range(args.repeat):  # interleaved, so a slower spell of a shared machine hits every variant
                 for impl, sets in variants.items():
+                    if impl in ABLATIONS and not worth_running(sets, results.get("dlcv", [{}])[0], device):
+                        continue
                     print(f"[speed] {case} {impl} (run {r + 1}/{args.repeat}): batch {b}, {w} warm-up + {s} timed "
                           "steps", file=sys.stderr, flush=True)
-                    results[impl].append(spawn({
+                    result = spawn({
                         "case": case, "impl": "baseline" if impl == "baseline" else "dlcv", "data": str(data),
                         "device": device.type, "batch": b, "steps": s, "warmup": w, "sets": sets,
                         "workers": args.workers, "run_dir": f"{runs}/{case}_{impl}_{r}",
-                        "inference": args.inference and impl == "dlcv" and r == 0}))
-            for impl, runs_of_impl in results.items():
-                entry[impl] = median_run(runs_of_impl)
-            base, fast = entry["baseline"], entry["dlcv"]
-            if "images_per_s" in base and "images_per_s" in fast:
-                entry["ratio_dlcv_over_baseline"] = round(fast["images_per_s"] / base["images_per_s"], 3)
-                if device.type == "cpu":
-                    entry["target_ratio_cpu"] = TARGETS_CPU[case]
-            cfg = resolve_config(case, data, device.type, b, s + w, {})
-            entry["train_gflops_per_image"] = round(flops_per_image(case, cfg) / 1e9, 3)
-            peak = report["environment"].get("bf16_peak_tflops")
-            if peak and "images_per_s" in fast:
-                entry["dlcv_fraction_of_bf16_peak"] = round(
-                    entry["train_gflops_per_image"] * fast["images_per_s"] / (peak * 1e3), 4)
-            report["cases"][case] = entry
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+                        "inference": args.inference and impl == "dlcv" and r == 0})
+                    results.setdefault(impl, []).append(result)
+                    emit({"case": case, "variant": impl, "run": r + 1, "batch": b, "steps": s, "warmup": w, **result}, out)
+            emit({"case": case, "summary": case_summary(case, data, device, b, s, w, results, environment_line)}, out)
     return 0
+
+
+def emit(line: dict, out: Path | None) -> None:
+    """One JSON line on stdout and appended to `out`, at once."""
+    text = json.dumps(line)
+    print(text, flush=True)
+    if out is not None:
+        with out.open("a") as f:
+            f.write(text + "\n")
+
+
+def worth_running(sets: dict, dlcv_result: dict, device: torch.device) -> bool:
+    """An ablation that changes what `dlcv` resolved to on this machine (emulated bf16 on a CPU is skipped:
+    ~15x slower, measured in engine/trainer.py)."""
+    key, value = next(iter(sets.items()))
+    if key == "train.compile":
+        return True
+    if key == "train.precision" and value == "bf16" and device.type == "cpu" \
+            and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    resolved = {"train.channels_last": dlcv_result.get("channels_last"), "train.precision": dlcv_result.get("precision")}
+    return resolved[key] != value
+
+
+def case_summary(case: str, data: Path, device: torch.device, b: int, s: int, w: int, results: dict,
+                 environment_line: dict) -> dict:
+    """Median run per variant, dlcv / baseline, training GFLOPs per image and the fraction of the bf16 peak."""
+    chosen = {impl: median_run(runs) for impl, runs in results.items()}
+    entry = {"batch": b, "steps": s, "warmup": w,
+             "images_per_s": {impl: r.get("images_per_s") for impl, r in chosen.items()}}
+    base, fast = chosen.get("baseline", {}), chosen.get("dlcv", {})
+    if "images_per_s" in base and "images_per_s" in fast:
+        entry["ratio_dlcv_over_baseline"] = round(fast["images_per_s"] / base["images_per_s"], 3)
+        if device.type == "cpu":
+            entry["target_ratio_cpu"] = TARGETS_CPU[case]
+    cfg = resolve_config(case, data, device.type, b, s + w, {})
+    entry["train_gflops_per_image"] = round(flops_per_image(case, cfg) / 1e9, 3)
+    peak = environment_line["environment"].get("bf16_peak_tflops")
+    if peak:
+        entry["fraction_of_bf16_peak"] = {impl: round(entry["train_gflops_per_image"] * r["images_per_s"] / (peak * 1e3), 4)
+                                          for impl, r in chosen.items() if "images_per_s" in r}
+    return entry
 
 
 if __name__ == "__main__":

@@ -19,26 +19,56 @@ def test_summarise_hand_computed():
     assert out["first_loss"] == 4.0 and out["last_loss_mean"] == 2.0
 
 
-def test_speed_benchmark_prints_both_loops_side_by_side(synth_root, tmp_path, capsys):
-    out = tmp_path / "bench.json"
+def test_speed_benchmark_prints_a_json_line_per_variant_as_measured(synth_root, tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
     assert speed.main(["--data", str(synth_root), "--tasks", "p1", "--batch", "p1=4", "--steps", "p1=2",
                        "--warmup", "p1=1", "--workers", "1", "--out", str(out)]) == 0
-    report = json.loads(out.read_text())
-    assert json.loads(capsys.readouterr().out) == report
-    p1 = report["cases"]["p1"]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == lines
+    assert lines[0]["environment"]["device"] and "variant" not in lines[0]
+    runs = {line["variant"]: line for line in lines[1:-1]}
+    assert list(runs) == ["baseline", "dlcv"] and runs["dlcv"]["channels_last"] is True
     val_images = len(list((synth_root / "p1_data" / "val_50").glob("*.png")))
     for impl in ("baseline", "dlcv"):
-        run = p1[impl]
+        run = runs[impl]
         assert run["images_per_s"] > 0 and 0 <= run["data_wait_fraction"] <= 1, run
         assert run["steps_timed"] == 2 and run["peak_rss_mb"] > 0
+        assert run["step_ms_spread"][0] <= run["step_ms"] <= run["step_ms_spread"][1]
         correct = run["val_acc"] * min(500, val_images)  # accuracy over the whole (<= 500 image) val subset
         assert correct == pytest.approx(round(correct), abs=1e-6), run["val_acc"]
-    assert p1["baseline"]["precision"] == "fp32" and p1["baseline"]["dataloader_workers"] == 1
-    assert p1["dlcv"]["channels_last"] is True
-    assert p1["ratio_dlcv_over_baseline"] == pytest.approx(
-        p1["dlcv"]["images_per_s"] / p1["baseline"]["images_per_s"], rel=1e-2)
-    assert p1["train_gflops_per_image"] == pytest.approx(7.8, rel=0.05)  # ResNet-50, 3x3 stem, 32 px
-    assert p1["dlcv"]["inference"]["images"] == min(512, val_images)
+    assert runs["baseline"]["precision"] == "fp32" and runs["baseline"]["dataloader_workers"] == 1
+    summary = lines[-1]["summary"]
+    assert summary["ratio_dlcv_over_baseline"] == pytest.approx(
+        runs["dlcv"]["images_per_s"] / runs["baseline"]["images_per_s"], rel=1e-2)
+    assert summary["train_gflops_per_image"] == pytest.approx(7.8, rel=0.05)  # ResNet-50, 3x3 stem, 32 px
+    assert runs["dlcv"]["inference"]["images"] == min(512, val_images)
+
+
+def test_ablations_are_what_differs_from_the_resolved_dlcv_run_with_compile_last(synth_root, tmp_path, monkeypatch):
+    resolved = {"images_per_s": 10.0, "precision": "bf16", "channels_last": True}  # dlcv on a GPU
+    monkeypatch.setattr(speed, "spawn", lambda spec: resolved)
+    monkeypatch.setattr(speed, "flops_per_image", lambda case, cfg: 1e9)
+    out = tmp_path / "bench.jsonl"
+    assert speed.main(["--data", str(synth_root), "--tasks", "p1", "--out", str(out), "--ablate"]) == 0
+    variants = [json.loads(line).get("variant") for line in out.read_text().splitlines()][1:-1]
+    assert variants == ["baseline", "dlcv", "dlcv_contiguous", "dlcv_fp32", "dlcv_compile"]
+
+
+def test_a_cut_off_benchmark_keeps_the_variants_measured_before(synth_root, tmp_path, monkeypatch):
+    out = tmp_path / "bench.jsonl"
+    calls = []
+
+    def spawn_then_killed(spec):
+        if calls:
+            raise KeyboardInterrupt  # the time limit strikes during the second variant
+        calls.append(spec)
+        return {"images_per_s": 10.0, "precision": "fp32", "channels_last": False}
+
+    monkeypatch.setattr(speed, "spawn", spawn_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        speed.main(["--data", str(synth_root), "--tasks", "p1", "--out", str(out)])
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line.get("variant") for line in lines] == [None, "baseline"] and lines[1]["images_per_s"] == 10.0
 
 
 def test_median_run_picks_the_middle_run_and_lists_all():

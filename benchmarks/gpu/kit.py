@@ -1,17 +1,21 @@
-"""The GPU kit: everything one short call to a borrowed GPU machine needs, packed beforehand, and the
-run there. The machine has torch, torchvision and the usual libraries but no dlcv install and no network;
-each call carries at most 64 MiB (the working tree + one ignored folder) and brings back at most 8 flat
-files of at most 16 MiB from $OUT. So:
+"""The GPU kit: what calls to a borrowed GPU machine need, packed beforehand, and the runs there. The machine
+has torch, torchvision and the usual libraries but no dlcv install and no network; each call carries at most
+64 MiB (the working tree + ignored folders) and brings back at most 8 flat files of at most 16 MiB from $OUT;
+a warm machine keeps /tmp between calls. So:
 
-    bash benchmarks/gpu/pack.sh p1 gpu_pack      # here: data + weights for one problem into gpu_pack/
-    bash benchmarks/gpu/run.sh p1 "$OUT"         # there: unpack, run the problem's recipes, collect
+    bash benchmarks/gpu/pack.sh p3 gpu_pack_p3     # here: data + weights, in parts of one call each
+    python3 benchmarks/gpu/kit.py plan p2 p3       # here: the planned seconds of every step and call
+    bash benchmarks/gpu/run.sh p3 "$OUT" --pack gpu_pack_p3_1 --stage   # there: part 1 into the store
+    bash benchmarks/gpu/run.sh p3 "$OUT" --pack gpu_pack_p3_2           # there: part 2, check, run
 
-`pack` stores what does not fit as is in a lossless, more compact form: P1's 22,500 PNGs of 32x32 as
-WebP-lossless mosaics (68% of the PNG bytes, measured on 1,000 train images: 1.72 vs 2.52 MB), weight
-files xz-compressed (91%). P3 sends its 257 validation tiles and as many training tiles as fit.
-`run` uses dlcv from the sent tree (PYTHONPATH, so the machine's torch is untouched), prints every step
-with a timestamp, and rewrites figures.json after each step so a run cut off by the call's limit still
-says where it was. `--tiny` runs the same steps for one epoch on a few images (the CPU test).
+`pack` stores what does not fit as is in a lossless, more compact form (P1's 22,500 PNGs of 32x32 as
+WebP-lossless mosaics: 68% of the PNG bytes; weight files xz-compressed: 91%) and splits the files into
+parts that each fit one call with the working tree (P3's 1,800 training tiles need two). `run` copies its
+part into the machine's store (/tmp), checks that every part is there (naming the missing ones), unpacks,
+then runs the problem's steps with dlcv from the sent tree (PYTHONPATH; the machine's torch is untouched),
+prints every step with a timestamp, and rewrites figures.json after each step, so a call cut off by its
+limit still says where it was. Training steps use `train.epochs=auto`: each fills its planned seconds on
+whatever GPU it gets. `--tiny` runs the same steps for one epoch on a few images (the CPU test).
 """
 from __future__ import annotations
 
@@ -29,12 +33,17 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 CALL_LIMIT = 64 * 2**20            # bytes one call may carry: tree + pack
-MARGIN = 2**20                     # slack for what git does not list (e.g. .ci, empty folders)
+MARGIN = 2 * 2**20                 # slack for what git does not list (e.g. .ci, empty folders)
+FILE_OVERHEAD = 1024               # bytes a transfer may add per file (an archive's header and padding)
 OUT_FILES, OUT_FILE_LIMIT = 8, 16 * 2**20
 MOSAIC_COLUMNS = 64                # images per mosaic row
 MOSAIC_IMAGES = MOSAIC_COLUMNS * 16  # images per mosaic file
+STORE = Path("/tmp/dlcv_gpu_kit")  # on the GPU machine: the parts received so far (kept while it is warm)
+# Measured on the H200 (first GPU loan): ~40 s from asking to a running first call, ~15 s per call on a
+# warm machine beyond its command, ~15-25 s per dlcv command outside its training loop (start, decoding)
+MACHINE_START_S, CALL_OVERHEAD_S, COMMAND_OVERHEAD_S = 40, 15, 25
 # the offline ImageNet weights (SPEC 6) each problem sends, by registry name
-WEIGHTS = {"p1": ["efficientnet_lite2"], "p2": [], "p3": ["efficientnet_lite0"]}
+WEIGHTS = {"p1": ["efficientnet_lite2"], "p2": [], "p3": ["efficientnet_lite2"]}
 
 
 def fail(msg: str) -> None:
@@ -83,20 +92,9 @@ def pack_mosaics(src: Path, dest: Path, name: str) -> int:
     return len(files)
 
 
-def pack(problem: str, dest: Path, data: Path, tiny: bool) -> dict:
-    if not (REPO / ".git").exists():
-        fail(f"pack: {REPO} is not a git checkout; the call carries git's working tree, so pack from one")
-    if not (data / f"{problem}_data").is_dir():
-        fail(f"pack: {data / (problem + '_data')} is not a folder (--data: the hw1_data folder)")
-    if dest.exists():
-        fail(f"pack: {dest} exists; remove it first")
-    if subprocess.run(["git", "check-ignore", "-q", str(dest)], cwd=REPO).returncode != 0:
-        fail(f"pack: {dest} must be an ignored folder inside {REPO} (e.g. gpu_pack/), so that it travels "
-                 "only as the call's carried path")
-    staging = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    info = {"problem": problem, "tiny": tiny, "data": str(data)}
-    src = data / f"{problem}_data"
+def stage_files(problem: str, staging: Path, src: Path) -> dict:
+    """Everything the problem needs, in one folder (before it is split into parts)."""
+    info: dict = {}
     if problem == "p1":
         info["images"] = {split: pack_mosaics(src / split, staging / "p1_data", split)
                           for split in ("train_50", "val_50")}
@@ -104,6 +102,10 @@ def pack(problem: str, dest: Path, data: Path, tiny: bool) -> dict:
     elif problem == "p2":
         for part in ("mini", "office"):
             shutil.copytree(src / part, staging / "p2_data" / part)
+    else:
+        for split in ("validation", "train"):
+            shutil.copytree(src / split, staging / "p3_data" / split)
+        info["train_tiles"] = len(list((src / "train").glob("*_sat.jpg")))
     (staging / "weights").mkdir(parents=True)
     for name in WEIGHTS[problem]:
         raw = weight_file(name).read_bytes()
@@ -112,33 +114,86 @@ def pack(problem: str, dest: Path, data: Path, tiny: bool) -> dict:
         import efficientnet_lite_pytorch
         shutil.copytree(Path(efficientnet_lite_pytorch.__file__).parent, staging / "site" / "efficientnet_lite_pytorch",
                         ignore=shutil.ignore_patterns("__pycache__"))
-    used = tree_bytes() + MARGIN + sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
-    if problem == "p3":  # all validation tiles, then training tiles in name order while they fit
-        shutil.copytree(src / "validation", staging / "p3_data" / "validation")
-        used += sum(p.stat().st_size for p in (src / "validation").iterdir())
-        train = staging / "p3_data" / "train"
-        train.mkdir()
-        sats = sorted(p for p in (src / "train").iterdir() if p.name.endswith("_sat.jpg"))
-        taken = 0
-        for sat in sats:
-            mask = sat.with_name(sat.name.replace("_sat.jpg", "_mask.png"))
-            size = sat.stat().st_size + mask.stat().st_size
-            if used + size > CALL_LIMIT:
-                break
-            shutil.copy2(sat, train)
-            shutil.copy2(mask, train)
-            used, taken = used + size, taken + 1
-        info["train_tiles"] = f"{taken} of {len(sats)}"
-    if used > CALL_LIMIT:
-        shutil.rmtree(staging)
-        fail(f"pack: {problem} needs {used / 2**20:.1f} MiB with the working tree, over the call's 64 MiB")
-    info["call_mib"] = round(used / 2**20, 2)
-    (staging / "manifest.json").write_text(json.dumps(info, indent=1))
-    staging.rename(dest)
     return info
 
 
-# ---------------------------------------------------------------- unpack + run (there)
+def split_parts(files: list[tuple[str, int]], capacity: int) -> list[list[str]]:
+    """Files (relative path, bytes) in the given order into consecutive parts of at most `capacity` bytes."""
+    parts: list[list[str]] = [[]]
+    used = 0
+    for rel, size in files:
+        size += FILE_OVERHEAD
+        if size > capacity:
+            fail(f"pack: {rel} alone ({size / 2**20:.1f} MiB) is more than one call can carry")
+        if used + size > capacity and parts[-1]:
+            parts.append([])
+            used = 0
+        parts[-1].append(rel)
+        used += size
+    return parts
+
+
+def pack(problem: str, dest: Path, data: Path, tiny: bool, capacity: int | None = None) -> dict:
+    """Writes dest_1, dest_2, ... (or dest alone when one part holds everything), each an ignored folder that
+    one call carries beside the working tree, with a manifest naming the part's files and the whole pack's."""
+    if not (REPO / ".git").exists():
+        fail(f"pack: {REPO} is not a git checkout; the call carries git's working tree, so pack from one")
+    src = data / f"{problem}_data"
+    if not src.is_dir():
+        fail(f"pack: {src} is not a folder (--data: the hw1_data folder)")
+    if any(dest.parent.glob(dest.name + "*")):
+        fail(f"pack: {dest} (or {dest.name}_N) exists; remove it first")
+    if subprocess.run(["git", "check-ignore", "-q", str(dest)], cwd=REPO).returncode != 0:
+        fail(f"pack: {dest} must be an ignored folder inside {REPO} (e.g. gpu_pack/), so that it travels "
+             "only as the call's carried path")
+    staging = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    info = {"problem": problem, "tiny": tiny, "data": str(data), **stage_files(problem, staging, src)}
+    # the weights and code first, then data in name order (a sat tile and its mask usually share a part)
+    files = sorted((p for p in staging.rglob("*") if p.is_file()),
+                   key=lambda p: (not p.relative_to(staging).parts[0] in ("weights", "site"), str(p)))
+    sizes = [(str(p.relative_to(staging)), p.stat().st_size) for p in files]
+    capacity = capacity or CALL_LIMIT - tree_bytes() - MARGIN
+    parts = split_parts(sizes, capacity)
+    names = [dest] if len(parts) == 1 else [dest.with_name(f"{dest.name}_{i}") for i in range(1, len(parts) + 1)]
+    size_of = dict(sizes)
+    info.update(parts=len(parts), part_mib=[round(sum(size_of[r] for r in part) / 2**20, 2) for part in parts],
+                planned=plan(problem, len(parts)))
+    for i, (part, folder) in enumerate(zip(parts, names), start=1):
+        for rel in part:
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (staging / rel).rename(folder / rel)
+        (folder / f"manifest_{i}.json").write_text(json.dumps({**info, "part": i, "files": {r: size_of[r] for r in part}}))
+    shutil.rmtree(staging)
+    info["folders"] = [n.name for n in names]
+    return info
+
+
+# ---------------------------------------------------------------- receive + unpack + run (there)
+
+def receive(pack_dir: Path, store: Path) -> dict:
+    """Copies a carried part into the store (a later call's part joins it) and returns its manifest."""
+    manifests = list(pack_dir.glob("manifest_*.json"))
+    if len(manifests) != 1:
+        fail(f"run: {pack_dir} is not a kit part (expected one manifest_N.json; pack with pack.sh)")
+    manifest = json.loads(manifests[0].read_text())
+    for rel in manifest["files"]:
+        (store / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(pack_dir / rel, store / rel)
+    shutil.copy2(manifests[0], store / manifests[0].name)  # last: a part counts once all its files are in
+    return manifest
+
+
+def missing_parts(store: Path, manifest: dict) -> list[int]:
+    """Parts of the pack not (completely) in the store."""
+    missing = []
+    for i in range(1, manifest["parts"] + 1):
+        path = store / f"manifest_{i}.json"
+        files = json.loads(path.read_text())["files"] if path.is_file() else None
+        if files is None or any(not (store / r).is_file() or (store / r).stat().st_size != s for r, s in files.items()):
+            missing.append(i)
+    return missing
+
 
 def unpack(pack_dir: Path, work: Path) -> Path:
     """The course's hw1_data layout under work/, weights decompressed under work/weights/."""
@@ -183,96 +238,141 @@ def set_args(overrides: list[str]) -> list[str]:
 
 
 def steps(problem: str, data: Path, work: Path, tiny: bool) -> list[dict]:
-    """Each step: a name, its command (run from the repository root), the seconds it may take (training
-    stops 20 s before, `train.max_seconds`, and writes its outputs) and the run folder whose summary it
-    produces. The budgets keep each call within 8 minutes of wall time. `tiny` overrides: the same
-    commands at one epoch on a few small images, so the CPU test exercises every step."""
+    """Each step: a name, its command (run from the repository root), `seconds` (what it is planned to take;
+    training steps fit their schedule into `budget` seconds with train.epochs=auto and get
+    COMMAND_OVERHEAD_S more before they are stopped), the run folder whose summary it produces. `tiny`:
+    the same commands at one epoch on a few small images, so the CPU test exercises every step."""
     dlcv = [sys.executable, "-m", "dlcv"]
     weights, runs, masks = work / "weights", work / "runs", work / "masks"
     small_resnet = ["model.name=resnet18", "data.image_size=32", "train.batch_size=16", "train.epochs=1"]
 
-    def train(name, verb, recipe, seconds, sets, tiny_sets):
-        return {"name": name, "seconds": seconds, "run": runs / name,
+    def train(name, verb, recipe, budget, sets, tiny_sets):
+        return {"name": name, "seconds": budget + COMMAND_OVERHEAD_S, "run": runs / name,
                 "cmd": dlcv + verb.split() + ["-c", recipe, "--set", f"data.root={data}/{problem}_data",
-                                             "--set", f"train.max_seconds={seconds - 20}",
+                                             "--set", "train.epochs=auto", "--set", f"train.max_seconds={budget}",
                                              *set_args(sets + (tiny_sets if tiny else [])),
                                              "--out", str(runs / name)]}
 
+    def tool(name, seconds, cmd, **extra):
+        return {"name": name, "seconds": seconds, "cmd": cmd, **extra}
+
     if problem == "p1":
         speed = [sys.executable, "benchmarks/speed.py", "--data", str(data), "--tasks", "p1",
-                 "--out", str(work / "speed_p1.json")]
+                 "--out", str(work / "speed_p1.jsonl")]
         speed += ["--device", "cpu", "--steps", "p1=2", "--warmup", "p1=1", "--no-inference"] if tiny else ["--ablate"]
-        return [{"name": "speed_p1", "seconds": 150, "cmd": speed, "json": work / "speed_p1.json"},
-                train("p1_scratch", "classify train", "p1_resnet18", 170, [], ["train.epochs=1", "data.limit_train=128", "train.batch_size=64"]),
-                train("p1_pretrained", "classify train", "p1_pretrained", 170,
-                      [f"model.weights={weights / 'efficientnet_lite2.pth'}"],
-                      ["train.epochs=1", "data.limit_train=64", "data.input_size=64", "train.batch_size=16"])]
+        best = runs / "p1_pretrained" / "checkpoints" / "last.pt"
+        return [
+            train("p1_pretrained", "classify train", "p1_pretrained", 170,
+                  [f"model.weights={weights / 'efficientnet_lite2.pth'}"],
+                  ["train.epochs=1", "data.limit_train=64", "data.input_size=64", "train.batch_size=16"]),
+            tool("hw1_1", 30, ["bash", "hw1_1.sh", str(data / "p1_data" / "val_50"), str(work / "p1_pred.csv")],
+                 env={"DLCV_P1_CKPT": str(best), "DLCV_PYTHON": sys.executable}),
+            tool("p1_acc", 10, dlcv + ["eval", "acc", str(data / "p1_data" / "val_gt.csv"), str(work / "p1_pred.csv")],
+                 capture=True),
+            train("p1_scratch", "classify train", "p1_resnet18", 100, [],
+                  ["train.epochs=1", "data.limit_train=128", "train.batch_size=64"]),
+            tool("speed_p1", 90, speed, json=work / "speed_p1.jsonl"),
+            train("p1_model_a", "classify train", "p1_model_a", 45, [],
+                  ["train.epochs=1", "data.limit_train=64", "train.batch_size=16"])]
     if problem == "p2":
         sl_backbone = work / "sl_backbone.pt"
         return [
-            train("p2_byol", "ssl pretrain", "p2_byol", 200, ["train.epochs=60", "sched.warmup_epochs=5"],
+            train("p2_byol", "ssl pretrain", "p2_byol", 120, ["sched.warmup_epochs=3"],
                   small_resnet + ["byol.projector_hidden=256", "byol.projector_dim=64", "sched.warmup_epochs=0"]),
-            train("p2_supervised", "classify train", "p2_supervised", 70, ["train.epochs=20"],
+            train("p2_supervised", "classify train", "p2_supervised", 40, ["sched.warmup_epochs=1"],
                   small_resnet + ["sched.warmup_epochs=0", "snapshot.epochs=[1]"]),
-            {"name": "p2_export", "seconds": 20,
-             "cmd": dlcv + ["ssl", "export", str(runs / "p2_supervised" / "checkpoints" / "last.pt"), str(sl_backbone)]},
-            {"name": "p2_table", "seconds": 150,
-             "cmd": dlcv + ["ssl", "table", "-c", "p2_finetune", "--set", f"data.root={data}/p2_data",
-                            "--set", "train.epochs=10", *set_args(small_resnet if tiny else []),
-                            "--sl-backbone", str(sl_backbone), "--ssl-backbone", str(runs / "p2_byol" / "backbone.pt"),
-                            "--out", str(runs / "p2_table")]}]
+            tool("p2_export", 20, dlcv + ["ssl", "export", str(runs / "p2_supervised" / "checkpoints" / "last.pt"),
+                                          str(sl_backbone)]),
+            # the five settings at the recipe's 30 epochs (comparable with the CPU table); 20 s guards each
+            tool("p2_table", 5 * (20 + 10),
+                 dlcv + ["ssl", "table", "-c", "p2_finetune", "--set", f"data.root={data}/p2_data",
+                         "--set", "train.max_seconds=20", *set_args(small_resnet if tiny else []),
+                         "--sl-backbone", str(sl_backbone), "--ssl-backbone", str(runs / "p2_byol" / "backbone.pt"),
+                         "--out", str(runs / "p2_table")])]
+    best = runs / "p3_lite2" / "checkpoints" / "best.pt"
     return [
-        train("p3_lite0", "segment train", "p3_lite0", 300,
-              ["data.crop_size=512", "train.epochs=30", "augment.scale=[0.5,1.0]",
-               f"model.weights={weights / 'efficientnet_lite0.pth'}"],
+        # the p3_cpu design on full 512 px tiles: validation every 10 epochs and at the end
+        train("p3_lite2", "segment train", "p3_cpu", 190,
+              ["data.crop_size=512", "augment.scale=[0.5,1.0]", "train.eval_every=10",
+               f"model.weights={weights / 'efficientnet_lite2.pth'}"],
               ["data.crop_size=128", "train.epochs=1", "train.batch_size=4", "data.limit_train=8", "data.limit_val=4"]),
-        {"name": "hw1_3", "seconds": 60, "cmd": ["bash", "hw1_3.sh", str(data / "p3_data" / "validation"), str(masks)],
-         "env": {"DLCV_P3_CKPT": str(runs / "p3_lite0" / "checkpoints" / "best.pt"), "DLCV_PYTHON": sys.executable}},
-        {"name": "miou", "seconds": 30, "capture": True, "cmd": dlcv + ["segment", "miou", str(data / "p3_data" / "validation"), str(masks)]}]
+        tool("hw1_3", 60, ["bash", "hw1_3.sh", str(data / "p3_data" / "validation"), str(masks)],
+             env={"DLCV_P3_CKPT": str(best), "DLCV_PYTHON": sys.executable}),
+        tool("miou", 20, dlcv + ["segment", "miou", str(data / "p3_data" / "validation"), str(masks)], capture=True)]
 
 
-def run(problem: str, pack_dir: Path, out: Path, tiny: bool) -> int:
+def plan(problem: str, parts: int) -> dict:
+    """Planned seconds of each step and of each call of a problem (a part that only waits for the rest is a
+    call of its own)."""
+    planned = {s["name"]: s["seconds"] for s in steps(problem, Path("hw1_data"), Path("work"), False)}
+    run_call = sum(planned.values()) + CALL_OVERHEAD_S
+    return {"steps_s": planned, "calls_s": [CALL_OVERHEAD_S + 10] * (parts - 1) + [run_call],
+            "total_s": (CALL_OVERHEAD_S + 10) * (parts - 1) + run_call}
+
+
+def run(problem: str, pack_dir: Path, out: Path, tiny: bool, store: Path, stage_only: bool) -> int:
     started = time.time()
-    work = pack_dir / "work"  # the kit's own scratch folder: a rerun on the same pack starts it afresh
-    shutil.rmtree(work, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(pack_dir / "site"),
+    manifest = receive(pack_dir, store)
+    if manifest["problem"] != problem:
+        fail(f"run: {pack_dir} is a {manifest['problem']} part, not {problem}")
+    missing = missing_parts(store, manifest)
+    log(f"{problem}: part {manifest['part']} of {manifest['parts']} stored in {store} "
+        f"({time.time() - started:.0f} s); missing: {missing or 'none'}")
+    if missing:
+        if stage_only:
+            return 0
+        fail(f"run: part(s) {', '.join(map(str, missing))} of {manifest['parts']} are not on this machine; "
+             f"send each with: run.sh {problem} OUT --pack {pack_dir.name.rsplit('_', 1)[0]}_N --stage")
+    if stage_only:
+        log("every part is here: run without --stage to start the steps")
+        return 0
+    work = store / "work"  # the kit's own scratch folder: a rerun starts it afresh
+    shutil.rmtree(work, ignore_errors=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(store / "site"),
                                                        os.environ.get("PYTHONPATH", "")]))
     figures = {"problem": problem, "tiny": tiny, "device": device_line(), "python": sys.version.split()[0],
-               "manifest": json.loads((pack_dir / "manifest.json").read_text()), "steps": []}
-    log(f"{problem}: {figures['device']}; unpacking {pack_dir}")
-    data = unpack(pack_dir, work)
-    log(f"unpacked in {time.time() - started:.0f} s")
+               "manifest": {k: v for k, v in manifest.items() if k != "files"}, "steps": []}
+    log(f"{problem}: {figures['device']}; unpacking")
+    data = unpack(store, work)
+    log(f"unpacked in {time.time() - started:.0f} s; planned: {json.dumps(plan(problem, manifest['parts']))}")
     for step in steps(problem, data, work, tiny):
-        log(f"{step['name']}: {' '.join(map(str, step['cmd']))}")
-        t0 = time.time()
-        record = {"name": step["name"], "command": " ".join(map(str, step["cmd"]))}
-        try:
-            done = subprocess.run(step["cmd"], cwd=REPO, env=dict(env, **step.get("env", {})), timeout=step["seconds"],
-                                  stdout=subprocess.PIPE if step.get("capture") else None, text=True)
-            record["rc"] = done.returncode
-            if step.get("capture"):
-                print(done.stdout, end="", flush=True)
-                record["output"] = done.stdout.strip().splitlines()[-3:]
-        except subprocess.TimeoutExpired:
-            record["rc"] = "timeout"
-        rc = record["rc"]
-        record["seconds"] = round(time.time() - t0, 1)
-        if "run" in step and (step["run"] / "summary.json").exists():
-            summary = json.loads((step["run"] / "summary.json").read_text())
-            record.update({k: summary.get(k) for k in ("status", "best", "final", "wall_time_s")})
-            copy_out(step["run"] / "summary.json", out / f"{step['name']}_summary.json")
-        if "json" in step and step["json"].exists():
-            record["result"] = json.loads(step["json"].read_text())
-        figures["steps"].append(record)
+        figures["steps"].append(run_step(step, env, out, tiny))
         figures["wall_s"] = round(time.time() - started, 1)
         write_json(out / "figures.json", figures)
-        log(f"{step['name']}: rc {rc} after {record['seconds']} s")
-    for extra in (work / "runs" / "p2_table" / "table.md", work / "runs" / "p3_lite0" / "figures" / "mask_grid.png"):
+    for extra in (work / "runs" / "p2_table" / "table.md", work / "runs" / "p3_lite2" / "figures" / "mask_grid.png"):
         if extra.exists():
             copy_out(extra, out / extra.name)
     check_out(out)
     return 0 if all(s["rc"] == 0 for s in figures["steps"]) else 1
+
+
+def run_step(step: dict, env: dict, out: Path, tiny: bool) -> dict:
+    log(f"{step['name']} (planned {step['seconds']} s): {' '.join(map(str, step['cmd']))}")
+    t0 = time.time()
+    record = {"name": step["name"], "command": " ".join(map(str, step["cmd"])), "planned_s": step["seconds"]}
+    try:
+        done = subprocess.run(step["cmd"], cwd=REPO, env=dict(env, **step.get("env", {})),
+                              # planned + slack: a step past it is stuck (tiny mode: CPU-sized, no limit)
+                              timeout=None if tiny else step["seconds"] + 30,
+                              stdout=subprocess.PIPE if step.get("capture") else None, text=True)
+        record["rc"] = done.returncode
+        if step.get("capture"):
+            print(done.stdout, end="", flush=True)
+            record["output"] = done.stdout.strip().splitlines()[-3:]
+    except subprocess.TimeoutExpired:
+        record["rc"] = "timeout"
+    record["seconds"] = round(time.time() - t0, 1)
+    if "run" in step and (step["run"] / "summary.json").exists():
+        summary = json.loads((step["run"] / "summary.json").read_text())
+        record.update({k: summary.get(k) for k in ("status", "best", "final", "wall_time_s")})
+        record["epoch_plan"] = summary.get("environment", {}).get("epoch_plan")
+        copy_out(step["run"] / "summary.json", out / f"{step['name']}_summary.json")
+        copy_out(step["run"] / "metrics.csv", out / f"{step['name']}_metrics.csv")  # every epoch's figures
+    if "json" in step and step["json"].exists():
+        record["result"] = [json.loads(line) for line in step["json"].read_text().splitlines()]
+    log(f"{step['name']}: rc {record['rc']} after {record['seconds']} s")
+    return record
 
 
 def write_json(path: Path, obj) -> None:
@@ -294,6 +394,20 @@ def check_out(out: Path) -> None:
         log(f"warning: {len(entries)} entries in {out} (limit {OUT_FILES}); not plain or too big: {bad}")
 
 
+def print_plan(problems: list[str]) -> None:
+    """The planned seconds before a loan starts: each step, each call, and the loan with the machine's start."""
+    total = MACHINE_START_S
+    for problem in problems:
+        parts = 2 if problem == "p3" else 1
+        p = plan(problem, parts)
+        for name, seconds in p["steps_s"].items():
+            print(f"{problem}  step {name:<14} {seconds:>4} s")
+        for i, seconds in enumerate(p["calls_s"], start=1):
+            print(f"{problem}  call {i} of {parts}{'':<8} {seconds:>4} s")
+        total += p["total_s"]
+    print(f"loan: {total} s with the machine's start ({MACHINE_START_S} s); the device budget is 900 s")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -302,17 +416,25 @@ def main(argv=None) -> int:
     a.add_argument("dest", type=Path)
     a.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "hw1_data")
     a.add_argument("--tiny", action="store_true", help="mark the pack as a tiny-mode one (synthetic data)")
+    a.add_argument("--part-mib", type=float, help="bytes per part (default: what a call carries beside the tree)")
     r = sub.add_parser("run")
     r.add_argument("problem", choices=("p1", "p2", "p3"))
     r.add_argument("out", type=Path)
     r.add_argument("--pack", type=Path, default=REPO / "gpu_pack")
+    r.add_argument("--store", type=Path, default=STORE)
+    r.add_argument("--stage", action="store_true", help="only store this part (more parts follow in later calls)")
     r.add_argument("--tiny", action="store_true", help="one epoch on a few images (the CPU test)")
+    pl = sub.add_parser("plan")
+    pl.add_argument("problems", nargs="+", choices=("p1", "p2", "p3"))
     args = p.parse_args(argv)
     if args.command == "pack":
-        info = pack(args.problem, args.dest.resolve(), args.data.resolve(), args.tiny)
-        print(json.dumps(info))
+        capacity = None if args.part_mib is None else int(args.part_mib * 2**20)
+        print(json.dumps(pack(args.problem, args.dest.resolve(), args.data.resolve(), args.tiny, capacity)))
         return 0
-    return run(args.problem, args.pack.resolve(), args.out.resolve(), args.tiny)
+    if args.command == "plan":
+        print_plan(args.problems)
+        return 0
+    return run(args.problem, args.pack.resolve(), args.out.resolve(), args.tiny, args.store.resolve(), args.stage)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,9 @@ COMMON_CHOICES: dict[str, tuple] = {
 }
 
 
+# Keys that take `auto` besides a value of their type (checked further in RANGES).
+AUTO_KEYS = {"train.epochs"}
+
 # Types of keys whose default is null (null stays allowed).
 COMMON_NULLABLE_TYPES: dict[str, type] = {
     "data.root": str, "model.weights": str, "train.max_steps": int, "train.max_seconds": float, "train.grad_clip": float,
@@ -83,7 +86,8 @@ def _non_negative(v): return v >= 0
 
 
 RANGES: dict[str, tuple] = {
-    "train.epochs": (_positive, "a whole number >= 1"),
+    "train.epochs": (lambda v: v == "auto" or isinstance(v, int) and v > 0,
+                     "a whole number >= 1, or auto (as many as fit train.max_seconds)"),
     "train.max_steps": (_positive, "a whole number >= 1 (or null)"),
     "train.max_seconds": (_positive, "a number of seconds > 0 (or null)"),
     "train.batch_size": (_positive, "a whole number >= 1"),
@@ -136,6 +140,9 @@ def _check_ranges(cfg: dict) -> None:
             continue  # a key this task does not have
         if value is not None and not ok(value):
             raise ConfigError(f"config key '{key}': invalid value {value!r}; expected {what}")
+    if cfg["train"]["epochs"] == "auto" and cfg["train"]["max_seconds"] is None:
+        raise ConfigError("config key 'train.epochs': auto needs train.max_seconds (the budget the epochs are "
+                          "fitted to)")
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -183,7 +190,7 @@ def _check(node: Any, schema: Any, choices: dict[str, tuple], prefix: str, free:
             raise ConfigError(f"config key '{prefix}': invalid value {node!r}; valid choices: "
                               f"{', '.join(map(str, choices[prefix]))}")
         return
-    if node is None or prefix in free:
+    if node is None or prefix in free or prefix in AUTO_KEYS and node == "auto":
         return
     expected = type(schema) if schema is not None else nullable_types.get(prefix)
     if expected is None:

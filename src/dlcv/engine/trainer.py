@@ -4,6 +4,7 @@ snapshots) lives here once."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import shutil
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from dlcv.config import ConfigError
 from dlcv.engine import batches, checkpoint, distributed
+from dlcv.engine.budget import plan_epochs
 from dlcv.engine import run as run_mod
 from dlcv.engine.optim import build_optimizer, build_scheduler, keep_config_hyperparameters, trainable_parameters
 from dlcv.engine.run import RunDir, Summary, environment, read_summary
@@ -30,6 +32,9 @@ from dlcv.statedict import load_strict
 log = logging.getLogger("dlcv")
 
 PLAIN_PROGRESS_S = 30.0
+# train.epochs=auto measures MEASURE_STEPS training steps after MEASURE_WARMUP (cuDNN's autotuning,
+# torch.compile, allocator growth) and one validation
+MEASURE_WARMUP, MEASURE_STEPS = 3, 10
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -94,6 +99,7 @@ class Trainer:
         self.device = self.env.device
         self.run = RunDir(run_dir, self.env.is_main)
         self.ema: AveragedModel | None = None
+        self.plan: dict[str, Any] | None = None  # train.epochs=auto: how the epochs were chosen
         t = cfg["train"]
         self.precision = resolve_precision(t["precision"], self.device, task.cpu_bf16)
         self.dtype = PRECISIONS[self.precision]
@@ -144,6 +150,9 @@ class Trainer:
                 log.info("%s stopped before its first checkpoint; starting it over", self.run.path)
             return None
         state = checkpoint.load(self.run.last, self.task.name, require=("rows", "rng", "best"))
+        if t["epochs"] == "auto":  # planned when the run started: config.yaml and every checkpoint hold it
+            t["epochs"] = state["config"]["train"]["epochs"]
+            self.plan = state.get("epoch_plan")
         complete = state["epoch"] >= t["epochs"] or (t["max_steps"] is not None and state["step"] >= t["max_steps"]) \
             or (t["max_seconds"] is not None and state["wall_time_s"] >= t["max_seconds"])
         if complete and self.run.finished():
@@ -171,12 +180,12 @@ class Trainer:
             self.module, multi_avg_fn=get_ema_multi_avg_fn(t["ema_decay"]), use_buffers=True)
         ctx.module, ctx.eval_module = self.module, self.module if self.ema is None else self.ema.module
         steps_per_epoch = batches.steps_per_epoch(self.task.num_train(), t["batch_size"])
+        auto_epochs = t["epochs"] == "auto"
+        if auto_epochs:
+            t["epochs"] = 1  # the schedule's shape while measuring (the measured steps are undone)
         optimizer = build_optimizer(trainable_parameters(self.module), cfg)
         scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype is torch.float16)
-        ctx.total_steps = steps_per_epoch * t["epochs"]
-        if t["max_steps"] is not None:
-            ctx.total_steps = min(ctx.total_steps, t["max_steps"])
         start_epoch, step, best, past_wall = 1, 0, -math.inf if self._maximise else math.inf, 0.0
         torch.manual_seed(t["seed"] + 1 + env.rank)  # dropout etc. differ per rank
         if state is not None:
@@ -205,6 +214,11 @@ class Trainer:
         fast = torch.compile(self.module) if t["compile"] else self.module
         evaluated = fast if self.ema is None else ctx.eval_module  # the EMA's weights are validated eagerly
         train_model = DistributedDataParallel(fast) if env.distributed else fast
+        if auto_epochs:
+            self._plan_epochs(train_model, evaluated, optimizer, scheduler, scaler, steps_per_epoch, started)
+        ctx.total_steps = steps_per_epoch * t["epochs"]
+        if t["max_steps"] is not None:
+            ctx.total_steps = min(ctx.total_steps, t["max_steps"])
         epochs, max_steps = t["epochs"], t["max_steps"]
         # train.max_seconds: wall time of the whole run (resumed parts included), like Lightning's max_time;
         # the epoch it runs out in ends early and is evaluated, checkpointed and logged as usual
@@ -303,20 +317,8 @@ class Trainer:
             if i >= total or i > 0 and self._out_of_time(within_epoch=True):  # >= 1 step per epoch
                 break
             batch = self.task.train_batch(self.ctx, indices, offset, gen, t["batch_size"], epoch)
-            with self.autocast():
-                loss = self.task.loss(model, batch)
-            scaler.scale(loss).backward()
-            if t["grad_clip"]:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(self.module.parameters(), t["grad_clip"])
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.module)
             step += 1
-            self.task.after_step(self.ctx, step)
+            loss = self._step(model, batch, optimizer, scheduler, scaler, step)
             seen += len(indices)
             loss_sum += loss.detach().double() * len(indices)
             if (i + 1) % t["log_every"] == 0:
@@ -332,6 +334,102 @@ class Trainer:
         self._check_finite(loss_sum, epoch, step)
         return loss_sum.item(), seen, step
 
+    def _step(self, model, batch, optimizer, scheduler, scaler, step: int) -> torch.Tensor:
+        """One optimizer step on `batch` (the `step`-th of the run); returns the loss."""
+        with self.autocast():
+            loss = self.task.loss(model, batch)
+        scaler.scale(loss).backward()
+        if self.cfg["train"]["grad_clip"]:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg["train"]["grad_clip"])
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.module)
+        self.task.after_step(self.ctx, step)
+        return loss
+
+    def _plan_epochs(self, model, evaluated, optimizer, scheduler, scaler, steps_per_epoch: int,
+                     started: float) -> None:
+        """train.epochs=auto: measure, choose the epochs that fit train.max_seconds, record them (config.yaml,
+        every checkpoint, summary.json) and log the plan."""
+        t = self.cfg["train"]
+        step_s, eval_s, save_s = self._measure(model, evaluated, optimizer, scheduler, scaler, steps_per_epoch)
+        plan = plan_epochs(t["max_seconds"], time.time() - started, step_s, steps_per_epoch, eval_s, t["eval_every"],
+                           save_s)
+        t["epochs"] = plan.epochs
+        self.plan = plan.to_json()
+        self.run.write_config(self.cfg)
+        log.info("train.epochs=auto: %d epochs of %d steps (%.3f s per step, %.1f s per validation, %.1f s of "
+                 "checkpoints per epoch, %.0f s spent before) planned to end at %.0f s of the %.0f s budget",
+                 plan.epochs, steps_per_epoch, step_s, eval_s, save_s, plan.elapsed_s, plan.planned_end_s,
+                 plan.budget_s)
+        if not plan.fits:
+            log.warning("train.epochs=auto: one epoch does not fit train.max_seconds=%s; it is cut there",
+                        t["max_seconds"])
+
+    def _measure(self, model, evaluated, optimizer, scheduler, scaler,
+                 steps_per_epoch: int) -> tuple[float, float, float]:
+        """Seconds of one training step (after warm-up), of one validation and of an epoch's two checkpoints
+        (last.pt and best.pt, written to a scratch file), on this run's model and data.
+        Weights, optimizer, schedule, EMA and random generators are put back afterwards, so the run trains as
+        if it had not been measured (batches of 'epoch 0', which training never draws)."""
+        t, env = self.cfg["train"], self.env
+        saved = copy.deepcopy({"model": self.module.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                               "ema": None if self.ema is None else self.ema.state_dict()})
+        rng = checkpoint.rng_states()
+        self.ctx.total_steps = steps_per_epoch
+        warm = min(MEASURE_WARMUP, steps_per_epoch - 1)
+        timed = min(MEASURE_STEPS, steps_per_epoch - warm)
+        gen = batches.epoch_generator(t["seed"], 0, self.device)
+        batch_iter = batches.train_batches(self.task.num_train(), t["batch_size"], t["seed"], 0, env.rank,
+                                           env.world_size)
+        model.train()
+        for i, (indices, offset) in enumerate(batch_iter):
+            if i == warm:
+                self._sync()
+                start = time.perf_counter()
+            if i == warm + timed:
+                break
+            batch = self.task.train_batch(self.ctx, indices, offset, gen, t["batch_size"], 0)
+            self._step(model, batch, optimizer, scheduler, scaler, i + 1)
+        self._sync()
+        step_s = (time.perf_counter() - start) / timed
+        start = time.perf_counter()
+        self._evaluate(evaluated)
+        self._sync()
+        eval_s = time.perf_counter() - start
+        self.module.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(saved["ema"])
+        optimizer.zero_grad(set_to_none=True)
+        checkpoint.restore_rng_states(rng)
+        save_s = self._measure_saves(optimizer, scheduler, scaler) if env.is_main else 0.0
+        # every process plans from the same figures: the mean step and validation, the main process's saves
+        step_s, eval_s, save_s = (distributed.all_reduce_sum(torch.tensor(
+            [step_s / env.world_size, eval_s / env.world_size, save_s], dtype=torch.float64, device=self.device))).tolist()
+        return step_s, eval_s, save_s
+
+    def _measure_saves(self, optimizer, scheduler, scaler) -> float:
+        scratch = self.run.checkpoints / "measure.pt.tmp"
+        start = time.perf_counter()
+        checkpoint.save(scratch, {**self._weights_state(0, 0), "optimizer": optimizer.state_dict(),
+                                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()})
+        checkpoint.save(scratch, self._weights_state(0, 0))
+        seconds = time.perf_counter() - start
+        scratch.unlink()
+        return seconds
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     @staticmethod
     def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
         """The epoch's running loss sum stays non-finite once any step's loss was, so checking it every
@@ -343,7 +441,8 @@ class Trainer:
 
     def _weights_state(self, epoch: int, step: int) -> dict[str, Any]:
         return {"task": self.task.name, "model": self.ctx.eval_module.state_dict(), "epoch": epoch, "step": step,
-                "config": self.cfg, **self.task.checkpoint_meta()}
+                "config": self.cfg, **({} if self.plan is None else {"epoch_plan": self.plan}),
+                **self.task.checkpoint_meta()}
 
     def _save_weights(self, path: Path, epoch: int, step: int) -> None:
         if self.env.is_main:
@@ -380,5 +479,6 @@ class Trainer:
                        best={self.task.monitor: best if math.isfinite(best) else None, "epoch": best_row.get("epoch")},
                        final=row, seed=self.cfg["train"]["seed"], wall_time_s=round(wall, 2),
                        environment={**self.environment, "precision": self.precision,
-                                    "channels_last": self.channels_last},
+                                    "channels_last": self.channels_last,
+                                    **({} if self.plan is None else {"epoch_plan": self.plan})},
                        run_dir=str(self.run.path), extras=extras)
