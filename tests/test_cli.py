@@ -7,8 +7,8 @@ import sys
 import pytest
 from PIL import Image
 
-import dlcv
 from conftest import REPO, small_classify_cfg
+from dlcv import __version__
 from dlcv.cli import main
 from dlcv.engine.trainer import Trainer
 from dlcv.malloc import SETTINGS
@@ -178,7 +178,7 @@ def test_version_prints_the_version_and_the_source_checkouts_commit(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0
-    assert capsys.readouterr().out == f"dlcv {dlcv.__version__} (git {head.stdout.strip()})\n"
+    assert capsys.readouterr().out == f"dlcv {__version__} (git {head.stdout.strip()})\n"
 
 
 def test_version_without_git_prints_the_version_alone(capsys, monkeypatch, tmp_path):
@@ -186,4 +186,4 @@ def test_version_without_git_prints_the_version_alone(capsys, monkeypatch, tmp_p
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0
-    assert capsys.readouterr().out == f"dlcv {dlcv.__version__}\n"
+    assert capsys.readouterr().out == f"dlcv {__version__}\n"
