@@ -128,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_args(seg_predict, "image_dir", "out_dir", batch_size=8)
     seg_predict.add_argument("--compile", action="store_true",
                              help="torch.compile the model with weight freezing: the same masks; VGG16-FCN32s "
-                                  "1.59x on a Zen 5 CPU, 1.02x on an AMX Xeon (README); needs a C++ compiler "
-                                  "and a few seconds per tile size")
+                                  "1.59x on a Zen 5 CPU, 1.02x on an AMX Xeon (docs/performance.md); needs a C++ "
+                                  "compiler and a few seconds per tile size")
     miou = segment.add_parser("miou", help="the course's mIoU of a folder of predicted masks")
     miou.add_argument("gt_dir")
     miou.add_argument("pred_dir")
