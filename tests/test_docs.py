@@ -2,7 +2,7 @@
 CHANGELOG.md parses with the real argument parser; its recipe (`-c`) exists and belongs to the command's
 task; every `--set` key is a key of that task, and concrete values resolve. Code blocks hold whole command
 lines; inline code may also mention a command without its required arguments (`dlcv ssl table`), but its
-words must still name one. Relative links point at files that exist."""
+words must still name one. Relative links point at files and headings that exist."""
 from __future__ import annotations
 
 import contextlib
@@ -188,13 +188,27 @@ def test_inline_code_may_mention_a_command_but_must_name_a_real_one():
         check_command(["ssl", "tabel"], mention=True)
 
 
-LINKS = [(f"{path.relative_to(REPO)}:{number}", path.parent / target)
+def anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces -> hyphens."""
+    headings = re.findall(r"^#+ (.+)$", path.read_text(encoding="utf-8"), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+LINKS = [(f"{path.relative_to(REPO)}:{number}", (path.parent / target) if target else path, anchor)
          for path in DOCS
          for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", line)
+         for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", line)
          if not re.match(r"[a-z]+:", target)]
 
 
-@pytest.mark.parametrize("where,target", LINKS, ids=[where for where, _ in LINKS])
-def test_relative_links_point_at_files(where, target):
+@pytest.mark.parametrize("where,target,anchor", LINKS, ids=[where for where, *_ in LINKS])
+def test_relative_links_point_at_files_and_headings(where, target, anchor):
     assert target.exists(), f"{where}: {target} does not exist"
+    if anchor:
+        assert anchor in anchors(target), f"{where}: {target.name} has no heading #{anchor}"
+
+
+def test_anchors_follow_githubs_rule(tmp_path):
+    doc = tmp_path / "x.md"
+    doc.write_text("# The README's picture\n## Install and test (make)\nnot a # heading\n")
+    assert anchors(doc) == {"the-readmes-picture", "install-and-test-make"}
