@@ -41,7 +41,8 @@ from torch import nn
 
 import report_json  # benchmarks/report_json.py: machine + JSON output
 
-# A budget that fits a 2-core CPU: ResNet-18 at 64 px with a narrow projector (the README's CPU run).
+# A budget that fits a 2-core CPU: ResNet-18 at 64 px with a narrow projector (the A/B's first rows,
+# docs/results-p2.md).
 CPU_BUDGET = ["model.name=resnet18", "data.image_size=64", "byol.projector_hidden=1024", "byol.projector_dim=128",
               "train.batch_size=128", "train.eval_batch_size=256", "optim.lr=0.1", "sched.warmup_epochs=1",
               "train.epochs=8", "train.precision=auto", "train.channels_last=auto", "train.sync_batchnorm=false"]

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, small_classify_cfg
+from dlcv import __version__
 from dlcv.cli import main
 from dlcv.engine.trainer import Trainer
 from dlcv.malloc import SETTINGS
@@ -167,3 +168,22 @@ def test_a_command_restarts_once_with_the_malloc_settings_unless_the_user_chose(
     assert run() == f"{sorted(SETTINGS.items())}\n"
     assert run(MALLOC_ARENA_MAX="2") == "not restarted\n"  # the user's own settings win
     assert run(DLCV_MALLOC="default") == "not restarted\n"
+
+
+def test_version_prints_the_version_and_the_source_checkouts_commit(capsys):
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO / "src" / "dlcv", capture_output=True,
+                          text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out == f"dlcv {__version__} (git {head.stdout.strip()})\n"
+
+
+def test_version_without_git_prints_the_version_alone(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git executable to find
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out == f"dlcv {__version__}\n"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import shlex
@@ -58,8 +59,31 @@ def _add_predict_args(p: argparse.ArgumentParser, *positionals: str, batch_size:
                        help="skip the checkpoint's test-time augmentation (plain, faster predictions)")
 
 
+def version_line() -> str:
+    """`dlcv VERSION`, plus the git commit when dlcv runs from a source checkout."""
+    import dlcv
+    try:
+        version = importlib.metadata.version("dlcv")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree without installing it
+        version = dlcv.__version__
+    commit = dlcv.source_commit(short=True)
+    return f"dlcv {version}" + (f" (git {commit})" if commit else "")
+
+
+class _VersionAction(argparse.Action):
+    """argparse's own version action, but git is asked only when --version is given."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print the version (and git commit) and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlcv", description=__doc__)
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="group", required=True)
 
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="cmd", required=True)
@@ -104,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_args(seg_predict, "image_dir", "out_dir", batch_size=8)
     seg_predict.add_argument("--compile", action="store_true",
                              help="torch.compile the model with weight freezing: the same masks; VGG16-FCN32s "
-                                  "1.59x on a Zen 5 CPU, 1.02x on an AMX Xeon (README); needs a C++ compiler "
-                                  "and a few seconds per tile size")
+                                  "1.59x on a Zen 5 CPU, 1.02x on an AMX Xeon (docs/performance.md); needs a C++ "
+                                  "compiler and a few seconds per tile size")
     miou = segment.add_parser("miou", help="the course's mIoU of a folder of predicted masks")
     miou.add_argument("gt_dir")
     miou.add_argument("pred_dir")

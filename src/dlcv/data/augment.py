@@ -183,8 +183,8 @@ def colour_jitter(x: torch.Tensor, draw: GlobalDraw, brightness: float, contrast
     """ColorJitter(brightness, contrast, saturation, hue) per image, applied with probability p, on float
     images in [0, 1]: by default torchvision's semantics (each image's own order of the four adjustments, hue
     as an HSV shift). `order="fixed"` and `hue_space="yiq"` are the cheaper simplifications dlcv used before
-    2026-12-03; in BYOL's A/B (README), switching either to torchvision's raised k-NN on both seeds (two-seed
-    mean 0.151 -> 0.173 for the order, 0.178 for HSV)."""
+    2026-12-03; in BYOL's A/B (docs/results-p2.md), switching either to torchvision's raised k-NN on both seeds
+    (two-seed mean 0.151 -> 0.173 for the order, 0.178 for HSV)."""
     apply = per_image(draw.chance(p))
     b = draw.uniform(1 - brightness, 1 + brightness)
     c = draw.uniform(1 - contrast, 1 + contrast)

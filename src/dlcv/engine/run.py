@@ -9,7 +9,6 @@ import json
 import logging
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,11 +30,7 @@ def environment(device: torch.device, world_size: int) -> dict[str, Any]:
     """What is needed to reproduce a number: versions, device, git commit, command line."""
     import torchvision
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(dlcv.__file__).parent, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    commit = dlcv.source_commit()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         "dlcv": dlcv.__version__, "python": platform.python_version(), "torch": torch.__version__,

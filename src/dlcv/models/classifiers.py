@@ -186,8 +186,9 @@ class WhiteningStem(nn.Module):
 class CifarConvNet(nn.Module):
     """airbench94's network shape: three blocks of conv-pool-norm-GELU + conv-norm-GELU (widths 64-256-256
     there), global max-pool, linear head; about 0.3 GFLOPs per 32 px image at 64-256-256, 25x fewer than
-    ResNet-50 with the CIFAR stem. airbench's own layers are options, measured one by one in the README's
-    P1 ablation: `stem="whiten"` (its frozen patch-whitening first layer; default a 3x3 conv-norm-GELU)
+    ResNet-50 with the CIFAR stem. airbench's own layers are options, measured one by one in the P1
+    ablation of docs/results-p1.md: `stem="whiten"` (its frozen patch-whitening first layer; default a 3x3
+    conv-norm-GELU)
     and `norm="airbench"` (its BatchNorm settings). `norm="group"` makes it batch-independent (used to
     check DDP against one process exactly)."""
 

@@ -40,7 +40,8 @@ DEFAULTS: dict[str, Any] = {
              "mean": None, "std": None, "cache_dir": None, "limit_train": None},
     "model": {"name": "resnet50"},
     # separate_views: each view through each network on its own (BatchNorm statistics per view, as the paper,
-    # lightly and solo-learn), not both in one batch: +0.004 k-NN at lightly's CIFAR budget on P1, 2 seeds (README)
+    # lightly and solo-learn), not both in one batch: +0.004 k-NN at lightly's CIFAR budget on P1, 2 seeds
+    # (docs/results-p2.md)
     "byol": {"projector_hidden": 4096, "projector_dim": 256, "base_momentum": 0.99, "final_momentum": 1.0,
              "separate_views": True},
     "views": {k: list(v) if isinstance(v, tuple) else v for k, v in ViewSpec().__dict__.items()},
