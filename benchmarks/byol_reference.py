@@ -124,7 +124,7 @@ def lightly_view_options(views: dict, view: int) -> dict:
 
 def cpu_autocast(cfg: dict):
     """A context factory for the precision dlcv's `auto` picks for the backbone on this CPU."""
-    from dlcv.engine.trainer import resolve_precision, PRECISIONS
+    from dlcv.engine.precision import PRECISIONS, resolve_precision
     from dlcv.models import model_spec
     dtype = PRECISIONS[resolve_precision(cfg["train"]["precision"], torch.device("cpu"),
                                          model_spec(cfg["model"]["name"]).cpu_bf16)]

@@ -1,5 +1,5 @@
 """Training images/s of each registered model in fp32 and under bf16 autocast on this CPU, as JSON: the
-evidence behind `train.precision: auto` on CPUs (engine/trainer.py resolve_precision).
+evidence behind `train.precision: auto` on CPUs (engine/precision.py resolve_precision).
 
     .venv/bin/python benchmarks/cpu_precision.py --out benchmarks/results/cpu_precision.json
     .venv/bin/python benchmarks/cpu_precision.py --models cifar_convnet resnet50_cifar --steps 20
@@ -40,7 +40,7 @@ CASES = {
 
 
 def images_per_s(name: str, precision: str, steps: int, warmup: int) -> float:
-    from dlcv.engine.trainer import resolve_channels_last
+    from dlcv.engine.precision import resolve_channels_last
     from dlcv.models import create_model, model_spec
 
     side, batch, classes, options = CASES[name]

@@ -4,9 +4,9 @@ JSON: which `tta.scales` to put in a recipe, measured once instead of one valida
     .venv/bin/python benchmarks/p3_tta_scales.py --ckpt RUN/checkpoints/last.pt \
         --dir ../shared/data/hw1_data/p3_data/validation --scales 0.75 1.0 1.25 1.5 --out tta_scales.json
 
-Each tile's logits are computed once per scale (segment.tile_logits, so with the flips / rotations of
---flip / --rotate90, the views validation and predict use) and every subset of the scales is scored from
-their mean, as `tta.scales` would average them. `cost` is the model work per tile relative to one view at
+Each tile's logits are computed once per scale (inference.segment's Segmenter, as validation and predict
+compute them: the checkpoint's infer_scale, precision and layout, with the flips / rotations of --flip /
+--rotate90) and every subset of the scales is scored from their mean, as `tta.scales` would average them. `cost` is the model work per tile relative to one view at
 scale 1 (a view at scale s costs about s squared).
 """
 from __future__ import annotations
@@ -23,9 +23,8 @@ import report_json  # benchmarks/report_json.py: machine + JSON output
 from dlcv.contracts.segment import load_segmenter
 from dlcv.data.images import read_rgb
 from dlcv.data.masks import UNKNOWN, pair_folder, read_mask
-from dlcv.data.preprocess import Preprocess
+from dlcv.inference.segment import Segmenter
 from dlcv.metrics import confusion_of, course_iou
-from dlcv.tasks.segment import tile_logits
 
 
 def main(argv=None) -> int:
@@ -35,29 +34,26 @@ def main(argv=None) -> int:
     p.add_argument("--scales", type=float, nargs="+", default=[0.75, 1.0, 1.25])
     p.add_argument("--flip", action="store_true", help="also the mirror image of every view")
     p.add_argument("--rotate90", action="store_true", help="also the 90/180/270-degree rotations")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, help="default: the run's train.eval_batch_size")
     p.add_argument("--out")
     args = p.parse_args(argv)
     device = torch.device("cpu")
-    model, state = load_segmenter(args.ckpt, device)
-    pre = state["preprocess"]
-    prep = Preprocess({"mean": pre["mean"], "std": pre["std"]}, device)
-    model = model.to(memory_format=torch.channels_last)
+    segmenter, state = load_segmenter(args.ckpt, device, batch_size=args.batch_size)
     views = {"flip": args.flip, "rotate90": args.rotate90}
+    at_scale = {s: Segmenter(segmenter.model, {**state["preprocess"], "tta": {**views, "scales": [s]}},
+                             segmenter.numerics, segmenter.batch_size, device) for s in args.scales}
     pairs = pair_folder(args.dir)
     subsets = [c for r in range(1, len(args.scales) + 1) for c in itertools.combinations(args.scales, r)]
     confusion = {c: 0 for c in subsets}
     tic = time.perf_counter()
-    with torch.inference_mode():
-        for start in range(0, len(pairs), args.batch_size):
-            chunk = pairs[start:start + args.batch_size]
-            x = prep(torch.from_numpy(np.stack([read_rgb(sat).transpose(2, 0, 1) for _, sat, _ in chunk])))
-            truth = np.stack([read_mask(mask, UNKNOWN)[0] for _, _, mask in chunk])
-            x = x.contiguous(memory_format=torch.channels_last)
-            per_scale = {s: tile_logits(model, x, views, pre.get("infer_scale", 1.0) * s) for s in args.scales}
-            for subset in subsets:
-                mean = sum(per_scale[s] for s in subset) / len(subset)
-                confusion[subset] = confusion[subset] + confusion_of(truth, mean.argmax(1).numpy())
+    for start in range(0, len(pairs), segmenter.batch_size):
+        chunk = pairs[start:start + segmenter.batch_size]
+        tiles = torch.from_numpy(np.stack([read_rgb(sat).transpose(2, 0, 1) for _, sat, _ in chunk]))
+        truth = np.stack([read_mask(mask, UNKNOWN)[0] for _, _, mask in chunk])
+        per_scale = {s: scaled.logits(tiles) for s, scaled in at_scale.items()}
+        for subset in subsets:
+            mean = sum(per_scale[s] for s in subset) / len(subset)
+            confusion[subset] = confusion[subset] + confusion_of(truth, mean.argmax(1).numpy())
     n_views = (2 if args.flip else 1) * (4 if args.rotate90 else 1)
     report = {**report_json.machine(), "ckpt": args.ckpt, "tiles": len(pairs), "views_per_scale": n_views,
               "seconds": round(time.perf_counter() - tic, 1), "subsets": []}

@@ -72,15 +72,14 @@ def test_val_accuracy_is_over_all_images_not_a_mean_of_batches(two_epoch_run, p1
     from dlcv.contracts.classify import infer, load_classifier
     from dlcv.data.images import list_images
 
-    model, state = load_classifier(out / "checkpoints" / "epoch_002.pt", pick_device("cpu"))
+    classifier, _ = load_classifier(out / "checkpoints" / "epoch_002.pt", pick_device("cpu"), batch_size=7)
     files = list_images(p1_root / "val_50")
-    preds, _ = infer(model, state, files, pick_device("cpu"), batch_size=7)  # batch size irrelevant
+    preds, _ = infer(classifier, files)  # batch size irrelevant
     truth = [int(f.name.split("_")[0]) for f in files]
     expected = sum(int(p) == t for p, t in zip(preds, truth)) / len(files)
-    # infer() and training's evaluation are two code paths (batch 7 vs 99, contiguous vs channels_last):
-    # a prediction whose top logits tie to float precision may flip, so one of the 100 may differ. The
-    # mean of per-batch accuracies (the report's bug) is (acc of 99 + acc of 1) / 2, off by >= 0.05 for
-    # any whole-set accuracy in [0.1, 0.9]
+    # batches of 7 here and 99 in training: a prediction whose top logits tie to float precision may flip
+    # with the batch size, so one of the 100 may differ. The mean of per-batch accuracies (the report's
+    # bug) is (acc of 99 + acc of 1) / 2, off by >= 0.05 for any whole-set accuracy in [0.1, 0.9]
     assert len(files) == 100 and 0.1 <= expected <= 0.9
     assert summary.final["val_acc"] == pytest.approx(expected, abs=1 / len(files) + 1e-9)
 
@@ -162,15 +161,15 @@ def test_a_diverging_loss_stops_the_run_with_a_clear_error(p1_root, tmp_path, mo
 
 
 def test_auto_precision_is_bf16_only_where_native_and_measured_faster(monkeypatch):
-    from dlcv.engine import run, trainer
+    from dlcv.engine import precision, run
     from dlcv.models import model_spec
     from dlcv.tasks.segment import SegmentTask
     cpu = torch.device("cpu")
 
     def auto(model_name):  # the model registry's measured entry, as its task passes it on to the loop
-        return trainer.resolve_precision("auto", cpu, model_spec(model_name).cpu_bf16)
+        return precision.resolve_precision("auto", cpu, model_spec(model_name).cpu_bf16)
 
-    assert trainer.resolve_precision("fp16", cpu, True) == "fp16"  # an explicit choice stays
+    assert precision.resolve_precision("fp16", cpu, True) == "fp16"  # an explicit choice stays
     monkeypatch.setattr(run, "cpu_has_native_bf16", lambda: True)
     assert [auto(m) for m in ("resnet50_cifar", "cifar_convnet", "resnet50")] == ["bf16"] * 3
     # measured slower (depthwise convolutions) or crashing in bf16 on such a CPU: fp32
@@ -252,7 +251,7 @@ def test_missing_data_root_is_a_clear_error(tmp_path):
 
 
 def test_tta_averages_the_mirror_and_shifted_views():
-    from dlcv.tasks.classify import tta_logits
+    from dlcv.inference.classify import tta_logits
 
     class TopLeftMinusTopRight(torch.nn.Module):
         def forward(self, x):
@@ -275,10 +274,11 @@ def test_tta_is_the_same_in_validation_and_predict(p1_root, tmp_path):
 
     cfg = small_classify_cfg(p1_root, **{"tta.flip": True, "tta.translate": 2, "train.eval_batch_size": 99})
     summary = train(cfg, tmp_path / "run")
-    model, state = load_classifier(tmp_path / "run" / "checkpoints" / "last.pt", pick_device("cpu"))
+    classifier, state = load_classifier(tmp_path / "run" / "checkpoints" / "last.pt", pick_device("cpu"),
+                                        batch_size=7)
     assert state["preprocess"]["tta"] == {"flip": True, "translate": 2}
     files = list_images(p1_root / "val_50")
-    preds, _ = infer(model, state, files, pick_device("cpu"), batch_size=7)
+    preds, _ = infer(classifier, files)
     accuracy = sum(int(p) == int(f.name.split("_")[0]) for p, f in zip(preds, files)) / len(files)
     assert summary.final["val_acc"] == pytest.approx(accuracy, abs=1 / len(files) + 1e-9)  # see above
     _, plain_state = load_classifier(tmp_path / "run" / "checkpoints" / "last.pt", pick_device("cpu"), tta=False)

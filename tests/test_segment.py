@@ -15,6 +15,7 @@ from dlcv.contracts import segment as segment_contracts
 from dlcv.data.masks import PALETTE, class_to_rgb, pair_folder, read_mask
 from dlcv.engine.trainer import Trainer
 from dlcv.errors import DlcvError
+from dlcv.inference import segment as seg_inference
 from dlcv.models import create_model
 from dlcv.tasks import segment
 
@@ -214,14 +215,14 @@ class _Counting(torch.nn.Module):
 def test_tta_maps_every_view_back(tta, views):
     model, x = _Counting(), torch.rand(2, 3, 32, 48)  # not square: rotated views change shape
     with torch.no_grad():
-        plain, averaged = model.conv(x), segment.tta_logits(model, x, tta)
+        plain, averaged = model.conv(x), seg_inference.tta_logits(model, x, tta)
     assert model.calls == views and averaged.shape == (2, 7, 32, 48)
     assert torch.allclose(averaged, plain, atol=1e-5)  # an equivariant model: every view maps back exactly
     # a model that sees position (left half zero) shows each view is mapped back where it came from
     ramp = torch.zeros(1, 7, 32, 48)
     ramp[..., 24:] = 1.0
     left_blind = lambda v: {"out": ramp.expand(len(v), -1, -1, -1)}  # noqa: E731
-    out = segment.tta_logits(left_blind, x, {"flip": True, "rotate90": False})
+    out = seg_inference.tta_logits(left_blind, x, {"flip": True, "rotate90": False})
     assert torch.allclose(out, torch.full_like(out, 0.5))  # the mirror's ramp lands on the other half
 
 
@@ -329,14 +330,14 @@ def test_tile_logits_at_a_smaller_scale_come_back_at_the_tile_size():
     model = _Counting()
     x = torch.rand(1, 3, 8, 8).repeat_interleave(8, -1).repeat_interleave(8, -2)  # 64 x 64, flat 8 px blocks
     with torch.no_grad():
-        full = segment.tile_logits(model, x, None)
-        half = segment.tile_logits(model, x, {"flip": True, "rotate90": False}, scale=0.5)
-        assert torch.equal(full, segment.tta_logits(model, x, None))
+        full = seg_inference.tile_logits(model, x, None)
+        half = seg_inference.tile_logits(model, x, {"flip": True, "rotate90": False}, scale=0.5)
+        assert torch.equal(full, seg_inference.tta_logits(model, x, None))
         assert half.shape == full.shape == (1, 7, 64, 64)
         centres = (slice(None), slice(None), slice(3, None, 8), slice(3, None, 8))  # the middle of each block
         assert torch.allclose(half[centres], full[centres], atol=1e-4)  # a 1x1 conv commutes with resizing
         seen = []
-        segment.tile_logits(lambda v: seen.append(v.shape) or {"out": torch.zeros(1, 7, *v.shape[-2:])}, x, None, 0.5)
+        seg_inference.tile_logits(lambda v: seen.append(v.shape) or {"out": torch.zeros(1, 7, *v.shape[-2:])}, x, None, 0.5)
         assert seen == [(1, 3, 32, 32)]  # the model saw the tile at half its size
 
 
@@ -348,9 +349,9 @@ def test_tile_logits_average_the_test_time_scales():
         seen.append(tuple(v.shape[-2:]))
         return {"out": torch.full((len(v), 7, *v.shape[-2:]), float(v.shape[-1]))}
 
-    out = segment.tile_logits(side_as_logit, x, {"flip": False, "rotate90": True, "scales": [0.75, 1.0, 1.25]})
+    out = seg_inference.tile_logits(side_as_logit, x, {"flip": False, "rotate90": True, "scales": [0.75, 1.0, 1.25]})
     assert out.shape == (2, 7, 16, 16) and torch.allclose(out, torch.full_like(out, (12 + 16 + 20) / 3))
     assert seen == [(12, 12)] * 4 + [(16, 16)] * 4 + [(20, 20)] * 4  # 4 rotations at each scale
     seen.clear()
-    segment.tile_logits(side_as_logit, x, {"flip": False, "rotate90": False, "scales": [0.75, 1.25]}, scale=0.5)
+    seg_inference.tile_logits(side_as_logit, x, {"flip": False, "rotate90": False, "scales": [0.75, 1.25]}, scale=0.5)
     assert seen == [(6, 6), (10, 10)]  # the scales multiply data.infer_scale

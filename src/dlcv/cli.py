@@ -46,14 +46,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
 
 
-def _add_predict_args(p: argparse.ArgumentParser, *positionals: str, batch_size: int = 256, tta: bool = True) -> None:
+def _add_predict_args(p: argparse.ArgumentParser, *positionals: str, tta: bool = True) -> None:
     """tta: the command applies the checkpoint's test-time augmentation, and --no-tta turns it off."""
     p.add_argument("--ckpt", required=True)
     for name in positionals:
         p.add_argument(name)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--batch-size", type=_whole_number(1), default=batch_size,
-                   help=f"images per forward pass (default {batch_size})")
+    p.add_argument("--batch-size", type=_whole_number(1), default=None,
+                   help="images per forward pass (default: the run's train.eval_batch_size, as it validated)")
+    p.add_argument("--precision", default="auto", choices=config_mod.COMMON_CHOICES["train.precision"],
+                   help="autocast precision (default auto: the one the run validated in, so the labels are its "
+                        "validation's; fp32 where this device cannot run that, with a warning)")
     if tta:
         p.add_argument("--no-tta", dest="tta", action="store_false",
                        help="skip the checkpoint's test-time augmentation (plain, faster predictions)")
@@ -125,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment = sub.add_parser("segment", help="P3 semantic segmentation").add_subparsers(dest="cmd", required=True)
     _add_train_args(segment.add_parser("train", help="train a segmentation model"))
     seg_predict = segment.add_parser("predict", help="write xxxx_mask.png for every xxxx_sat.jpg of a folder")
-    _add_predict_args(seg_predict, "image_dir", "out_dir", batch_size=8)
+    _add_predict_args(seg_predict, "image_dir", "out_dir")
     seg_predict.add_argument("--compile", action="store_true",
                              help="torch.compile the model with weight freezing: the same masks; VGG16-FCN32s "
                                   "1.59x on a Zen 5 CPU, 1.02x on an AMX Xeon (docs/performance.md); needs a C++ "
@@ -217,12 +220,13 @@ def run(args) -> int:
         if args.cmd == "predict":
             check_output_file(args.out_csv, "OUT_CSV")
             n = classify_contracts.predict_folder(args.ckpt, args.image_dir, args.out_csv, device, args.batch_size,
-                                                  args.tta)
+                                                  args.tta, args.precision)
             log.info("wrote %d predictions to %s", n, args.out_csv)
             return 0
         if args.cmd == "embed":
             check_figure_path(args.out, "--out")
-            classify_contracts.embed_figure(args.ckpt, args.image_dir, args.method, args.out, device)
+            classify_contracts.embed_figure(args.ckpt, args.image_dir, args.method, args.out, device,
+                                            args.batch_size, args.precision)
             log.info("wrote %s", args.out)
             return 0
     if args.group == "ssl":
@@ -251,7 +255,7 @@ def run(args) -> int:
         from dlcv.engine.distributed import pick_device
         check_output_file(args.out_csv, "OUT_CSV")
         n = predict_csv(args.ckpt, args.in_csv, args.image_dir, args.out_csv, pick_device(args.device),
-                        args.batch_size, args.tta)
+                        args.batch_size, args.tta, args.precision)
         log.info("wrote %d predictions to %s", n, args.out_csv)
         return 0
     if args.group == "segment":
@@ -266,7 +270,7 @@ def run(args) -> int:
         from dlcv.engine.distributed import pick_device
         check_output_dir(args.out_dir, "OUT_DIR")
         n = segment_contracts.predict_folder(args.ckpt, args.image_dir, args.out_dir, pick_device(args.device),
-                                             args.batch_size, args.tta, args.compile)
+                                             args.batch_size, args.tta, args.compile, args.precision)
         log.info("wrote %d masks to %s", n, args.out_dir)
         return 0
     if args.group == "report":

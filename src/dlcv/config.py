@@ -47,7 +47,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "sched": {"name": "constant", "milestones": [], "gamma": 0.1, "warmup_epochs": 0.0,
               "final_lr_ratio": 0.0},
     # precision / channels_last `auto`: chosen per device (and model) from measurements, see
-    # engine/trainer.py resolve_precision and resolve_channels_last.
+    # engine/precision.py resolve_precision and resolve_channels_last.
     "train": {"epochs": 1, "batch_size": 32, "eval_batch_size": 256, "max_steps": None, "max_seconds": None,
               "precision": "auto", "seed": 0, "channels_last": "auto", "compile": False,
               "sync_batchnorm": False,

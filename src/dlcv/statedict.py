@@ -1,11 +1,14 @@
-"""Loading a state_dict into a module strictly, with an error that names what does not fit: used by the
-model builders (weight files), the engine (resume) and the tasks (backbone export)."""
+"""Loading a state_dict into a module strictly, with an error that names what does not fit (used by the
+model builders (weight files), the engine (resume) and the backbone export), and saving one as a plain file."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from dlcv.errors import DlcvError
+from dlcv.fileio import atomic_path
 
 
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -23,3 +26,9 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -
                  f"shape mismatches: {few(shapes)}" if shapes else ""]
         raise DlcvError(f"{source} does not fit {type(model).__name__}: " + "; ".join(p for p in parts if p))
     model.load_state_dict(state)
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """A plain state_dict file (tensors only, on the CPU), written atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)

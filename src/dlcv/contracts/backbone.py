@@ -9,8 +9,8 @@ import torch
 from dlcv.engine import checkpoint
 from dlcv.errors import DlcvError
 from dlcv.models import create_model
-from dlcv.statedict import load_strict
-from dlcv.tasks.ssl import BACKBONES, save_state_dict
+from dlcv.models.byol import BACKBONES
+from dlcv.statedict import load_strict, save_state_dict
 
 
 def export_backbone(ckpt: str | Path, out: str | Path) -> str:

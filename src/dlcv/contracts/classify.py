@@ -8,27 +8,26 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from dlcv import metrics
 from dlcv.data import labels as labels_mod
 from dlcv.data.images import list_images, load_images
-from dlcv.data.preprocess import Preprocess
 from dlcv.engine import checkpoint
 from dlcv.errors import DlcvError
-from dlcv.models import model_from_checkpoint, model_spec
-from dlcv.tasks.classify import capture_head_input, tta_logits
+from dlcv.inference.classify import Classifier
 from dlcv.viz import figures
 
 log = logging.getLogger("dlcv")
 
 
-def load_classifier(ckpt_path: str | Path, device: torch.device, tta: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """The model and its checkpoint; `tta=False` drops the saved test-time augmentation (plain predictions)."""
+def load_classifier(ckpt_path: str | Path, device: torch.device, tta: bool = True, precision: str = "auto",
+                    batch_size: int | None = None) -> tuple[Classifier, dict[str, Any]]:
+    """The checkpoint's model as its run validated it, and the checkpoint; `tta=False` drops the saved
+    test-time augmentation (plain predictions); `precision` and `batch_size`: see Classifier.from_checkpoint."""
     state = checkpoint.load(ckpt_path, "classify", require=("classes", "preprocess"))
     if not tta:
         state["preprocess"] = {**state["preprocess"], "tta": None}
-    return model_from_checkpoint(state, len(state["classes"])).to(device).eval(), state
+    return Classifier.from_checkpoint(state, device, precision, batch_size, str(ckpt_path)), state
 
 
 def warn_if_other_problem(ckpt: str | Path, state: dict[str, Any], expects_csv_labels: bool) -> None:
@@ -43,39 +42,34 @@ def warn_if_other_problem(ckpt: str | Path, state: dict[str, Any], expects_csv_l
                     len(classes), shown)
 
 
-def infer(model: nn.Module, state: dict[str, Any], files: Sequence[Path], device: torch.device,
-          batch_size: int = 256, with_features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def infer(classifier: Classifier, files: Sequence[Path],
+          with_features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Predicted class indices (and optionally features) for image files, in the given order."""
-    prep = Preprocess(state["preprocess"], device)
-    images = load_images(files, state["preprocess"]["image_size"], use_cache=False)
+    images = load_images(files, classifier.meta["image_size"], use_cache=False)
     preds, feats = [], []
-    head = model_spec(state["config"]["model"]["name"]).head
-    with torch.inference_mode():
-        for chunk in images.split(batch_size):
-            x = prep(chunk.to(device))
-            if with_features:  # of the plain image, whatever the test-time views
-                with capture_head_input(model, head) as captured:
-                    model(x)
-                feats += captured
-            preds.append(tta_logits(model, x, state["preprocess"].get("tta")).argmax(1).cpu())
+    for chunk in images.split(classifier.batch_size):
+        if with_features:
+            feats.append(classifier.features(chunk))
+        preds.append(classifier.logits(chunk).argmax(1).cpu())
     return torch.cat(preds).numpy(), torch.cat(feats).numpy() if with_features else None
 
 
 def predict_folder(ckpt: str | Path, image_dir: str | Path, out_csv: str | Path, device: torch.device,
-                   batch_size: int = 256, tta: bool = True) -> int:
+                   batch_size: int | None = None, tta: bool = True, precision: str = "auto") -> int:
     """Writes `filename,label` for every image of the folder, sorted by file name. Labels come from the
     model only, never from file names; the matching of names to predictions is by construction."""
-    model, state = load_classifier(ckpt, device, tta)
+    classifier, state = load_classifier(ckpt, device, tta, precision, batch_size)
     warn_if_other_problem(ckpt, state, expects_csv_labels=False)
     files = list_images(image_dir)
-    preds, _ = infer(model, state, files, device, batch_size)
+    preds, _ = infer(classifier, files)
     classes = state["classes"]
     labels_mod.write_csv(out_csv, ["filename", "label"], [(f.name, classes[p]) for f, p in zip(files, preds)])
     return len(files)
 
 
 def predict_csv(ckpt: str | Path, in_csv: str | Path, image_dir: str | Path, out_csv: str | Path,
-                device: torch.device, batch_size: int = 256, tta: bool = True) -> int:
+                device: torch.device, batch_size: int | None = None, tta: bool = True,
+                precision: str = "auto") -> int:
     """SPEC 4 (hw1_2.sh): `id,filename,label` with id and filename copied from IN_CSV in its order; the
     input's label column, if any, is ignored (it may be `None`)."""
     rows = labels_mod.read_csv_rows(in_csv, ("id", "filename"))
@@ -83,9 +77,9 @@ def predict_csv(ckpt: str | Path, in_csv: str | Path, image_dir: str | Path, out
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise DlcvError(f"{in_csv}: {len(missing)} listed image(s) not found in {image_dir}, e.g. {missing[0]}")
-    model, state = load_classifier(ckpt, device, tta)
+    classifier, state = load_classifier(ckpt, device, tta, precision, batch_size)
     warn_if_other_problem(ckpt, state, expects_csv_labels=True)
-    preds, _ = infer(model, state, files, device, batch_size)
+    preds, _ = infer(classifier, files)
     classes = state["classes"]
     labels_mod.write_csv(out_csv, ["id", "filename", "label"],
                          [(r["id"], r["filename"], classes[p]) for r, p in zip(rows, preds)])
@@ -96,15 +90,15 @@ MIN_EMBED_IMAGES = 5  # fewer points make no PCA / t-SNE picture (t-SNE needs mo
 
 
 def embed_figure(ckpt: str | Path, image_dir: str | Path, method: str, out: str | Path,
-                 device: torch.device) -> None:
+                 device: torch.device, batch_size: int | None = None, precision: str = "auto") -> None:
     """PCA / t-SNE of a checkpoint's features on a folder, coloured by the class in the file names
     (`{label}_{id}.png`) or, for unlabelled folders, by the predicted class."""
     files = list_images(image_dir)
     if len(files) < MIN_EMBED_IMAGES:
         raise DlcvError(f"{image_dir}: {len(files)} image(s); a {method.upper()} picture needs at least "
                         f"{MIN_EMBED_IMAGES}")
-    model, state = load_classifier(ckpt, device)
-    preds, feats = infer(model, state, files, device, with_features=True)
+    classifier, state = load_classifier(ckpt, device, precision=precision, batch_size=batch_size)
+    preds, feats = infer(classifier, files, with_features=True)
     names = [labels_mod.label_from_filename(f) for f in files]
     if all(n is not None for n in names) and set(names) <= set(state["classes"]):
         colours, source = labels_mod.encode(names, state["classes"], str(image_dir)), "true"

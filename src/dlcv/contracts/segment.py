@@ -7,65 +7,45 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from dlcv.data.images import read_rgb
 from dlcv.data.masks import NUM_CLASSES, SAT_SUFFIXES, UNKNOWN, mask_name, read_mask, sat_images, write_mask
-from dlcv.data.preprocess import Preprocess
 from dlcv.engine import checkpoint
-from dlcv.engine.trainer import resolve_channels_last
 from dlcv.errors import DlcvError
+from dlcv.inference.segment import Segmenter
 from dlcv.metrics import confusion_of, course_iou
-from dlcv.models import model_from_checkpoint, model_spec
-from dlcv.tasks.segment import tile_logits
 
 
-def load_segmenter(ckpt_path: str | Path, device: torch.device, tta: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """The model and its checkpoint; `tta=False` drops the saved test-time augmentation (plain predictions)."""
+def load_segmenter(ckpt_path: str | Path, device: torch.device, tta: bool = True, precision: str = "auto",
+                   batch_size: int | None = None, compile_model: bool = False) -> tuple[Segmenter, dict[str, Any]]:
+    """The checkpoint's model as its run validated it, and the checkpoint; `tta=False` drops the saved
+    test-time augmentation (plain predictions); the rest: see Segmenter.from_checkpoint."""
     state = checkpoint.load(ckpt_path, "segment", require=("preprocess",))
     if not tta:
         state["preprocess"] = {**state["preprocess"], "tta": None}
-    return model_from_checkpoint(state, NUM_CLASSES).to(device).eval(), state
+    return Segmenter.from_checkpoint(state, device, precision, batch_size, str(ckpt_path), compile_model), state
 
 
 def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path, device: torch.device,
-                   batch_size: int = 8, tta: bool = True, compile_model: bool = False) -> int:
+                   batch_size: int | None = None, tta: bool = True, compile_model: bool = False,
+                   precision: str = "auto") -> int:
     """`xxxx_mask.png` (RGB, course palette, the input's size) for every `xxxx_sat.jpg`, written atomically.
-    Tiles go through the model `batch_size` at a time (one at a time where a batch mixes tile sizes), with
-    the checkpoint's test-time augmentation unless `tta=False`, in the memory layout its run validated in.
-    `compile_model`: torch.compile with inductor's weight freezing (the weights become constants, folded and
-    pre-packed for oneDNN): the same masks, VGG16-FCN32s 1.59x the tiles/s on a 2-core Zen 5 CPU
-    (benchmarks/fcn32s_cpu.py) but 1.02x on a 2-core AMX Xeon (end to end), after a few seconds of
-    compiling per input shape: an option, not the default."""
+    Tiles go through the model as its run validated them (inference.segment.Segmenter), `batch_size` at a
+    time (default: the run's train.eval_batch_size; one at a time where a batch mixes tile sizes)."""
     files = sat_images(image_dir)
     out_dir = Path(out_dir)
     _refuse_ground_truth_folder(Path(image_dir), out_dir)
-    model, state = load_segmenter(ckpt, device, tta)
-    pre, cfg = state["preprocess"], state["config"]
-    prep = Preprocess({"mean": pre["mean"], "std": pre["std"]}, device)
-    channels_last = resolve_channels_last(cfg["train"]["channels_last"], device,
-                                          model_spec(cfg["model"]["name"]).cpu_channels_last)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=layout)
-    if compile_model:
-        # static shapes: a tile size and each test-time scale compile once instead of one slower dynamic graph.
-        # No FX graph cache: in torch 2.14.1 a graph cached under one ATEN_CPU_CAPABILITY and loaded under
-        # another returns NaN logits (measured: written with AVX-512 kernels, read with avx2), and each
-        # compile is a few seconds anyway.
-        model = torch.compile(model, options={"freezing": True, "fx_graph_cache": False}, dynamic=False)
-    with torch.inference_mode():
-        for start in range(0, len(files), batch_size):
-            chunk = files[start:start + batch_size]
-            arrays = [read_rgb(f).transpose(2, 0, 1) for f in chunk]
-            groups = [arrays] if len({a.shape for a in arrays}) == 1 else [[a] for a in arrays]
-            preds = []
-            for group in groups:
-                x = prep(torch.from_numpy(np.stack(group)).to(device))
-                logits = _compiled_call(tile_logits, model, x.contiguous(memory_format=layout), pre.get("tta"),
-                                        pre.get("infer_scale", 1.0))
-                preds += logits.argmax(1).to(torch.uint8).cpu()
-            for f, pred in zip(chunk, preds):
-                write_mask(out_dir / mask_name(f), pred.numpy())
+    segmenter, _ = load_segmenter(ckpt, device, tta, precision, batch_size, compile_model)
+    for start in range(0, len(files), segmenter.batch_size):
+        chunk = files[start:start + segmenter.batch_size]
+        arrays = [read_rgb(f).transpose(2, 0, 1) for f in chunk]
+        groups = [arrays] if len({a.shape for a in arrays}) == 1 else [[a] for a in arrays]
+        preds = []
+        for group in groups:
+            logits = _compiled_call(segmenter.logits, torch.from_numpy(np.stack(group)))
+            preds += logits.argmax(1).to(torch.uint8).cpu()
+        for f, pred in zip(chunk, preds):
+            write_mask(out_dir / mask_name(f), pred.numpy())
     return len(files)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dlcv.engine.precision import Numerics
 from dlcv.engine.run import RunDir
 
 
@@ -20,9 +21,15 @@ class Context:
     world_size: int
     run: RunDir  # the run folder's paths (figures, snapshots) and files
     channels_last: bool  # the memory layout the model runs in (train.channels_last, resolved)
+    precision: str  # the autocast precision it trains and validates in (train.precision, resolved)
     module: nn.Module | None = None  # the weights being trained, unwrapped: no DDP, no compile
     eval_module: nn.Module | None = None  # what is validated, snapshotted and saved: the EMA, or `module`
     total_steps: int = 0  # optimizer steps of the whole run (schedules over the run, e.g. BYOL's target)
+
+    @property
+    def numerics(self) -> Numerics:
+        """What validation runs in, and predict after it (recorded in every checkpoint)."""
+        return Numerics(self.precision, self.channels_last)
 
     @property
     def is_main(self) -> bool:

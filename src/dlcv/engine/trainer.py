@@ -3,7 +3,6 @@
 snapshots) lives here once."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
@@ -22,8 +21,8 @@ from tqdm import tqdm
 from dlcv.config import ConfigError
 from dlcv.engine import batches, checkpoint, distributed
 from dlcv.engine.budget import plan_epochs
-from dlcv.engine import run as run_mod
 from dlcv.engine.optim import build_optimizer, build_scheduler, keep_config_hyperparameters, trainable_parameters
+from dlcv.engine.precision import PRECISIONS, autocast, resolve_channels_last, resolve_precision
 from dlcv.engine.run import RunDir, Summary, environment, read_summary
 from dlcv.engine.task import Context, Task
 from dlcv.errors import DlcvError
@@ -35,36 +34,6 @@ PLAIN_PROGRESS_S = 30.0
 # train.epochs=auto measures MEASURE_STEPS training steps after MEASURE_WARMUP (cuDNN's autotuning,
 # torch.compile, allocator growth) and one validation
 MEASURE_WARMUP, MEASURE_STEPS = 3, 10
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_precision(name: str, device: torch.device, cpu_bf16: bool = True) -> str:
-    """`auto`: bf16 on CUDA; on a CPU bf16 exactly when it is native and measured faster for the model
-    (`cpu_bf16`: the model registry's entry, passed on by the task), else fp32. Evidence (train img/s
-    fp32 -> bf16 autocast, benchmarks/cpu_precision.py):
-    - 2-core Intel Xeon with AMX-BF16 (benchmarks/results/cpu_precision_avx512.json): cifar_convnet b256
-      312 -> 856, resnet50_cifar b32 27.3 -> 54.8, resnet18 64 px b64 202 -> 332, resnet50 128 px b16
-      25.9 -> 45.1, fcn_small 256 px b8 51 -> 94; but efficientnet_lite0 64 px 214 -> 139 and
-      lite0_deeplab 256 px 15.9 -> 13.0 (depthwise convolutions: slower), and fcn32s_vgg16 crashes in
-      bf16 there: their registry entries say cpu_bf16=False.
-    - 2-core CPU with AVX2 only (bf16 emulated): resnet50_cifar b32 8.7 -> 0.6, cifar_convnet b64
-      274 -> 15, so fp32 there."""
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if run_mod.cpu_has_native_bf16() and cpu_bf16 else "fp32"
-
-
-def resolve_channels_last(setting, device: torch.device, cpu_channels_last: bool = True) -> bool:
-    """`auto`: on with CUDA (the layout tensor cores want); on CPU as measured for the model (the registry's
-    `cpu_channels_last`, passed on by the task). On the 2-core
-    CPU (fp32 img/s, contiguous -> channels_last): resnet50_cifar b32 9.5 -> 10.5, BYOL ResNet-50 at 128 px
-    b16 3.0 -> 4.0 (benchmarks/results/cpu_2core.json), cifar_convnet b64 99 -> 113; but VGG16-FCN32s at
-    512 px 0.103 -> 0.089, so its registry entry turns it off there."""
-    if setting != "auto":
-        return setting
-    return device.type == "cuda" or cpu_channels_last
 
 
 def fit_or_reuse(task: Task, cfg: dict, run_dir: str | Path) -> Summary:
@@ -107,12 +76,11 @@ class Trainer:
             log.warning("fp16 on CPU is slow (emulated); fp32 is usually fastest there")
         self.channels_last = resolve_channels_last(t["channels_last"], self.device, task.cpu_channels_last)
         self.environment = environment(self.device, self.env.world_size)
-        self.ctx = Context(self.device, self.env.rank, self.env.world_size, self.run, self.channels_last)
+        self.ctx = Context(self.device, self.env.rank, self.env.world_size, self.run, self.channels_last,
+                           self.precision)
 
     def autocast(self):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return autocast(self.device, self.precision)
 
     def _sync_batchnorm(self, module: nn.Module) -> nn.Module:
         """BatchNorm statistics over the global batch instead of each process's share (BYOL and
@@ -441,8 +409,8 @@ class Trainer:
 
     def _weights_state(self, epoch: int, step: int) -> dict[str, Any]:
         return {"task": self.task.name, "model": self.ctx.eval_module.state_dict(), "epoch": epoch, "step": step,
-                "config": self.cfg, **({} if self.plan is None else {"epoch_plan": self.plan}),
-                **self.task.checkpoint_meta()}
+                "config": self.cfg, "inference": self.ctx.numerics.record(),
+                **({} if self.plan is None else {"epoch_plan": self.plan}), **self.task.checkpoint_meta()}
 
     def _save_weights(self, path: Path, epoch: int, step: int) -> None:
         if self.env.is_main:

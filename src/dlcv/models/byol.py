@@ -9,6 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# the torchvision ResNets a BYOL backbone (and P2's backbone file) can be; the *_cifar ones (3x3 stride-1 stem,
+# model.options.keep_maxpool) keep 32 px inputs from being pooled down to a 1x1 map before the last stage
+BACKBONES = ("resnet50", "resnet18", "resnet50_cifar", "resnet18_cifar")
+
 
 def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),

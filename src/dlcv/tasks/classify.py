@@ -2,10 +2,9 @@
 batch augmentation there, cross-entropy, whole-set accuracy, feature snapshots for PCA / t-SNE."""
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +19,7 @@ from dlcv.data.preprocess import Preprocess
 from dlcv.engine import batches, checkpoint, distributed
 from dlcv.engine.task import Context
 from dlcv.errors import DlcvError
+from dlcv.inference.classify import Classifier
 from dlcv.models import create_model, list_models, model_spec
 from dlcv.tasks import ModelTask
 from dlcv.viz import figures
@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "augment": {"flip": False, "alternate_flip": False, "crop_padding": 0, "pad_mode": "zeros", "rotation": 0.0, "cutout": 0,
                 "resized_crop_scale": None, "color_jitter": None},
     "loss": {"label_smoothing": 0.0},
-    # test-time augmentation in validation AND predict (saved in the checkpoint): see tta_logits
+    # test-time augmentation in validation AND predict (saved in the checkpoint): see inference.classify.tta_logits
     "tta": {"flip": False, "translate": 0},
     "snapshot": {"tsne_perplexity": 30.0},
 }
@@ -68,28 +68,6 @@ def _holdout(files: list[Path], labels: list[str], fraction: float, seed: int):
     val = batches.seeded_subset(len(files), max(1, round(fraction * len(files))), seed)
     train = sorted(set(range(len(files))) - set(val))
     return (*_take(files, labels, train), *_take(files, labels, val))
-
-
-def tta_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None) -> torch.Tensor:
-    """fp32 logits, averaged over test-time views as airbench does: the image and its mirror image
-    (`flip`), and with `translate` t also both shifted by t pixels up-left and down-right (reflect
-    padding), weighted 1/2 unshifted and 1/4 per shift. No tta: the plain logits."""
-    def views_of(z):
-        return [z, z.flip(-1)] if tta and tta["flip"] else [z]
-
-    def mean_logits(z):
-        outs = [model(v).float() for v in views_of(z)]
-        return sum(outs) / len(outs)
-
-    logits = mean_logits(x)
-    t = tta["translate"] if tta else 0
-    if t:
-        h, w = x.shape[-2:]
-        padded = F.pad(x, (t, t, t, t), mode="reflect")
-        shifted = [padded[..., :h, :w], padded[..., 2 * t:, 2 * t:]]
-        layout = augment.memory_format_of(x)
-        logits = 0.5 * logits + 0.25 * sum(mean_logits(z.contiguous(memory_format=layout)) for z in shifted)
-    return logits
 
 
 class ClassifyTask(ModelTask):
@@ -150,18 +128,19 @@ class ClassifyTask(ModelTask):
         x, y = batch
         return F.cross_entropy(model(x), y, label_smoothing=self.cfg["loss"]["label_smoothing"])
 
-    def _val_batches(self, ctx: Context) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        bs = self.cfg["train"]["eval_batch_size"]
-        for idx in batches.eval_batches(len(self.val_y), bs, ctx.rank, ctx.world_size):
-            idx = idx.to(ctx.device)
-            yield ctx.images(self.preprocess(self.val_x[idx])), self.val_y[idx]
+    def _classifier(self, ctx: Context, model: nn.Module) -> Classifier:
+        """`model` as validation, snapshots and predict run it (what a checkpoint of the run records)."""
+        return Classifier(model, self.cfg["model"]["name"], self.meta, ctx.numerics,
+                          self.cfg["train"]["eval_batch_size"], ctx.device)
 
     def evaluate(self, ctx: Context, model: nn.Module) -> dict[str, Any]:
         """Accuracy over ALL validation images (the report averaged per-batch accuracies instead)."""
         self.confusion.reset()
+        classifier = self._classifier(ctx, model)
         loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-        for x, y in self._val_batches(ctx):
-            logits = tta_logits(model, x, self.cfg["tta"])
+        for idx in batches.eval_batches(len(self.val_y), classifier.batch_size, ctx.rank, ctx.world_size):
+            idx = idx.to(ctx.device)
+            logits, y = classifier.logits(self.val_x[idx]), self.val_y[idx]
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             self.confusion.update(logits.argmax(1), y)
         matrix = self.confusion.compute().cpu().numpy()  # torchmetrics sums it over DDP ranks
@@ -176,16 +155,13 @@ class ClassifyTask(ModelTask):
         """Second-last-layer features of the whole val set, kept for the PCA / t-SNE figures."""
         if not ctx.is_main:
             return
-        targets = []
-        with capture_head_input(model, model_spec(self.cfg["model"]["name"]).head) as captured:
-            for idx in torch.arange(len(self.val_y)).split(self.cfg["train"]["eval_batch_size"]):
-                idx = idx.to(ctx.device)
-                model(ctx.images(self.preprocess(self.val_x[idx])))
-                targets.append(self.val_y[idx].cpu())
-        feats = torch.cat(captured).bfloat16()  # half the size; float16 could overflow
+        classifier = self._classifier(ctx, model)
+        chunks = torch.arange(len(self.val_y), device=ctx.device).split(classifier.batch_size)
+        feats = torch.cat([classifier.features(self.val_x[idx]) for idx in chunks])
         checkpoint.save_snapshot(ctx.run.snapshots / f"features_epoch_{epoch:03d}.pt",
-                                 {"task": self.name, "epoch": epoch, "features": feats,
-                                  "labels": torch.cat(targets), "classes": self.classes})
+                                 {"task": self.name, "epoch": epoch,
+                                  "features": feats.bfloat16(),  # half the size; float16 could overflow
+                                  "labels": self.val_y.cpu(), "classes": self.classes})
 
     def finish(self, ctx: Context, rows: list[dict[str, Any]]) -> None:
         fig_dir = ctx.run.figures
@@ -209,15 +185,3 @@ class ClassifyTask(ModelTask):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"classes": self.classes, "preprocess": self.meta}
-
-
-@contextlib.contextmanager
-def capture_head_input(model: nn.Module, head: str):
-    """Collects the input of the final layer (the feature vector) of every forward pass."""
-    captured: list[torch.Tensor] = []
-    handle = model.get_submodule(head).register_forward_pre_hook(
-        lambda _m, args: captured.append(args[0].detach().float().flatten(1).cpu()))
-    try:
-        yield captured
-    finally:
-        handle.remove()

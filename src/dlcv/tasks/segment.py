@@ -21,6 +21,7 @@ from dlcv.data.preprocess import Preprocess
 from dlcv.engine import batches, checkpoint, distributed
 from dlcv.engine.task import Context
 from dlcv.errors import DlcvError
+from dlcv.inference.segment import Segmenter
 from dlcv.metrics import SCORED, course_iou
 from dlcv.models import create_model, list_models
 from dlcv.tasks import ModelTask
@@ -41,8 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "augment": {"flip": False, "rotate90": False, "scale": [1.0, 1.0], "balanced": 0.0},
     # dice_weight / lovasz_weight: + that x (1 - soft Dice) / the Lovasz-softmax term to the cross-entropy
     "loss": {"aux_weight": 0.4, "label_smoothing": 0.0, "dice_weight": 0.0, "lovasz_weight": 0.0},
-    # test-time augmentation in validation AND predict (saved in the checkpoint): see tta_logits; scales:
-    # the tile is also seen resized by each factor (times data.infer_scale), see tile_logits
+    # test-time augmentation in validation AND predict (saved in the checkpoint): see inference.segment's
+    # tta_logits; scales: the tile is also seen resized by each factor (times data.infer_scale), tile_logits
     "tta": {"flip": False, "rotate90": False, "scales": [1.0]},
     "snapshot": {"images": ["0013", "0062", "0104"]},
 }
@@ -54,41 +55,6 @@ def choices() -> dict[str, tuple]:
 
 
 SCHEMA = config_mod.Schema(DEFAULTS, choices, TYPES)
-
-
-def tta_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None) -> torch.Tensor:
-    """fp32 logits N x C x H x W averaged over test-time views of the tiles, each mapped back before
-    averaging: with `flip` also the mirror image, with `rotate90` also the 90/180/270-degree rotations
-    (both: the 8 symmetries of the square). Satellite tiles have no up or down, so every view is a fair
-    sample. No tta: the plain logits."""
-    mirrors = (False, True) if tta and tta["flip"] else (False,)
-    turns = range(4) if tta and tta["rotate90"] else range(1)
-    layout = augment.memory_format_of(x)
-    total = None
-    for mirror in mirrors:
-        for k in turns:
-            view = torch.rot90(x.flip(-1) if mirror else x, k, (-2, -1)).contiguous(memory_format=layout)
-            out = torch.rot90(model(view)["out"].float(), -k, (-2, -1))
-            out = out.flip(-1) if mirror else out
-            total = out if total is None else total + out
-    return total / (len(mirrors) * len(turns))
-
-
-def tile_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None, scale: float = 1.0) -> torch.Tensor:
-    """fp32 logits at the tiles' size, averaged over the test-time scales (`tta["scales"]`, default [1]):
-    per scale s the tiles resized by scale x s (antialiased when shrunk), tta_logits there, the logits
-    resized back (bilinear). A smaller view shows each pixel more context, a larger one more detail."""
-    scales = (tta or {}).get("scales") or [1.0]
-    return sum(_scaled_logits(model, x, tta, scale * s) for s in scales) / len(scales)
-
-
-def _scaled_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None, scale: float) -> torch.Tensor:
-    if scale == 1.0:
-        return tta_logits(model, x, tta)
-    size = x.shape[-2:]
-    small = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1)
-    logits = tta_logits(model, small.contiguous(memory_format=augment.memory_format_of(x)), tta)
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -218,14 +184,19 @@ class SegmentTask(ModelTask):
                                                                 label_smoothing=smooth)
         return loss
 
+    def _segmenter(self, ctx: Context, model: nn.Module) -> Segmenter:
+        """`model` as validation, snapshots and predict run it (what a checkpoint of the run records)."""
+        return Segmenter(model, self.checkpoint_meta()["preprocess"], ctx.numerics,
+                         self.cfg["train"]["eval_batch_size"], ctx.device)
+
     def evaluate(self, ctx: Context, model: nn.Module) -> dict[str, Any]:
-        bs = self.cfg["train"]["eval_batch_size"]
         self.confusion.reset()
+        segmenter = self._segmenter(ctx, model)
         loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-        for idx in batches.eval_batches(len(self.val_x), bs, ctx.rank, ctx.world_size):
+        for idx in batches.eval_batches(len(self.val_x), segmenter.batch_size, ctx.rank, ctx.world_size):
             idx = idx.to(ctx.device)
             y = self.val_y[idx].long()
-            logits = self._val_logits(ctx, model, idx)
+            logits = segmenter.logits(self.val_x[idx])
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             self.confusion.update(logits.argmax(1), y)
         matrix = self.confusion.compute().cpu().numpy()  # summed over DDP ranks by torchmetrics
@@ -236,11 +207,6 @@ class SegmentTask(ModelTask):
                 **{f"iou_{CLASS_NAMES[c]}": ious[c] for c in range(SCORED)},
                 "pixel_acc": float(matrix.trace() / matrix.sum()),
                 "per_class_iou": {CLASS_NAMES[c]: round(ious[c], 5) for c in range(SCORED)}}
-
-    def _val_logits(self, ctx: Context, model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-        """Logits of validation tiles `idx` as validation, snapshots and predict compute them."""
-        return tile_logits(model, self.normalize(ctx, self.val_x[idx]), self.cfg["tta"],
-                           self.cfg["data"]["infer_scale"])
 
     def _snapshot_indices(self) -> list[int]:
         ids = [ident for ident, _, _ in self.val_pairs]
@@ -257,7 +223,7 @@ class SegmentTask(ModelTask):
         if not ctx.is_main:
             return
         idx = torch.tensor(self._snapshot_indices(), device=ctx.device)
-        pred = self._val_logits(ctx, model, idx).argmax(1).to(torch.uint8).cpu()
+        pred = self._segmenter(ctx, model).logits(self.val_x[idx]).argmax(1).to(torch.uint8).cpu()
         checkpoint.save_snapshot(ctx.run.snapshots / f"masks_epoch_{epoch:03d}.pt",
                                  {"task": self.name, "epoch": epoch, "masks": pred,
                                   "ids": [self.val_pairs[i][0] for i in idx.tolist()]})
@@ -280,6 +246,3 @@ class SegmentTask(ModelTask):
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"preprocess": {"mean": self.cfg["data"]["mean"], "std": self.cfg["data"]["std"],
                                "tta": self.cfg["tta"], "infer_scale": self.cfg["data"]["infer_scale"]}}
-
-
-# -- inference and scoring ---------------------------------------------------------------------------------

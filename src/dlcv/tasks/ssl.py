@@ -21,18 +21,15 @@ from dlcv.engine import batches
 from dlcv.engine.task import Context
 from dlcv.engine.trainer import fit_or_reuse
 from dlcv.errors import DlcvError
-from dlcv.fileio import DirectoryLock, atomic_path, write_text
+from dlcv.fileio import DirectoryLock, write_text
 from dlcv.metrics import knn_accuracy
 from dlcv.models import create_model
-from dlcv.models.byol import BYOL, resnet_features, target_momentum
+from dlcv.models.byol import BACKBONES, BYOL, resnet_features, target_momentum
+from dlcv.statedict import save_state_dict
 from dlcv.tasks import ModelTask, classify
 from dlcv.viz import figures
 
 log = logging.getLogger("dlcv")
-
-# torchvision ResNets; the *_cifar ones (3x3 stride-1 stem, model.options.keep_maxpool) keep 32 px inputs from
-# being pooled down to a 1x1 map before the last stage
-BACKBONES = ("resnet50", "resnet18", "resnet50_cifar", "resnet18_cifar")
 
 DEFAULTS: dict[str, Any] = {
     "task": "ssl",
@@ -154,11 +151,6 @@ class SSLTask(ModelTask):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"backbone_arch": self.cfg["model"]["name"]}
-
-
-def save_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
 
 
 # -- transfer settings A-E -------------------------------------------------------------------------------

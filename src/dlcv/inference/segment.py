@@ -1,0 +1,88 @@
+"""A segmenter as validation, the mask snapshots and predict (hw1_3.sh) run it: uint8 tiles -> the run's
+normalisation -> its resolution (data.infer_scale) and test-time views (mirror images, rotations, scales),
+in its precision and memory layout -> fp32 logits at the tiles' size."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlcv.data import augment
+from dlcv.data.masks import NUM_CLASSES
+from dlcv.data.preprocess import Preprocess
+from dlcv.engine.precision import Numerics
+from dlcv.inference import checkpoint_batch_size, checkpoint_numerics
+from dlcv.models import model_from_checkpoint
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None) -> torch.Tensor:
+    """fp32 logits N x C x H x W averaged over test-time views of the tiles, each mapped back before
+    averaging: with `flip` also the mirror image, with `rotate90` also the 90/180/270-degree rotations
+    (both: the 8 symmetries of the square). Satellite tiles have no up or down, so every view is a fair
+    sample. No tta: the plain logits."""
+    mirrors = (False, True) if tta and tta["flip"] else (False,)
+    turns = range(4) if tta and tta["rotate90"] else range(1)
+    layout = augment.memory_format_of(x)
+    total = None
+    for mirror in mirrors:
+        for k in turns:
+            view = torch.rot90(x.flip(-1) if mirror else x, k, (-2, -1)).contiguous(memory_format=layout)
+            out = torch.rot90(model(view)["out"].float(), -k, (-2, -1))
+            out = out.flip(-1) if mirror else out
+            total = out if total is None else total + out
+    return total / (len(mirrors) * len(turns))
+
+
+def tile_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None, scale: float = 1.0) -> torch.Tensor:
+    """fp32 logits at the tiles' size, averaged over the test-time scales (`tta["scales"]`, default [1]):
+    per scale s the tiles resized by scale x s (antialiased when shrunk), tta_logits there, the logits
+    resized back (bilinear). A smaller view shows each pixel more context, a larger one more detail."""
+    scales = (tta or {}).get("scales") or [1.0]
+    return sum(_scaled_logits(model, x, tta, scale * s) for s in scales) / len(scales)
+
+
+def _scaled_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None, scale: float) -> torch.Tensor:
+    if scale == 1.0:
+        return tta_logits(model, x, tta)
+    size = x.shape[-2:]
+    small = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1)
+    logits = tta_logits(model, small.contiguous(memory_format=augment.memory_format_of(x)), tta)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class Segmenter:
+    """`model` (in eval mode) with what its run validated with: `meta`, a segment checkpoint's
+    "preprocess" (mean / std, test-time views, infer_scale), its numerics and evaluation batch size."""
+
+    def __init__(self, model: nn.Module, meta: dict[str, Any], numerics: Numerics, batch_size: int,
+                 device: torch.device):
+        self.model, self.meta, self.numerics, self.batch_size, self.device = model, meta, numerics, batch_size, device
+        self.preprocess = Preprocess({"mean": meta["mean"], "std": meta["std"]}, device)
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any], device: torch.device, precision: str = "auto",
+                        batch_size: int | None = None, where: str = "checkpoint",
+                        compile_model: bool = False) -> Segmenter:
+        """The model of a segment checkpoint, on the device, as its run validated it (`precision`: auto,
+        or another for this device, see engine.precision.for_predict). `compile_model`: torch.compile
+        with inductor's weight freezing (the weights become constants, folded and pre-packed for oneDNN):
+        the same masks up to kernel noise, VGG16-FCN32s 1.59x the tiles/s on a 2-core Zen 5 CPU
+        (benchmarks/fcn32s_cpu.py) but 1.02x on a 2-core AMX Xeon (end to end), after a few seconds of
+        compiling per input shape: an option, not the default."""
+        numerics = checkpoint_numerics(state, device, precision, where)
+        model = model_from_checkpoint(state, NUM_CLASSES).to(device).eval().to(memory_format=numerics.memory_format)
+        if compile_model:
+            # static shapes: a tile size and each test-time scale compile once instead of one slower dynamic
+            # graph. No FX graph cache: in torch 2.14.1 a graph cached under one ATEN_CPU_CAPABILITY and
+            # loaded under another returns NaN logits (measured: written with AVX-512 kernels, read with
+            # avx2), and each compile is a few seconds anyway.
+            model = torch.compile(model, options={"freezing": True, "fx_graph_cache": False}, dynamic=False)
+        return cls(model, state["preprocess"], numerics, checkpoint_batch_size(state, batch_size), device)
+
+    def logits(self, tiles: torch.Tensor) -> torch.Tensor:
+        """fp32 logits N x C x H x W of uint8 tiles N x 3 x H x W (one size), averaged over the views."""
+        with torch.no_grad(), self.numerics.autocast(self.device):
+            x = self.preprocess(tiles.to(self.device)).contiguous(memory_format=self.numerics.memory_format)
+            return tile_logits(self.model, x, self.meta.get("tta"), self.meta.get("infer_scale", 1.0))

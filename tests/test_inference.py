@@ -1,0 +1,172 @@
+"""One inference path: each graded command (hw1_1.sh, hw1_2.sh, hw1_3.sh) predicts, label for label and
+pixel for pixel, what its run's last validation predicted, and scores what summary.json says, whatever
+precision and memory layout the run used. Tiny models, trained just enough to predict several classes (so
+a precision that differs shows in the labels): bf16 is emulated, slowly, on AVX2-only CPUs."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from conftest import seg_cfg, small_classify_cfg
+from dlcv.cli import main
+from dlcv.contracts.classify import accuracy_of_csvs
+from dlcv.contracts.segment import score_folders
+from dlcv.data import labels as labels_mod
+from dlcv.data.masks import UNKNOWN, read_mask
+from dlcv.engine import checkpoint
+from dlcv.engine.precision import Numerics, for_predict
+from dlcv.engine.trainer import Trainer
+from dlcv.errors import DlcvError
+from dlcv.inference import checkpoint_numerics
+from dlcv.tasks.classify import ClassifyTask
+from dlcv.tasks.segment import SegmentTask
+
+# the run's precision and layout (bf16 + channels_last: the case of the issue, the GPU recipes' defaults)
+NUMERICS = {
+    "bf16_channels_last": {"train.precision": "bf16", "train.channels_last": "true"},
+    "fp32_contiguous": {"train.precision": "fp32", "train.channels_last": "false"},
+}
+
+
+@pytest.fixture(autouse=True)
+def no_figures(monkeypatch):
+    """The runs' figures (t-SNE, mask grids) are tested elsewhere; here they would take most of the time."""
+    for task in (ClassifyTask, SegmentTask):
+        monkeypatch.setattr(task, "finish", lambda self, ctx, rows: None)
+
+
+@pytest.fixture
+def validation_labels(monkeypatch):
+    """The labels of every validation of a run (one list of per-batch predictions per validation), as the
+    run's confusion matrix receives them: what its accuracy or mIoU counts."""
+    runs = []
+    reset, update = MulticlassConfusionMatrix.reset, MulticlassConfusionMatrix.update
+
+    def recording_reset(self):
+        runs.append([])
+        reset(self)
+
+    def recording_update(self, preds, target):
+        runs[-1].append(preds.cpu())
+        update(self, preds, target)
+
+    monkeypatch.setattr(MulticlassConfusionMatrix, "reset", recording_reset)
+    monkeypatch.setattr(MulticlassConfusionMatrix, "update", recording_update)
+    return runs
+
+
+def graded(command, ckpt, *args):
+    """What `bash hw1_N.sh ARGS` runs (scripts/hw1_common.sh: `python -m dlcv COMMAND --ckpt CKPT ARGS`), in
+    this process: the thread count of the training before it (kernels may split work by it)."""
+    assert main([*command.split(), "--ckpt", str(ckpt), *map(str, args)]) == 0
+
+
+def summary_json(run):
+    return json.loads((run / "summary.json").read_text())
+
+
+def labels_of_csv(path):
+    return [row["label"] for row in labels_mod.read_csv_rows(path, ("filename", "label"))]
+
+
+@pytest.mark.cross_path
+@pytest.mark.parametrize("numerics", NUMERICS)
+def test_hw1_1_predicts_the_last_validations_labels(numerics, p1_root, tmp_path, validation_labels):
+    tta = {"tta.translate": 2} if numerics.startswith("bf16") else {}  # shifted views, put back in the layout
+    cfg = small_classify_cfg(p1_root, **{"model.options": "{widths: [8, 16, 32]}", "train.epochs": 1,
+                                         "train.eval_batch_size": 32, **NUMERICS[numerics], **tta})
+    run = tmp_path / "run"
+    Trainer(ClassifyTask(cfg), cfg, run).fit()
+    classes = checkpoint.load(run / "checkpoints/last.pt")["classes"]
+    validated = [classes[i] for i in torch.cat(validation_labels[-1]).tolist()]
+    assert len(set(validated)) >= 3
+    graded("classify predict", run / "checkpoints/last.pt", p1_root / "val_50", tmp_path / "pred.csv")
+    assert labels_of_csv(tmp_path / "pred.csv") == validated  # val_50 in file-name order, as validated
+    state = checkpoint.load(run / "checkpoints/last.pt")
+    assert state["inference"] == {"precision": cfg["train"]["precision"], "channels_last": cfg["train"]["channels_last"]}
+    # a checkpoint of a dlcv before the record: its config's settings, resolved on this machine as its run did
+    checkpoint.save(tmp_path / "old.pt", {k: v for k, v in state.items() if k != "inference"})
+    graded("classify predict", tmp_path / "old.pt", p1_root / "val_50", tmp_path / "old.csv")
+    assert labels_of_csv(tmp_path / "old.csv") == validated
+    truth = tmp_path / "truth.csv"
+    labels_mod.write_csv(truth, ["filename", "label"],
+                         [(f.name, f.name.split("_")[0]) for f in sorted((p1_root / "val_50").glob("*.png"))])
+    accuracy, *_ = accuracy_of_csvs(truth, tmp_path / "pred.csv")  # `dlcv eval acc`
+    assert accuracy == pytest.approx(summary_json(run)["final"]["val_acc"], abs=1e-12)
+
+
+@pytest.mark.cross_path
+@pytest.mark.parametrize("numerics", NUMERICS)
+def test_hw1_2_predicts_the_last_validations_labels(numerics, synth_root, tmp_path, validation_labels):
+    p2 = synth_root / "p2_data"
+    sets = {"data.root": str(p2), "model.name": "resnet18", "data.image_size": 16, "data.limit_train": 32,
+            "train.epochs": 1, "train.batch_size": 32, "train.eval_batch_size": 16, "device": "cpu",
+            **NUMERICS[numerics]}
+    run = tmp_path / "A"
+    assert main(["ssl", "finetune", "-c", "p2_finetune", "--setting", "A", "--out", str(run),
+                 *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]) == 0
+    classes = checkpoint.load(run / "checkpoints/last.pt")["classes"]
+    validated = [classes[i] for i in torch.cat(validation_labels[-1]).tolist()]
+    assert len(set(validated)) >= 3
+    val_csv = p2 / "office" / "val.csv"
+    graded("ssl predict", run / "checkpoints/last.pt", val_csv, p2 / "office" / "val", tmp_path / "out.csv")
+    assert labels_of_csv(tmp_path / "out.csv") == validated  # in val.csv's order, as validated
+    accuracy, *_ = accuracy_of_csvs(val_csv, tmp_path / "out.csv")
+    assert accuracy == pytest.approx(summary_json(run)["final"]["val_acc"], abs=1e-12)
+
+
+@pytest.mark.cross_path
+@pytest.mark.parametrize("numerics", NUMERICS)
+def test_hw1_3_predicts_the_last_validations_masks(numerics, synth_root, tmp_path, validation_labels):
+    p3 = synth_root / "p3_data"
+    # bf16: also a resolution of its own (data.infer_scale) and test-time scales and mirror images
+    views = {"data.infer_scale": 0.5, "tta.scales": "[1.0, 1.5]", "tta.flip": "true"} \
+        if numerics.startswith("bf16") else {}
+    cfg = seg_cfg(p3, **{"model.options": "{width: 8}", "train.epochs": 2, "data.limit_train": 16,
+                         "train.eval_batch_size": 4, **NUMERICS[numerics], **views})
+    run = tmp_path / "run"
+    Trainer(SegmentTask(cfg), cfg, run).fit()
+    validated = torch.cat(validation_labels[-1]).numpy()
+    assert len(np.unique(validated)) >= 3
+    graded("segment predict", run / "checkpoints/last.pt", p3 / "validation", tmp_path / "masks")
+    masks = sorted((tmp_path / "masks").glob("*_mask.png"))
+    predicted = np.stack([read_mask(m, UNKNOWN)[0] for m in masks])  # tiles in id order, as validated
+    assert predicted.shape == validated.shape and len(masks) == 11
+    assert (predicted == validated).all(), f"{(predicted != validated).sum()} pixels differ"
+    _, miou = score_folders(p3 / "validation", tmp_path / "masks")  # `dlcv segment miou`
+    assert miou == pytest.approx(summary_json(run)["final"]["val_miou"], abs=1e-12)
+
+
+def test_predict_runs_the_validated_precision_where_the_device_can_and_says_when_not(caplog):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")  # no CUDA here: torch says it cannot run bf16
+    validated = Numerics("bf16", True)
+    assert for_predict(validated, "auto", cpu) == validated and for_predict(validated, "fp16", gpu) == Numerics("fp16", True)
+    with caplog.at_level("INFO", logger="dlcv"):
+        assert for_predict(validated, "auto", gpu) == Numerics("fp32", True)
+        assert "cuda does not run bf16: predicting in fp32 (the run validated in bf16; a few labels may differ" in caplog.text
+        caplog.clear()
+        assert for_predict(validated, "fp32", cpu) == Numerics("fp32", True)  # --precision fp32
+        assert "predicting in fp32 (--precision); the run validated in bf16: a few labels may differ" in caplog.text
+
+
+def test_a_checkpoint_without_the_record_runs_as_its_config_resolves_and_a_bad_record_is_named():
+    cpu = torch.device("cpu")
+    old = {"config": {"train": {"precision": "auto", "channels_last": "auto"}, "model": {"name": "fcn32s_vgg16"}}}
+    assert checkpoint_numerics(old, cpu, "auto", "old.pt") == Numerics("fp32", False)  # the registry's CPU traits
+    old["config"]["train"] = {"precision": "bf16", "channels_last": True}
+    assert checkpoint_numerics(old, cpu, "auto", "old.pt") == Numerics("bf16", True)
+    with pytest.raises(DlcvError, match=r"^x.pt: its 'inference' entry \{'precision': 'fp8'\} is not \{precision: one of "
+                                        r"fp32, bf16, fp16, channels_last: true/false\}$"):
+        checkpoint_numerics({**old, "inference": {"precision": "fp8"}}, cpu, "auto", "x.pt")
+
+
+def test_the_graded_commands_import_no_task_and_not_the_trainer():
+    code = ("import sys, dlcv.contracts.classify, dlcv.contracts.segment, dlcv.contracts.backbone; "
+            "bad = [m for m in sys.modules if m.startswith('dlcv.tasks') or m == 'dlcv.engine.trainer']; "
+            "assert not bad, bad")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
