@@ -7,6 +7,7 @@ a warm machine keeps /tmp between calls. So:
     python3 benchmarks/gpu/kit.py plan p2 p3       # here: the planned seconds of every step and call
     bash benchmarks/gpu/run.sh p3 "$OUT" --pack gpu_pack_p3_1 --stage   # there: part 1 into the store
     bash benchmarks/gpu/run.sh p3 "$OUT" --pack gpu_pack_p3_2           # there: part 2, check, run
+    bash benchmarks/gpu/run.sh p2 "$OUT" --pack gpu_pack_p2 --call 2    # P2's second call: the steps after BYOL
 
 `pack` stores what does not fit as is in a lossless, more compact form (P1's 22,500 PNGs of 32x32 as
 WebP-lossless mosaics: 68% of the PNG bytes; weight files xz-compressed: 91%) and splits the files into
@@ -44,6 +45,9 @@ STORE = Path("/tmp/dlcv_gpu_kit")  # on the GPU machine: the parts received so f
 MACHINE_START_S, CALL_OVERHEAD_S, COMMAND_OVERHEAD_S = 40, 15, 25
 # the offline ImageNet weights (SPEC 6) each problem sends, by registry name
 WEIGHTS = {"p1": ["efficientnet_lite2"], "p2": [], "p3": ["efficientnet_lite2"]}
+# the steps of each call that runs steps (`run.sh --call N`); later calls find the earlier ones' runs in the store
+CALL_STEPS = {"p1": [None], "p2": [["p2_byol"], ["p2_supervised", "p2_export", "p2_table"]], "p3": [None]}
+LOAN_S, CALL_S = 13 * 60, 9 * 60  # what one problem's GPU loan and one call may run
 
 
 def fail(msg: str) -> None:
@@ -277,16 +281,17 @@ def steps(problem: str, data: Path, work: Path, tiny: bool) -> list[dict]:
     if problem == "p2":
         sl_backbone = work / "sl_backbone.pt"
         return [
-            train("p2_byol", "ssl pretrain", "p2_byol", 120, ["sched.warmup_epochs=3"],
+            train("p2_byol", "ssl pretrain", "p2_byol", 360, ["sched.warmup_epochs=3"],
                   small_resnet + ["byol.projector_hidden=256", "byol.projector_dim=64", "sched.warmup_epochs=0"]),
-            train("p2_supervised", "classify train", "p2_supervised", 40, ["sched.warmup_epochs=1"],
+            train("p2_supervised", "classify train", "p2_supervised", 60, ["sched.warmup_epochs=1"],
                   small_resnet + ["sched.warmup_epochs=0", "snapshot.epochs=[1]"]),
             tool("p2_export", 20, dlcv + ["ssl", "export", str(runs / "p2_supervised" / "checkpoints" / "last.pt"),
                                           str(sl_backbone)]),
-            # the five settings at the recipe's 30 epochs (comparable with the CPU table); 20 s guards each
-            tool("p2_table", 5 * (20 + 10),
+            # the five settings at the recipe's 30 epochs (comparable with the CPU table): ~0.8 s per epoch
+            # of a full-model setting on an H200, so 40 s guards each
+            tool("p2_table", 5 * (40 + 10),
                  dlcv + ["ssl", "table", "-c", "p2_finetune", "--set", f"data.root={data}/p2_data",
-                         "--set", "train.max_seconds=20", *set_args(small_resnet if tiny else []),
+                         "--set", "train.max_seconds=40", *set_args(small_resnet if tiny else []),
                          "--sl-backbone", str(sl_backbone), "--ssl-backbone", str(runs / "p2_byol" / "backbone.pt"),
                          "--out", str(runs / "p2_table")])]
     best = runs / "p3_lite2" / "checkpoints" / "best.pt"
@@ -301,16 +306,22 @@ def steps(problem: str, data: Path, work: Path, tiny: bool) -> list[dict]:
         tool("miou", 20, dlcv + ["segment", "miou", str(data / "p3_data" / "validation"), str(masks)], capture=True)]
 
 
+def call_steps(problem: str, call: int, all_steps: list[dict]) -> list[dict]:
+    names = CALL_STEPS[problem][call - 1]
+    return all_steps if names is None else [s for s in all_steps if s["name"] in names]
+
+
 def plan(problem: str, parts: int) -> dict:
-    """Planned seconds of each step and of each call of a problem (a part that only waits for the rest is a
-    call of its own)."""
-    planned = {s["name"]: s["seconds"] for s in steps(problem, Path("hw1_data"), Path("work"), False)}
-    run_call = sum(planned.values()) + CALL_OVERHEAD_S
-    return {"steps_s": planned, "calls_s": [CALL_OVERHEAD_S + 10] * (parts - 1) + [run_call],
-            "total_s": (CALL_OVERHEAD_S + 10) * (parts - 1) + run_call}
+    """Planned seconds of each step and of each call of a problem: a part that only waits for the rest is a
+    call of its own, then one call per group of CALL_STEPS."""
+    every = steps(problem, Path("hw1_data"), Path("work"), False)
+    run_calls = [sum(s["seconds"] for s in call_steps(problem, i, every)) + CALL_OVERHEAD_S
+                 for i in range(1, len(CALL_STEPS[problem]) + 1)]
+    calls = [CALL_OVERHEAD_S + 10] * (parts - 1) + run_calls
+    return {"steps_s": {s["name"]: s["seconds"] for s in every}, "calls_s": calls, "total_s": sum(calls)}
 
 
-def run(problem: str, pack_dir: Path, out: Path, tiny: bool, store: Path, stage_only: bool) -> int:
+def run(problem: str, pack_dir: Path, out: Path, tiny: bool, store: Path, stage_only: bool, call: int) -> int:
     started = time.time()
     out.mkdir(parents=True, exist_ok=True)
     manifest = receive(pack_dir, store)
@@ -327,16 +338,19 @@ def run(problem: str, pack_dir: Path, out: Path, tiny: bool, store: Path, stage_
     if stage_only:
         log("every part is here: run without --stage to start the steps")
         return 0
-    work = store / "work"  # the kit's own scratch folder: a rerun starts it afresh
-    shutil.rmtree(work, ignore_errors=True)
+    if not 1 <= call <= len(CALL_STEPS[problem]):
+        fail(f"run: --call {call}: {problem} has calls 1..{len(CALL_STEPS[problem])}")
+    work = store / "work"  # the kit's own scratch folder: the first call starts it afresh, later ones go on in it
+    if call == 1:
+        shutil.rmtree(work, ignore_errors=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(store / "site"),
                                                        os.environ.get("PYTHONPATH", "")]))
-    figures = {"problem": problem, "tiny": tiny, "device": device_line(), "python": sys.version.split()[0],
+    figures = {"problem": problem, "call": call, "tiny": tiny, "device": device_line(), "python": sys.version.split()[0],
                "manifest": {k: v for k, v in manifest.items() if k != "files"}, "steps": []}
     log(f"{problem}: {figures['device']}; unpacking")
     data = unpack(store, work)
     log(f"unpacked in {time.time() - started:.0f} s; planned: {json.dumps(plan(problem, manifest['parts']))}")
-    for step in steps(problem, data, work, tiny):
+    for step in call_steps(problem, call, steps(problem, data, work, tiny)):
         figures["steps"].append(run_step(step, env, out, tiny))
         figures["wall_s"] = round(time.time() - started, 1)
         write_json(out / "figures.json", figures)
@@ -395,17 +409,16 @@ def check_out(out: Path) -> None:
 
 
 def print_plan(problems: list[str]) -> None:
-    """The planned seconds before a loan starts: each step, each call, and the loan with the machine's start."""
-    total = MACHINE_START_S
+    """The planned seconds before a loan starts: each step, each call, and each problem's loan."""
     for problem in problems:
         parts = 2 if problem == "p3" else 1
         p = plan(problem, parts)
         for name, seconds in p["steps_s"].items():
             print(f"{problem}  step {name:<14} {seconds:>4} s")
         for i, seconds in enumerate(p["calls_s"], start=1):
-            print(f"{problem}  call {i} of {parts}{'':<8} {seconds:>4} s")
-        total += p["total_s"]
-    print(f"loan: {total} s with the machine's start ({MACHINE_START_S} s); the device budget is 900 s")
+            print(f"{problem}  call {i} of {len(p['calls_s'])}{'':<8} {seconds:>4} s  (at most {CALL_S} s)")
+        print(f"{problem}  loan: {p['total_s']} s of running (at most {LOAN_S} s) + {MACHINE_START_S} s for the "
+              "machine's start")
 
 
 def main(argv=None) -> int:
@@ -423,6 +436,7 @@ def main(argv=None) -> int:
     r.add_argument("--pack", type=Path, default=REPO / "gpu_pack")
     r.add_argument("--store", type=Path, default=STORE)
     r.add_argument("--stage", action="store_true", help="only store this part (more parts follow in later calls)")
+    r.add_argument("--call", type=int, default=1, help="which of the problem's calls of steps (CALL_STEPS) to run")
     r.add_argument("--tiny", action="store_true", help="one epoch on a few images (the CPU test)")
     pl = sub.add_parser("plan")
     pl.add_argument("problems", nargs="+", choices=("p1", "p2", "p3"))
@@ -434,7 +448,8 @@ def main(argv=None) -> int:
     if args.command == "plan":
         print_plan(args.problems)
         return 0
-    return run(args.problem, args.pack.resolve(), args.out.resolve(), args.tiny, args.store.resolve(), args.stage)
+    return run(args.problem, args.pack.resolve(), args.out.resolve(), args.tiny, args.store.resolve(), args.stage,
+               args.call)
 
 
 if __name__ == "__main__":
