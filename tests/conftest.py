@@ -83,3 +83,18 @@ def ssl_cfg(p2_root, **overrides):
 
     sets = sets_of({**TINY_SSL, "data.root": str(p2_root), **overrides})
     return ssl.SCHEMA.resolve(config.load_yaml("p2_byol"), sets)
+
+
+def kill_after_epoch(monkeypatch, epoch: int):
+    """The training process dies (KeyboardInterrupt) right after epoch `epoch`'s last.pt landed. Returns what
+    brings the process back to life."""
+    from dlcv.engine.trainer import Trainer
+    real_save_last = Trainer._save_last
+
+    def save_then_die(self, optimizer, scheduler, scaler, saved_epoch, *args):
+        real_save_last(self, optimizer, scheduler, scaler, saved_epoch, *args)
+        if saved_epoch == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save_last", save_then_die)
+    return lambda: monkeypatch.setattr(Trainer, "_save_last", real_save_last)

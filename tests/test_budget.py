@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import small_classify_cfg
+from conftest import kill_after_epoch, small_classify_cfg
 from dlcv.config import ConfigError
 from dlcv.engine import checkpoint
 from dlcv.engine import trainer as trainer_mod
@@ -123,17 +123,10 @@ def test_auto_epochs_fill_the_budget_record_the_plan_and_train_as_the_fixed_numb
 def test_a_resumed_auto_run_keeps_its_planned_epochs(p1_root, tmp_path, clock, monkeypatch):
     cfg = auto_cfg(p1_root, 80)
     fit(cfg, tmp_path / "straight")
-    real_save_last = Trainer._save_last
-
-    def killed_after_second_epoch(self, optimizer, scheduler, scaler, epoch, *args):
-        real_save_last(self, optimizer, scheduler, scaler, epoch, *args)
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_save_last", killed_after_second_epoch)
+    revive = kill_after_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, tmp_path / "resumed")
-    monkeypatch.setattr(Trainer, "_save_last", real_save_last)
+    revive()
     clock.now += 500  # the machine was down for a while: wall time between processes does not count
     summary = fit(cfg, tmp_path / "resumed", resume=True)  # `-c recipe` again: epochs still reads auto
     assert summary.final["epoch"] == 5 and summary.environment["epoch_plan"]["epochs"] == 5

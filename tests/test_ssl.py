@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import REPO, sets_of, ssl_cfg
+from conftest import kill_after_epoch, REPO, sets_of, ssl_cfg
 from dlcv.cli import main
 from dlcv.contracts.backbone import export_backbone
 from dlcv.data import augment, views
@@ -208,14 +208,7 @@ def test_exported_backbone_loads_strictly_into_torchvision(pretrained, tmp_path)
 def test_pretraining_resumes_exactly_with_target_and_momentum(pretrained, p2_root, tmp_path, monkeypatch):
     straight, cfg, _ = pretrained
     out = tmp_path / "resumed"
-    real_save_last = Trainer._save_last
-
-    def killed_after_second_epoch(self, optimizer, scheduler, scaler, epoch, *args):
-        real_save_last(self, optimizer, scheduler, scaler, epoch, *args)
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_save_last", killed_after_second_epoch)
+    kill_after_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         Trainer(ssl.SSLTask(cfg), cfg, out).fit()
     monkeypatch.undo()
