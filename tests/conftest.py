@@ -70,6 +70,14 @@ TINY_SSL = {  # resnet18 at 32 px with a narrow projector: a few seconds per epo
 }
 
 
+def assert_runs_in_a_fresh_python(code: str) -> None:
+    """`code` passes in a new interpreter: import rules (what importing a module pulls in) need one."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def sets_of(values: dict) -> list[str]:
     """--set strings of a {dotted.key: value} mapping (lists as JSON, which is YAML)."""
     import json

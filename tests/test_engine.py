@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import seg_cfg, small_classify_cfg
+from conftest import assert_runs_in_a_fresh_python, seg_cfg, small_classify_cfg
 from dlcv.engine import checkpoint
 from dlcv.engine.trainer import Trainer, snapshot_epochs
 from dlcv.errors import DlcvError
@@ -365,10 +365,7 @@ def test_snapshots_of_epochs_without_validation_are_taken_in_eval_mode(p1_root, 
 
 
 def test_the_loop_imports_no_model_and_the_registry_has_no_import_cycle():
-    import subprocess
-    import sys
-    code = ("import sys, dlcv.engine.trainer; assert not [m for m in sys.modules if m.startswith('dlcv.models')], "
-            "'engine imports models'; import dlcv.models.segmenters as s; from dlcv.models import model_spec; "
-            "assert model_spec('fcn32s_vgg16').builder is s.fcn32s_vgg16")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    assert_runs_in_a_fresh_python(
+        "import sys, dlcv.engine.trainer; assert not [m for m in sys.modules if m.startswith('dlcv.models')], "
+        "'engine imports models'; import dlcv.models.segmenters as s; from dlcv.models import model_spec; "
+        "assert model_spec('fcn32s_vgg16').builder is s.fcn32s_vgg16")

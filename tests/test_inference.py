@@ -3,15 +3,13 @@ pixel for pixel, what its run's last validation predicted, and scores what summa
 precision and memory layout the run used. Tiny models, trained just enough to predict several classes (so
 a precision that differs shows in the labels): bf16 is emulated, slowly, on AVX2-only CPUs."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from conftest import seg_cfg, small_classify_cfg
+from conftest import assert_runs_in_a_fresh_python, seg_cfg, small_classify_cfg
 from dlcv.cli import main
 from dlcv.contracts.classify import accuracy_of_csvs
 from dlcv.contracts.segment import score_folders
@@ -165,8 +163,7 @@ def test_a_checkpoint_without_the_record_runs_as_its_config_resolves_and_a_bad_r
 
 
 def test_the_graded_commands_import_no_task_and_not_the_trainer():
-    code = ("import sys, dlcv.contracts.classify, dlcv.contracts.segment, dlcv.contracts.backbone; "
-            "bad = [m for m in sys.modules if m.startswith('dlcv.tasks') or m == 'dlcv.engine.trainer']; "
-            "assert not bad, bad")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    assert_runs_in_a_fresh_python(
+        "import sys, dlcv.contracts.classify, dlcv.contracts.segment, dlcv.contracts.backbone; "
+        "bad = [m for m in sys.modules if m.startswith('dlcv.tasks') or m == 'dlcv.engine.trainer']; "
+        "assert not bad, bad")

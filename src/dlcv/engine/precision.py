@@ -97,6 +97,6 @@ def for_predict(validated: Numerics, requested: str, device: torch.device) -> Nu
         log.info("predicting in %s (--precision); the run validated in %s: a few labels may differ from its "
                  "validation", precision, validated.precision)
     if precision == "bf16" and device.type == "cpu" and not run_mod.cpu_has_native_bf16():
-        log.info("bf16 is emulated on this CPU (no AVX512-BF16 / AMX): slow; --precision fp32 is faster, "
-                 "and a few labels may differ from the run's validation")
+        log.info("bf16 is emulated on this CPU (no AVX512-BF16 / AMX): slow; --precision fp32 is faster (a few "
+                 "labels may then differ from the run's validation)")
     return Numerics(precision, validated.channels_last)
