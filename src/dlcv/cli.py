@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -153,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _saved_config(run_dir: str | None) -> dict:
+    """A run folder's config.yaml, or {} where there is none (the resume itself then says why)."""
+    saved = Path(run_dir or "") / "config.yaml"
+    return config_mod.load_yaml(saved) if run_dir and saved.is_file() else {}
+
+
 def _train(task_module, task_cls, args, extra_overrides: list[str] = ()) -> int:
     from dlcv.engine.run import default_run_dir
     from dlcv.engine.trainer import Trainer
@@ -228,9 +233,11 @@ def run(args) -> int:
         if args.cmd == "finetune":
             if args.setting == "A" and args.backbone:
                 log.warning("setting A starts from random weights: --backbone %s is not used", args.backbone)
-            if args.resume and not args.config:  # the saved config already holds the setting
-                return _train(classify, classify.ClassifyTask, args)
-            return _train(classify, classify.ClassifyTask, args, ssl.setting_overrides(args.setting, args.backbone))
+            backbone = args.backbone
+            if args.resume and backbone is None and args.setting != "A":  # the run's own backbone file
+                backbone = _saved_config(args.out).get("model", {}).get("weights")
+            # on --resume too: another setting than the run's is then refused, naming the difference
+            return _train(classify, classify.ClassifyTask, args, ssl.setting_overrides(args.setting, backbone))
         if args.cmd == "export":
             check_output(args.out, "backbone file OUT", _checkpoint_inputs(args.ckpt))
             from dlcv.contracts.backbone import export_backbone
@@ -296,10 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # a real command (not a call from Python): restart once with the allocator settings
         reexec_with_settings(sys.argv[1:])
     args = build_parser().parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s",
-                        stream=sys.stdout)
     try:
+        rank = config_mod.env_whole_number("RANK", 0)
+        logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s",
+                            stream=sys.stdout)
         return run(args)
     except (DlcvError, config_mod.ConfigError) as exc:
         print(f"dlcv: error: {exc}", file=sys.stderr)

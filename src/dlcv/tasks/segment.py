@@ -91,6 +91,13 @@ def _scaled_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
+def labelled_cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Cross-entropy averaged over the labelled pixels (IGNORE left out), as torch's mean; 0 for a batch
+    without any (crops of pure red), where torch's mean is 0/0 = nan. No host sync."""
+    total = F.cross_entropy(logits, target, ignore_index=IGNORE, label_smoothing=label_smoothing, reduction="sum")
+    return total / (target != IGNORE).sum().clamp_min(1)
+
+
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 - soft Dice (softmax probabilities against one-hot labels, summed over the batch), averaged over
     the classes present in the batch's labels, IGNORE pixels left out: unlike cross-entropy it weighs a
@@ -102,7 +109,7 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     dims = (0, 2, 3)
     present = onehot.sum(dims) > 0
     dice = 2 * (probs * onehot).sum(dims) / (probs.sum(dims) + onehot.sum(dims)).clamp_min(1e-6)
-    return 1 - dice[present].mean()
+    return ((1 - dice) * present).sum() / present.sum().clamp_min(1)  # 0 where no pixel is labelled
 
 
 def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, stride: int = 4) -> torch.Tensor:
@@ -208,14 +215,13 @@ class SegmentTask(ModelTask):
         out = model(x)
         terms = self.cfg["loss"]
         smooth, dice, lovasz = terms["label_smoothing"], terms["dice_weight"], terms["lovasz_weight"]
-        loss = F.cross_entropy(out["out"], y, ignore_index=IGNORE, label_smoothing=smooth)
+        loss = labelled_cross_entropy(out["out"], y, smooth)
         if dice:
             loss = loss + dice * dice_loss(out["out"], y)
         if lovasz:
             loss = loss + lovasz * lovasz_softmax(out["out"], y)
         if out.get("aux") is not None:
-            loss = loss + terms["aux_weight"] * F.cross_entropy(out["aux"], y, ignore_index=IGNORE,
-                                                                label_smoothing=smooth)
+            loss = loss + terms["aux_weight"] * labelled_cross_entropy(out["aux"], y, smooth)
         return loss
 
     def evaluate(self, ctx: Context, model: nn.Module) -> dict[str, Any]:
