@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -265,6 +266,8 @@ def run(args) -> int:
             return _train(segment, segment.SegmentTask, args)
         from dlcv.contracts import segment as segment_contracts
         if args.cmd == "miou":
+            from dlcv.data.masks import warn_if_pairs_differ
+            warn_if_pairs_differ(args.gt_dir, args.pred_dir)
             print(segment_contracts.format_scores(*segment_contracts.score_folders(args.gt_dir, args.pred_dir)),
                   end="")
             return 0
@@ -293,7 +296,9 @@ def run(args) -> int:
         return 0
     if args.group == "demo":
         from dlcv.demo import run_demo
+        from dlcv.demo import check_demo_folder
         check_output(args.out, "--out", [args.data], folder=True)
+        check_demo_folder(args.out)
         run_demo(args.out, args.data, args.device)
         return 0
     raise AssertionError(args)
@@ -307,7 +312,12 @@ def main(argv: list[str] | None = None) -> int:
         rank = config_mod.env_whole_number("RANK", 0)
         logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s",
                             stream=sys.stdout)
-        return run(args)
+        code = run(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
+        return code
+    except BrokenPipeError:  # `dlcv models | head`: the reader has what it wanted; no message
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor one at exit, when Python flushes
+        return 141  # as a program the SIGPIPE ended (128 + 13)
     except (DlcvError, config_mod.ConfigError) as exc:
         print(f"dlcv: error: {exc}", file=sys.stderr)
         return 2

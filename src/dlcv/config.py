@@ -175,6 +175,17 @@ def _check_finite(node: Any, prefix: str = "") -> None:
             _check_finite(value, prefix)
 
 
+def _check_decay_step(cfg: dict) -> None:
+    """SGD and AdamW scale the weights by (1 - lr x weight_decay) at every step: from lr x weight_decay >= 1
+    on, that flips and grows them (1e30 overflowed within two steps). Adam's decay goes through its
+    normalised gradient instead and stays bounded."""
+    o = cfg.get("optim", {})
+    if o.get("name") in ("sgd", "adamw") and o["lr"] * o["weight_decay"] >= 1:
+        raise ConfigError(f"config key 'optim.weight_decay': invalid value {o['weight_decay']!r} with optim.lr "
+                          f"{o['lr']!r}; expected optim.lr x optim.weight_decay < 1 (each step scales the weights "
+                          "by 1 - their product)")
+
+
 def _check_sizes_against_input(cfg: dict) -> None:
     """Pixel amounts that only make sense below the model input's side (padding by more than the image
     crops mostly padding, and reflect padding fails outright)."""
@@ -277,6 +288,7 @@ def resolve(task_defaults: dict, task_choices: dict[str, tuple], task_types: dic
     _check(cfg, schema, choices, "", set(free), {**COMMON_NULLABLE_TYPES, **task_types})
     _check_finite(cfg)
     _check_ranges(cfg)
+    _check_decay_step(cfg)
     _check_sizes_against_input(cfg)
     return cfg
 

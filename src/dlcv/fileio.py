@@ -70,15 +70,17 @@ def check_output(path: str | Path, what: str, inputs: Iterable[str | Path | None
     if not folder and path.is_dir():
         raise DlcvError(f"{what} {path} is an existing folder; give a file name")
     target = path.resolve()
+    shown = str(path) if str(target) == os.path.abspath(path) else f"{path} (a link to {target})"
     for source in inputs:
         if source is None or not str(source).strip():
             continue
         real = Path(source).resolve()
         if target == real:
-            raise DlcvError(f"{what} {path} is also an input of this command ({source}): it would be "
-                            f"overwritten; pick another output {'folder' if folder else 'file'}")
+            also = "" if os.path.abspath(source) == os.path.abspath(path) else f" ({source})"
+            raise DlcvError(f"{what} {shown} is an input of this command too{also}: it would be overwritten; "
+                            f"pick another output {'folder' if folder else 'file'}")
         if not folder and real.is_dir() and target.is_relative_to(real) and path.exists():
-            raise DlcvError(f"{what} {path} is an existing file inside the input folder {source}: it would be "
+            raise DlcvError(f"{what} {shown} is an existing file inside the input folder {source}: it would be "
                             "overwritten; write outside that folder")
     if folder and path.is_dir():
         if not os.access(path, os.W_OK | os.X_OK):
@@ -107,7 +109,7 @@ def refuse_special_file(path: str | Path, what: str) -> None:
     except OSError:
         return  # missing (or unreadable, which the write itself reports)
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        raise DlcvError(f"{what} {path} is not a regular file (a device, FIFO or socket); give a file path")
+        raise DlcvError(f"{what} {path} is a device, FIFO or socket, not a regular file or folder; pick another path")
 
 
 def _check_parent(path: Path, what: str) -> None:

@@ -1,6 +1,7 @@
 """Segmentation masks in the course palette (SPEC 2): colour <-> class, pairing and reading files."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ from PIL import Image, PngImagePlugin
 from dlcv.data.images import folder_entries, open_image
 from dlcv.errors import DlcvError
 from dlcv.fileio import atomic_path, refuse_special_file
+
+log = logging.getLogger("dlcv")
 
 CLASS_NAMES = ("urban", "agriculture", "rangeland", "forest", "water", "barren", "unknown")
 NUM_CLASSES = 7
@@ -113,6 +116,16 @@ def pair_folder(folder: str | Path) -> list[tuple[str, Path, Path]]:
         other = "mask" if ident in sats else "satellite image"
         raise DlcvError(f"{lonely} has no matching {other} in {folder}")
     return [(i, sats[i], masks[i]) for i in sorted(sats)]
+
+
+def warn_if_pairs_differ(gt_dir: str | Path, pred_dir: str | Path) -> None:
+    """`segment miou` pairs the `.png` files of the two folders in sorted order, as the course's evaluator;
+    pairs whose names differ (a renamed or missing file shifts every pair after it) are warned about."""
+    gt, pred = sorted(Path(gt_dir).glob("*.png")), sorted(Path(pred_dir).glob("*.png"))
+    differ = [(g.name, p.name) for g, p in zip(gt, pred) if g.name != p.name]
+    if differ:
+        log.warning("segment miou pairs masks in sorted order, as the course's evaluator: %d pair(s) have different "
+                    "names, first %s with %s (a renamed or missing file?)", len(differ), *differ[0])
 
 
 def sat_images(folder: str | Path) -> list[Path]:

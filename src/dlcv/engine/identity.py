@@ -5,15 +5,12 @@ Anything else is refused with one line naming the difference and how to start af
 from __future__ import annotations
 
 import hashlib
-import logging
 from pathlib import Path
 from typing import Any
 
 from dlcv import config as config_mod
 from dlcv.engine.run import read_summary
 from dlcv.errors import DlcvError
-
-log = logging.getLogger("dlcv")
 
 # How a run is driven, not what it computes: free to differ on resume and reuse.
 RUNTIME_KEYS = ("device", "train.precision", "train.channels_last", "train.compile", "train.log_every",
@@ -68,16 +65,15 @@ def _afresh(run_dir: Path) -> str:
     return f"to start afresh, delete {run_dir} or pick another output folder"
 
 
-def check_resume(run_dir: Path, saved: dict, cfg: dict) -> None:
-    """--resume: refuses a change of anything but RUNTIME_KEYS / RESUMABLE_KEYS, and logs the resumable
-    changes (optimizer ones are logged per parameter group by the loop)."""
+def check_resume(run_dir: Path, saved: dict, cfg: dict) -> str:
+    """--resume: refuses a change of anything but RUNTIME_KEYS / RESUMABLE_KEYS. Returns the resumable
+    changes for the log ("" for none; optimizer ones are logged per parameter group by the loop)."""
     refused = changes(saved, cfg, (*RUNTIME_KEYS, *RESUMABLE_KEYS))
     if refused:
         raise DlcvError(f"--resume: {run_dir} was made with other settings ({describe(refused)}); a resumed run "
                         f"keeps them; {_afresh(run_dir)}")
     applied = changes(saved, cfg, (*RUNTIME_KEYS, "optim"))
-    if applied:
-        log.info("resuming %s with changed settings: %s", run_dir, describe(applied, limit=len(applied)))
+    return describe(applied, limit=len(applied))
 
 
 def check_inputs(run_dir: Path, saved: dict | None, inputs: dict) -> None:

@@ -146,13 +146,15 @@ class Trainer:
                 log.info("%s stopped before its first checkpoint; starting it over", self.run.path)
             return None
         state = checkpoint.load(self.run.last, self.task.name, require=("rows", "rng", "best"))
-        identity.check_resume(self.run.path, state["config"], self.cfg)
+        changed = identity.check_resume(self.run.path, state["config"], self.cfg)
         complete = state["epoch"] >= t["epochs"] or (t["max_steps"] is not None and state["step"] >= t["max_steps"]) \
             or (t["max_seconds"] is not None and state["wall_time_s"] >= t["max_seconds"])
         if complete and self.run.finished():
             # checked before the data is decoded: a finished run is refused at once
             raise DlcvError(f"{self.run.path} is already complete ({state['epoch']} epochs, {state['step']} "
                             "steps); extend it with --set train.epochs=N (or train.max_steps / max_seconds)")
+        if changed:
+            log.info("resuming %s with changed settings: %s", self.run.path, changed)
         return state
 
     def _fit(self) -> Summary:
@@ -354,14 +356,14 @@ class Trainer:
         every step's loss (a host sync per step). The weights too: a step can make them inf/nan while its
         own loss was finite (an epoch's last step, a huge weight decay). The failed epoch is never
         checkpointed."""
-        if not torch.isfinite(loss_sum):
-            raise DlcvError(f"loss became {loss_sum.item()} in epoch {epoch} (by step {step}); lower optim.lr "
-                            "or use train.precision=fp32")
         params = [p for p in self.module.parameters() if p.is_floating_point()]
         if params and not torch.stack([torch.isfinite(p).all() for p in params]).all():
             name = next(n for n, p in self.module.named_parameters() if not torch.isfinite(p).all())
             raise DlcvError(f"weights became inf/nan in epoch {epoch} (by step {step}), {name} first; lower "
                             "optim.lr or optim.weight_decay")
+        if not torch.isfinite(loss_sum):  # finite weights: an overflow (fp16) or a diverging loss
+            raise DlcvError(f"loss became {loss_sum.item()} in epoch {epoch} (by step {step}); lower optim.lr "
+                            "or use train.precision=fp32")
 
     def _weights_state(self, epoch: int, step: int) -> dict[str, Any]:
         return {"task": self.task.name, "model": self.ctx.eval_module.state_dict(), "epoch": epoch, "step": step,

@@ -10,6 +10,7 @@ from typing import Callable
 from torch import nn
 
 from dlcv.errors import DlcvError
+from dlcv.statedict import load_strict
 
 
 # the statistics every registered model's pretrained weights were trained with (torchvision's, and the
@@ -104,5 +105,5 @@ def model_from_checkpoint(state: dict, num_classes: int) -> nn.Module:
     """Rebuilds the model a dlcv checkpoint was trained with (its config) and loads its weights."""
     m = state["config"]["model"]
     model = create_model(m["name"], num_classes=num_classes, weights=None, **m["options"])
-    model.load_state_dict(state["model"])
+    load_strict(model, state["model"], "the checkpoint's weights")
     return model

@@ -177,6 +177,12 @@ class SegmentTask(ModelTask):
                 treatment = "ignored by the loss" if split == "train" else "scored as unknown (6)"
                 log.warning("%s: %d pure-red pixels (code 4, not a class of the course): %s",
                             root / folder, int(data["red"]), treatment)
+            if split == "train":
+                unlabelled = [ident for (ident, _, _), red in zip(pairs, (data["masks"] == IGNORE).flatten(1).all(1))
+                              if red]
+                if unlabelled:
+                    log.warning("%s: %d training tile(s) pure red everywhere, e.g. %s: no pixel of them is "
+                                "learned from", root / folder, len(unlabelled), unlabelled[0])
             splits[split] = (pairs, data["images"].to(device), data["masks"].to(device))
         (_, self.train_x, self.train_y), (self.val_pairs, self.val_x, self.val_y) = splits["train"], splits["val"]
         self.preprocess = Preprocess({"mean": d["mean"], "std": d["std"]}, device)
