@@ -157,8 +157,9 @@ train: {{epochs: 1, batch_size: 100, max_steps: 2}}
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the settings are glibc's")
 def test_a_command_restarts_once_with_the_malloc_settings_unless_the_user_chose():
     show = "import os; print(sorted((k, v) for k, v in os.environ.items() if k.startswith('MALLOC_')))"
-    probe = ("import sys; from dlcv.malloc import reexec_with_settings; "
-             f"reexec_with_settings([sys.executable, '-c', {show!r}]); print('not restarted')")
+    probe = ("import sys; from dlcv import malloc; "
+             f"malloc.restart_command = lambda args: [sys.executable, '-c', {show!r}]; "
+             "malloc.reexec_with_settings([]); print('not restarted')")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "DLCV_MALLOC"}
 
     def run(**env):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dlcv import config as config_mod
 from dlcv.errors import DlcvError
-from dlcv.fileio import check_output_dir, check_output_file
+from dlcv.fileio import check_output, run_folder_of
 from dlcv.malloc import reexec_with_settings
 
 log = logging.getLogger("dlcv")
@@ -20,10 +20,27 @@ log = logging.getLogger("dlcv")
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
 
 
-def check_figure_path(path: str, what: str) -> None:
+def check_figure_path(path: str, what: str, inputs=()) -> None:
     if Path(path).suffix.lower() not in FIGURE_SUFFIXES:
         raise DlcvError(f"{what} {path}: a figure file must end in {', '.join(FIGURE_SUFFIXES)}")
-    check_output_file(path, what)
+    check_output(path, what, inputs)
+
+
+def _checkpoint_inputs(ckpt: str) -> list:
+    """A checkpoint and the run folder it lies in: what a command that reads it must never write."""
+    return [ckpt, run_folder_of(ckpt)]
+
+
+def _training_inputs(cfg: dict, config_path: str | None) -> list:
+    """The files and folders a training run reads: its recipe, data.root and the data folders and CSVs of
+    its config (relative to data.root), and a model.weights file."""
+    root = cfg["data"]["root"]
+    inputs = [config_path and config_mod.find_recipe(config_path), root, cfg["model"]["weights"]]
+    for section in ("data", "knn"):
+        for key, value in cfg.get(section, {}).items():
+            if key.endswith(("_dir", "_csv")) and key != "cache_dir" and isinstance(value, str) and root:
+                inputs.append(Path(root) / value)
+    return inputs
 
 
 def _whole_number(minimum: int):
@@ -163,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _saved_config(run_dir: str | None) -> dict:
+    """A run folder's config.yaml, or {} where there is none (the resume itself then says why)."""
+    saved = Path(run_dir or "") / "config.yaml"
+    return config_mod.load_yaml(saved) if run_dir and saved.is_file() else {}
+
+
 def _train(task_module, task_cls, args, extra_overrides: list[str] = ()) -> int:
     from dlcv.engine.run import default_run_dir
     from dlcv.engine.trainer import Trainer
@@ -187,7 +210,8 @@ def _train(task_module, task_cls, args, extra_overrides: list[str] = ()) -> int:
         verb = config_mod.TRAIN_COMMANDS.get(recipe["task"], recipe["task"])
         raise DlcvError(f"{source} is a {recipe['task']} recipe: use dlcv {verb}")
     cfg = task_module.SCHEMA.resolve(recipe, [*args.overrides, *extra_overrides])
-    out = args.out = str(check_output_dir(args.out or default_run_dir(args.config, cfg["task"]), "--out"))
+    out = args.out = str(check_output(args.out or default_run_dir(args.config, cfg["task"]), "--out",
+                                      _training_inputs(cfg, args.config), folder=True))
     summary = Trainer(task_cls(cfg), cfg, out, resume=args.resume).fit()
     log.info("best %s %s (epoch %s); run directory %s", summary.monitor, summary.best_value, summary.best_epoch, out)
     return 0
@@ -196,7 +220,7 @@ def _train(task_module, task_cls, args, extra_overrides: list[str] = ()) -> int:
 def run(args) -> int:
     if args.group == "data":
         from dlcv.data.synth import write_tree
-        check_output_dir(args.out_dir, "data synth OUT_DIR")
+        check_output(args.out_dir, "data synth OUT_DIR", folder=True)
         log.info("wrote %s", write_tree(args.out_dir, seed=args.seed, force=args.force))
         return 0
     if args.group == "models":
@@ -218,13 +242,15 @@ def run(args) -> int:
         from dlcv.engine.distributed import pick_device
         device = pick_device(args.device)
         if args.cmd == "predict":
-            check_output_file(args.out_csv, "OUT_CSV")
+            from dlcv.data.labels import check_replaceable_csv
+            check_output(args.out_csv, "OUT_CSV", [*_checkpoint_inputs(args.ckpt), args.image_dir])
+            check_replaceable_csv(args.out_csv, ["filename", "label"], "OUT_CSV")
             n = classify_contracts.predict_folder(args.ckpt, args.image_dir, args.out_csv, device, args.batch_size,
                                                   args.tta, args.precision)
             log.info("wrote %d predictions to %s", n, args.out_csv)
             return 0
         if args.cmd == "embed":
-            check_figure_path(args.out, "--out")
+            check_figure_path(args.out, "--out", [*_checkpoint_inputs(args.ckpt), args.image_dir])
             classify_contracts.embed_figure(args.ckpt, args.image_dir, args.method, args.out, device,
                                             args.batch_size, args.precision)
             log.info("wrote %s", args.out)
@@ -236,24 +262,28 @@ def run(args) -> int:
         if args.cmd == "finetune":
             if args.setting == "A" and args.backbone:
                 log.warning("setting A starts from random weights: --backbone %s is not used", args.backbone)
-            if args.resume and not args.config:  # the saved config already holds the setting
-                return _train(classify, classify.ClassifyTask, args)
-            return _train(classify, classify.ClassifyTask, args, ssl.setting_overrides(args.setting, args.backbone))
+            backbone = args.backbone
+            if args.resume and backbone is None and args.setting != "A":  # the run's own backbone file
+                backbone = _saved_config(args.out).get("model", {}).get("weights")
+            # on --resume too: another setting than the run's is then refused, naming the difference
+            return _train(classify, classify.ClassifyTask, args, ssl.setting_overrides(args.setting, backbone))
         if args.cmd == "export":
-            check_output_file(args.out, "backbone file OUT")
+            check_output(args.out, "backbone file OUT", _checkpoint_inputs(args.ckpt))
             from dlcv.contracts.backbone import export_backbone
             arch = export_backbone(args.ckpt, args.out)
             log.info("wrote %s (torchvision %s state_dict)", args.out, arch)
             return 0
         if args.cmd == "table":
-            check_output_dir(args.out, "--out")
+            check_output(args.out, "--out", [args.config, args.sl_backbone, args.ssl_backbone], folder=True)
             text = ssl.run_table(config_mod.load_yaml(args.config), args.overrides, args.sl_backbone,
                                  args.ssl_backbone, Path(args.out), args.settings)
             print(text, end="")
             return 0
         from dlcv.contracts.classify import predict_csv
         from dlcv.engine.distributed import pick_device
-        check_output_file(args.out_csv, "OUT_CSV")
+        from dlcv.data.labels import check_replaceable_csv
+        check_output(args.out_csv, "OUT_CSV", [*_checkpoint_inputs(args.ckpt), args.in_csv, args.image_dir])
+        check_replaceable_csv(args.out_csv, ["id", "filename", "label"], "OUT_CSV")
         n = predict_csv(args.ckpt, args.in_csv, args.image_dir, args.out_csv, pick_device(args.device),
                         args.batch_size, args.tta, args.precision)
         log.info("wrote %d predictions to %s", n, args.out_csv)
@@ -264,18 +294,22 @@ def run(args) -> int:
             return _train(segment, segment.SegmentTask, args)
         from dlcv.contracts import segment as segment_contracts
         if args.cmd == "miou":
+            from dlcv.data.masks import warn_if_pairs_differ
+            warn_if_pairs_differ(args.gt_dir, args.pred_dir)
             print(segment_contracts.format_scores(*segment_contracts.score_folders(args.gt_dir, args.pred_dir)),
                   end="")
             return 0
         from dlcv.engine.distributed import pick_device
-        check_output_dir(args.out_dir, "OUT_DIR")
+        from dlcv.data.masks import check_prediction_targets, sat_images
+        check_output(args.out_dir, "OUT_DIR", [*_checkpoint_inputs(args.ckpt), args.image_dir], folder=True)
+        check_prediction_targets(args.out_dir, sat_images(args.image_dir), "OUT_DIR")
         n = segment_contracts.predict_folder(args.ckpt, args.image_dir, args.out_dir, pick_device(args.device),
                                              args.batch_size, args.tta, args.compile, args.precision)
         log.info("wrote %d masks to %s", n, args.out_dir)
         return 0
     if args.group == "report":
-        from dlcv.report.build import build_report
-        check_output_file(args.out, "--out")
+        from dlcv.report.build import build_report, check_report_paths
+        check_report_paths(args.runs, args.out)
         html_path, md_path = build_report(args.runs, args.out)
         log.info("wrote %s and %s", html_path, md_path)
         return 0
@@ -290,7 +324,9 @@ def run(args) -> int:
         return 0
     if args.group == "demo":
         from dlcv.demo import run_demo
-        check_output_dir(args.out, "--out")
+        from dlcv.demo import check_demo_folder
+        check_output(args.out, "--out", [args.data], folder=True)
+        check_demo_folder(args.out)
         run_demo(args.out, args.data, args.device)
         return 0
     raise AssertionError(args)
@@ -298,13 +334,18 @@ def run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # a real command (not a call from Python): restart once with the allocator settings
-        reexec_with_settings([sys.executable, "-m", "dlcv", *sys.argv[1:]])
+        reexec_with_settings(sys.argv[1:])
     args = build_parser().parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s",
-                        stream=sys.stdout)
     try:
-        return run(args)
+        rank = config_mod.env_whole_number("RANK", 0)
+        logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s",
+                            stream=sys.stdout)
+        code = run(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
+        return code
+    except BrokenPipeError:  # `dlcv models | head`: the reader has what it wanted; no message
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor one at exit, when Python flushes
+        return 141  # as a program the SIGPIPE ended (128 + 13)
     except (DlcvError, config_mod.ConfigError) as exc:
         print(f"dlcv: error: {exc}", file=sys.stderr)
         return 2

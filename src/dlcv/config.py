@@ -7,6 +7,8 @@ accepts anything). Enumerated keys list their choices in CHOICES, so a bad value
 from __future__ import annotations
 
 import copy
+import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +29,33 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+# YAML aliases (*name) share one object, which every walk over a config (merge, checks, saving) expands:
+# nine nested aliases of nine make 9^9 values from a few hundred bytes. A config larger than this, once
+# expanded, is refused.
+MAX_YAML_VALUES = 100_000
+
+
 def _yaml(text: str):
-    return yaml.load(text, Loader=_Loader)
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+    if _expanded_size(data, {}) > MAX_YAML_VALUES:
+        raise yaml.YAMLError(f"more than {MAX_YAML_VALUES:,} values once its aliases (*name) are expanded")
+    return data
+
+
+def _expanded_size(node: Any, memo: dict[int, int]) -> int:
+    """Values in `node` with every shared (aliased) part counted each time it appears; a part that
+    contains itself counts as too many."""
+    if not isinstance(node, (dict, list)):
+        return 1
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = MAX_YAML_VALUES + 1  # while counting: a cycle back here is over the limit
+    children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+    memo[id(node)] = 1 + sum(_expanded_size(child, memo) for child in children)
+    return memo[id(node)]
 
 
 class ConfigError(ValueError):
@@ -81,6 +108,9 @@ COMMON_NULLABLE_TYPES: dict[str, type] = {
 
 # Ranges of numeric keys: (low, high, what the message says). Checked after types, on whichever keys the
 # task has; null stays allowed where the key is nullable.
+MAX_SIDE = 2048  # pixels: the largest image / input / crop side a config may ask for
+
+
 def _positive(v): return v > 0
 def _non_negative(v): return v >= 0
 
@@ -101,9 +131,13 @@ RANGES: dict[str, tuple] = {
     "optim.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "sched.warmup_epochs": (_non_negative, "a number >= 0"),
     "sched.gamma": (_positive, "a number > 0"),
-    "data.image_size": (_positive, "a whole number >= 1"),
-    "data.input_size": (_positive, "a whole number >= 1 (or null)"),
-    "data.crop_size": (_positive, "a whole number >= 1 (or null)"),
+    # sizes bounded: the data is held in memory at this size (100,000 px would be 30 GB per image)
+    "data.image_size": (lambda v: 1 <= v <= MAX_SIDE, f"a whole number in 1..{MAX_SIDE}"),
+    "data.input_size": (lambda v: 1 <= v <= MAX_SIDE, f"a whole number in 1..{MAX_SIDE} (or null)"),
+    "data.crop_size": (lambda v: 1 <= v <= MAX_SIDE, f"a whole number in 1..{MAX_SIDE} (or null)"),
+    "train.seed": (lambda v: 0 <= v < 2 ** 31, "a whole number in 0..2147483647"),
+    "optim.betas": (lambda v: len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                  and 0 <= x < 1 for x in v), "[beta1, beta2], each in [0, 1)"),
     "data.infer_scale": (lambda v: 0 < v <= 4, "a factor in (0, 4]"),
     "data.limit_train": (_positive, "a whole number >= 1 (or null)"),
     "data.limit_val": (_positive, "a whole number >= 1 (or null)"),
@@ -130,6 +164,47 @@ RANGES: dict[str, tuple] = {
 def _fraction_range(v) -> bool:
     return len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) \
         and 0 < v[0] <= v[1] <= 1
+
+
+def _check_finite(node: Any, prefix: str = "") -> None:
+    """inf and nan (YAML's .inf / .nan) are no value of any key: a learning rate of .inf turns every weight
+    into nan."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"config key '{prefix}': invalid value {node!r}; expected a finite number")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_finite(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(node, list):
+        for value in node:
+            _check_finite(value, prefix)
+
+
+def _check_decay_step(cfg: dict) -> None:
+    """SGD and AdamW scale the weights by (1 - lr x weight_decay) at every step: from lr x weight_decay >= 1
+    on, that flips and grows them (1e30 overflowed within two steps). Adam's decay goes through its
+    normalised gradient instead and stays bounded."""
+    o = cfg.get("optim", {})
+    if o.get("name") in ("sgd", "adamw") and o["lr"] * o["weight_decay"] >= 1:
+        raise ConfigError(f"config key 'optim.weight_decay': invalid value {o['weight_decay']!r} with optim.lr "
+                          f"{o['lr']!r}; expected optim.lr x optim.weight_decay < 1 (each step scales the weights "
+                          "by 1 - their product)")
+
+
+def _check_sizes_against_input(cfg: dict) -> None:
+    """Pixel amounts that only make sense below the model input's side (padding by more than the image
+    crops mostly padding, and reflect padding fails outright)."""
+    data = cfg.get("data", {})
+    side = data.get("input_size") or data.get("image_size")
+    if side is None:
+        return
+    for key in ("augment.crop_padding", "augment.cutout", "tta.translate"):
+        try:
+            value = get(cfg, key)
+        except (KeyError, TypeError):
+            continue
+        if value is not None and value >= side:
+            raise ConfigError(f"config key '{key}': invalid value {value!r}; expected less than the model input "
+                              f"side, {side} px (data.input_size or data.image_size)")
 
 
 def _check_ranges(cfg: dict) -> None:
@@ -218,7 +293,10 @@ def resolve(task_defaults: dict, task_choices: dict[str, tuple], task_types: dic
             cfg = deep_merge(cfg, nest(path, None))  # options of another model must not linger
         cfg = deep_merge(cfg, nest(path, value))
     _check(cfg, schema, choices, "", set(free), {**COMMON_NULLABLE_TYPES, **task_types})
+    _check_finite(cfg)
     _check_ranges(cfg)
+    _check_decay_step(cfg)
+    _check_sizes_against_input(cfg)
     return cfg
 
 
@@ -280,6 +358,20 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return data
+
+
+def env_whole_number(name: str, default: int, minimum: int = 0) -> int:
+    """A whole-number environment variable (torchrun's RANK, WORLD_SIZE, LOCAL_RANK), checked."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ConfigError(f"environment variable {name}={raw!r}: expected a whole number >= {minimum}")
+    return value
 
 
 def get(cfg: dict, dotted: str) -> Any:

@@ -16,6 +16,7 @@ from dlcv.data.labels import write_csv
 from dlcv.data.synth import write_tree
 from dlcv.engine.run import read_summary
 from dlcv.engine.trainer import fit_or_reuse
+from dlcv.errors import DlcvError
 from dlcv.fileio import DirectoryLock, write_text
 from dlcv.report.build import build_report
 from dlcv.tasks import classify, segment, ssl
@@ -68,6 +69,23 @@ REAL_DATA_SLICES = {
     "p2_table": ["data.limit_train=720", "data.limit_val=180"],  # ~20 images of each of 36 classes
     "p3_data": ["data.limit_train=24", "data.limit_val=8", "data.crop_size=128"],
 }
+
+
+# what a demo writes into its --out folder (report.md's figures go to report_files/)
+DEMO_ENTRIES = {"data", "runs", "results.csv", "results.md", "report.html", "report.md", "report_files", ".lock"}
+
+
+def check_demo_folder(out: str | Path) -> None:
+    """--out is new, empty or an earlier demo's folder (which the demo goes on with): never a folder of
+    the user's files, among which it would write and replace its own."""
+    out = Path(out)
+    if not out.is_dir():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES
+                     and not (p.name.startswith(".") and p.name.endswith(".tmp")))  # left by a killed write
+    if foreign:
+        raise DlcvError(f"--out {out} holds files the demo did not write ({', '.join(foreign[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder")
 
 
 def run_demo(out: str | Path, data: str | Path | None = None, device: str = "auto") -> list[dict]:

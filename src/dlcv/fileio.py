@@ -7,9 +7,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from dlcv.errors import DlcvError
 
@@ -18,8 +19,10 @@ from dlcv.errors import DlcvError
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yields a temporary path in the target's folder; renamed onto `target` only if the block succeeds.
     OS failures (full disk, read-only folder, a file where a folder should be) become one DlcvError
-    naming the target and the OS's reason."""
+    naming the target and the OS's reason; a device, FIFO or socket target is refused (the rename would
+    replace it)."""
     target = Path(target)
+    refuse_special_file(target, "output")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix + ".tmp", dir=target.parent)
@@ -50,31 +53,63 @@ def reading(path: str | Path, what: str, error: type[Exception] = DlcvError) -> 
         raise error(f"cannot read {what} {path}: permission denied") from None
 
 
-def check_output_file(path: str | Path, what: str = "output file") -> Path:
-    """Refuses, before any work, an output file path that cannot be written: empty, an existing folder,
-    or under a parent that is a file or not writable."""
+def check_output(path: str | Path, what: str, inputs: Iterable[str | Path | None] = (),
+                 folder: bool = False) -> Path:
+    """The one rule for every path a command writes, checked before any work. Refused, naming `what`:
+    an empty path; a device, FIFO or socket (an atomic write would replace it by a regular file, /dev/null
+    included); a folder where a file is due (`folder=False`) or the reverse; a parent that is a file or
+    not writable; and any of the command's `inputs` (the files and folders it reads; None entries are
+    skipped), through symbolic links and `..`, or, for a file, an existing file inside an input folder
+    (an image of the folder it predicts, a file of the run folder it reads)."""
     if not str(path).strip():
         raise DlcvError(f"{what}: an empty path")
     path = Path(path)
-    if path.is_dir():
-        raise DlcvError(f"{what} {path} is an existing folder; give a file name")
-    _check_parent(path, what)
-    return path
-
-
-def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
-    """Refuses, before any work, an output folder that cannot be made or written."""
-    if not str(path).strip():
-        raise DlcvError(f"{what}: an empty path")
-    path = Path(path)
-    if path.exists() and not path.is_dir():
+    refuse_special_file(path, what)
+    if folder and path.exists() and not path.is_dir():
         raise DlcvError(f"{what} {path} is a file, not a folder")
-    if path.is_dir():
+    if not folder and path.is_dir():
+        raise DlcvError(f"{what} {path} is an existing folder; give a file name")
+    target = path.resolve()
+    shown = str(path) if str(target) == os.path.abspath(path) else f"{path} (a link to {target})"
+    for source in inputs:
+        if source is None or not str(source).strip():
+            continue
+        real = Path(source).resolve()
+        if target == real:
+            also = "" if os.path.abspath(source) == os.path.abspath(path) else f" ({source})"
+            raise DlcvError(f"{what} {shown} is an input of this command too{also}: it would be overwritten; "
+                            f"pick another output {'folder' if folder else 'file'}")
+        if not folder and real.is_dir() and target.is_relative_to(real) and path.exists():
+            raise DlcvError(f"{what} {shown} is an existing file inside the input folder {source}: it would be "
+                            "overwritten; write outside that folder")
+    if folder and path.is_dir():
         if not os.access(path, os.W_OK | os.X_OK):
             raise DlcvError(f"{what} {path}: permission denied")
         return path
     _check_parent(path, what)
     return path
+
+
+def run_folder_of(ckpt: str | Path | None) -> Path | None:
+    """The run folder a checkpoint lies in (RUN/checkpoints/NAME.pt, RUN holding config.yaml), else None:
+    its files are inputs of a command that reads the checkpoint."""
+    if ckpt is None:
+        return None
+    parent = Path(ckpt).resolve().parent
+    if parent.name == "checkpoints" and (parent.parent / "config.yaml").is_file():
+        return parent.parent
+    return None
+
+
+def refuse_special_file(path: str | Path, what: str) -> None:
+    """A device, FIFO or socket (or a link to one) is never written: writing a file there renames over
+    it, and a FIFO would block."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing (or unreadable, which the write itself reports)
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DlcvError(f"{what} {path} is a device, FIFO or socket, not a regular file or folder; pick another path")
 
 
 def _check_parent(path: Path, what: str) -> None:

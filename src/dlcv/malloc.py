@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 
 # Evidence (`bash benchmarks/cpu_malloc.sh`: p3_cpu's Lite2 model, 256 px, batch 16, 2-core Xeon): with
 # glibc's defaults every freed tensor above the mmap threshold goes back to the OS and the next step maps
@@ -18,10 +19,19 @@ def settings_in_effect() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key.startswith("MALLOC_")}
 
 
-def reexec_with_settings(argv: list[str]) -> None:
-    """Replace this process by `argv` with SETTINGS added to its environment. Does nothing (returns) where
-    the C library is not glibc, where any MALLOC_* variable is already set (the user's choice wins, and the
-    re-executed process sees them, so it never loops) or with DLCV_MALLOC=default."""
-    if platform.libc_ver()[0] != "glibc" or settings_in_effect() or os.environ.get("DLCV_MALLOC") == "default":
+def restart_command(args: list[str]) -> list[str]:
+    """`python -P -m dlcv ARGS`: -P keeps the working folder off sys.path, so a `dlcv.py` there is never
+    run in place of the installed package."""
+    return [sys.executable, "-P", "-m", "dlcv", *args]
+
+
+def reexec_with_settings(args: list[str]) -> None:
+    """Replace this process by restart_command(args) with SETTINGS added to its environment. Does nothing
+    (returns) where the C library is not glibc, where any MALLOC_* variable is already set (the user's
+    choice wins, and the re-executed process sees them, so it never loops), with DLCV_MALLOC=default, or
+    on Python 3.10, which has no -P (no restart there rather than one that imports from the working folder)."""
+    if platform.libc_ver()[0] != "glibc" or settings_in_effect() or os.environ.get("DLCV_MALLOC") == "default" \
+            or not hasattr(sys.flags, "safe_path"):
         return
+    argv = restart_command(args)
     os.execve(argv[0], argv, {**os.environ, **SETTINGS})

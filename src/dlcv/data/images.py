@@ -135,6 +135,25 @@ def cached(files: Sequence[Path], tag: str, build, cache_dir: str | Path | None 
     return value
 
 
+def available_memory() -> int | None:
+    """Bytes the system can still give (Linux's MemAvailable; None where unknown)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            line = next(line for line in fh if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1]) * 1024
+
+
+def check_fits_in_memory(nbytes: int, what: str, remedy: str) -> None:
+    """Refuses, before allocating, data that would not fit in the memory available now (instead of the
+    machine swapping or the kernel killing the process)."""
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise DlcvError(f"{what} need {nbytes / 2 ** 30:.1f} GiB of memory, {available / 2 ** 30:.1f} GiB is "
+                        f"available; {remedy}")
+
+
 def load_images(files: Sequence[Path], size: int, cache_dir: str | Path | None = None,
                 use_cache: bool = True) -> torch.Tensor:
     """All images as one uint8 tensor N x 3 x size x size, decoded once and cached on disk.
@@ -143,6 +162,8 @@ def load_images(files: Sequence[Path], size: int, cache_dir: str | Path | None =
     augmenting whole batches on the device removes all per-image Python work from training.
     """
     def build():
+        check_fits_in_memory(len(files) * 3 * size * size, f"{len(files)} images at {size}x{size} px",
+                             "lower data.image_size or set data.limit_train")
         array = np.empty((len(files), 3, size, size), dtype=np.uint8)
         for i, f in enumerate(files):
             array[i] = _resize(read_rgb(f), size).transpose(2, 0, 1)

@@ -14,6 +14,8 @@ from dlcv.fileio import atomic_path
 log = logging.getLogger("dlcv")
 
 _LABELLED_NAME = re.compile(r"^(?P<label>[^_]+)_(?P<id>.+)$")
+_INTEGER = re.compile(r"-?\d+")
+MAX_WARNINGS = 5  # per kind and file: a warning names the first few cases, then counts the rest
 
 
 def label_from_filename(path: Path) -> str | None:
@@ -23,12 +25,19 @@ def label_from_filename(path: Path) -> str | None:
 
 
 def folder_labels(files: Sequence[Path]) -> list[str]:
+    """The `{label}_{id}` labels of a folder's files. Where most labels are numbers, a file whose label is
+    not (a stray `IMG_0001.png` would become class 'IMG') is warned about by name."""
     labels = []
     for f in files:
         label = label_from_filename(f)
         if label is None:
             raise DlcvError(f"{f}: expected a file name '{{label}}_{{id}}{f.suffix}' in a labelled folder")
         labels.append(canonical(label))
+    odd = [f for f, label in zip(files, labels) if not _INTEGER.fullmatch(label)]
+    if odd and len(odd) < len(files) / 2:
+        log.warning("%s: %d file(s) whose label is not a number while %d are, e.g. %s (class '%s'): stray "
+                    "files? each such label becomes a class", odd[0].parent, len(odd), len(files) - len(odd),
+                    odd[0].name, label_from_filename(odd[0]))
     return labels
 
 
@@ -59,8 +68,10 @@ def read_csv_rows(path: str | Path, required: Sequence[str]) -> list[dict[str, s
 
 
 def canonical(label: str) -> str:
-    """"07", "+7" and "7" are the same integer class; other labels (wnids, names) stay as they are."""
-    return str(int(label)) if re.fullmatch(r"[+-]?\d+", label) else label
+    """"07", "+7", "7.0" and "7" are the same integer class (a spreadsheet writes 7 as 7.0); other labels
+    (wnids, names) stay as they are."""
+    whole = re.fullmatch(r"([+-]?\d+)(?:\.0*)?", label)
+    return str(int(whole[1])) if whole else label
 
 
 def read_labelled_csv(path: str | Path, allow_empty: bool = False) -> tuple[list[str], list[str]]:
@@ -68,16 +79,21 @@ def read_labelled_csv(path: str | Path, allow_empty: bool = False) -> tuple[list
     error naming its line (unless `allow_empty`: a prediction left blank is just wrong); a file listed
     twice with different labels is warned about, naming it."""
     rows = read_csv_rows(path, ("filename", "label"))
-    names, labels, seen = [], [], {}
+    names, labels, seen, repeats = [], [], {}, []
     for line, r in enumerate(rows, start=2):
         if not r["label"] and not allow_empty:
             raise DlcvError(f"{path}, line {line}: empty label for {r['filename']!r}")
         label = canonical(r["label"])
-        if seen.setdefault(r["filename"], label) != label:
-            log.warning("%s, line %d: %s is listed again with label %s (first: %s)", path, line, r["filename"],
-                        label, seen[r["filename"]])
+        if r["filename"] in seen:
+            repeats.append((line, r["filename"], label, seen[r["filename"]]))
+        seen.setdefault(r["filename"], label)
         names.append(r["filename"])
         labels.append(label)
+    for line, name, label, first in repeats[:MAX_WARNINGS]:  # every row counts (e.g. twice in an accuracy)
+        again = f"with label {label} (first: {first})" if label != first else "with the same label"
+        log.warning("%s, line %d: %s is listed again %s", path, line, name, again)
+    if len(repeats) > MAX_WARNINGS:
+        log.warning("%s: %d more file names listed again", path, len(repeats) - MAX_WARNINGS)
     return names, labels
 
 
@@ -95,6 +111,31 @@ def files_in(folder: str | Path, names: Sequence[str], source: str | Path) -> li
     return files
 
 
+def check_replaceable_csv(path: str | Path, header: Sequence[str], what: str) -> None:
+    """A predictions CSV replaces an existing file only when that file is an earlier predictions CSV: empty,
+    or text whose first line is `header`, and not ground truth (a file whose every label is the one its
+    `{label}_{id}` file name says, such as P1's val_gt.csv; a perfect earlier prediction looks the same
+    and has to be removed by hand)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = csv.reader(fh)
+            first = [h.strip() for h in next(rows, [])]
+            if first and first != list(header):
+                raise DlcvError(f"{what} {path} exists and is not a predictions CSV (its first line is "
+                                f"{','.join(first)[:80]!r}, not {','.join(header)!r}); pick another file")
+            column = {"filename": header.index("filename"), "label": header.index("label")}
+            labelled = [(r[column["filename"]], r[column["label"]]) for r in rows if len(r) == len(header)]
+    except (UnicodeDecodeError, csv.Error):
+        raise DlcvError(f"{what} {path} exists and is not a CSV text file; pick another file") from None
+    if labelled and all(label_from_filename(Path(name)) is not None
+                        and canonical(label_from_filename(Path(name))) == canonical(label) for name, label in labelled):
+        raise DlcvError(f"{what} {path} holds ground truth (every label is the one in its file name); predictions "
+                        "never replace it: pick another file")
+
+
 def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as fh:
@@ -106,7 +147,7 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence])
 def sorted_classes(labels: Sequence[str]) -> list[str]:
     """Class names in index order: numerically when every label is an integer, else alphabetically."""
     unique = set(labels)
-    if all(re.fullmatch(r"-?\d+", s) for s in unique):
+    if all(_INTEGER.fullmatch(s) for s in unique):
         return sorted(unique, key=int)
     return sorted(unique)
 

@@ -1,12 +1,12 @@
 """Process-group set-up under torchrun (env:// variables), and reductions of metric sums over ranks."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from dlcv.config import env_whole_number
 from dlcv.errors import DlcvError
 
 
@@ -36,9 +36,11 @@ def pick_device(preference: str, local_rank: int = 0) -> torch.device:
 
 def setup(preference: str) -> DistEnv:
     """Single process unless launched by torchrun (WORLD_SIZE > 1): then NCCL on GPUs, gloo on CPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world = env_whole_number("WORLD_SIZE", 1, minimum=1)
+    rank = env_whole_number("RANK", 0)
+    local_rank = env_whole_number("LOCAL_RANK", 0)
+    if rank >= world:
+        raise DlcvError(f"environment variable RANK={rank} must be below WORLD_SIZE={world} (torchrun sets both)")
     device = pick_device(preference, local_rank)
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":

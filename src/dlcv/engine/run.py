@@ -90,9 +90,11 @@ class Summary:
     environment: dict[str, Any]  # versions, device, precision, memory layout, command line, git commit
     run_dir: str
     extras: dict[str, Any] = field(default_factory=dict)
+    # what the run read: the data's identity and its weights file's sha256 (engine/identity.py compares them)
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     HEAD = ("task", "status", "monitor", "best", "final")  # required; the extras follow them in the file
-    FIELDS = (*HEAD, "seed", "wall_time_s", "environment", "run_dir")
+    FIELDS = (*HEAD, "seed", "wall_time_s", "environment", "run_dir", "inputs")
 
     @property
     def finished(self) -> bool:
@@ -118,6 +120,7 @@ class Summary:
             raise DlcvError(f"{source}: not a dlcv summary (missing {what})")
         known = {k: data.get(k) for k in cls.FIELDS}
         known["environment"] = known["environment"] or {}
+        known["inputs"] = known["inputs"] or {}  # runs made before dlcv recorded them
         return cls(**known, extras={k: v for k, v in data.items() if k not in cls.FIELDS})
 
 

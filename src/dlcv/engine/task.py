@@ -89,3 +89,7 @@ class Task:
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {}
+
+    def data_identity(self) -> dict[str, Any]:
+        """After `setup`: what identifies the data read, compared when the run is resumed."""
+        return {"train_samples": self.num_train()}

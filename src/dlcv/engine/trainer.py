@@ -19,7 +19,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from dlcv.config import ConfigError
-from dlcv.engine import batches, checkpoint, distributed
+from dlcv.engine import batches, checkpoint, distributed, identity
 from dlcv.engine.budget import plan_epochs
 from dlcv.engine.optim import build_optimizer, build_scheduler, keep_config_hyperparameters, trainable_parameters
 from dlcv.engine.precision import PRECISIONS, autocast, resolve_channels_last, resolve_precision
@@ -38,8 +38,10 @@ MEASURE_WARMUP, MEASURE_STEPS = 3, 10
 
 def fit_or_reuse(task: Task, cfg: dict, run_dir: str | Path) -> Summary:
     """For pipelines of runs (`ssl table`, `demo`): a finished run is reused, an interrupted one resumed
-    and a missing one started, so a killed pipeline goes on where it stopped."""
-    if RunDir(run_dir, True).finished():
+    and a missing one started, so a killed pipeline goes on where it stopped; a run made with other
+    settings or another weights file is refused (identity.check_pipeline_run), a longer one resumed."""
+    longer = identity.check_pipeline_run(Path(run_dir), cfg)
+    if RunDir(run_dir, True).finished() and not longer:
         log.info("%s is finished; reusing it", run_dir)
         return read_summary(run_dir)
     return Trainer(task, cfg, run_dir, resume=True).fit()
@@ -99,7 +101,7 @@ class Trainer:
         self.run.open()
         try:
             return self._fit()
-        except (DlcvError, ConfigError):  # bad input found while building: leave no half-made run behind
+        except Exception:  # bad input (or a failure) while building: leave no half-made run behind
             if created and self.env.is_main and not self.run.last.exists():
                 shutil.rmtree(self.run.path, ignore_errors=True)
             raise
@@ -121,12 +123,15 @@ class Trainer:
         if t["epochs"] == "auto":  # planned when the run started: config.yaml and every checkpoint hold it
             t["epochs"] = state["config"]["train"]["epochs"]
             self.plan = state.get("epoch_plan")
+        changed = identity.check_resume(self.run.path, state["config"], self.cfg)
         complete = state["epoch"] >= t["epochs"] or (t["max_steps"] is not None and state["step"] >= t["max_steps"]) \
             or (t["max_seconds"] is not None and state["wall_time_s"] >= t["max_seconds"])
         if complete and self.run.finished():
             # checked before the data is decoded: a finished run is refused at once
             raise DlcvError(f"{self.run.path} is already complete ({state['epoch']} epochs, {state['step']} "
                             "steps); extend it with --set train.epochs=N (or train.max_steps / max_seconds)")
+        if changed:
+            log.info("resuming %s with changed settings: %s", self.run.path, changed)
         return state
 
     def _fit(self) -> Summary:
@@ -134,10 +139,16 @@ class Trainer:
         started = time.time()
         state = self._starting_state()
         distributed.barrier()  # every rank has looked at the folder before rank 0 writes to it
-        self.run.write_config(cfg)  # before the data is read: a run killed from here on is resumable
+        if state is None:
+            self.run.write_config(cfg)  # before the data is read: a run killed from here on is resumable
+        self.inputs = {"weights_sha256": identity.weights_sha256(cfg["model"]["weights"])}
         torch.manual_seed(t["seed"])  # identical initial weights on every rank
         ctx = self.ctx
         self.task.setup(ctx)
+        self.inputs.update(self.task.data_identity())
+        if state is not None:  # the run's config.yaml changes only once its inputs are known to be the same
+            identity.check_inputs(self.run.path, state.get("inputs"), self.inputs)
+            self.run.write_config(cfg)
         self.module = self.task.build_model(ctx).to(self.device)
         if t["sync_batchnorm"] and env.distributed:
             self.module = self._sync_batchnorm(self.module)
@@ -262,9 +273,16 @@ class Trainer:
         return bool(distributed.all_reduce_sum(torch.tensor(float(late), device=self.device)).item())
 
     def _evaluate(self, model: nn.Module) -> dict[str, Any]:
+        """The task's metrics; a non-finite validation loss means finite weights too large to use (they
+        overflow), which no figure or checkpoint should be made of."""
         model.eval()
         with torch.no_grad(), self.autocast():
-            return self.task.evaluate(self.ctx, model)
+            metrics = self.task.evaluate(self.ctx, model)
+        loss = metrics.get("val_loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            raise DlcvError(f"validation loss became {loss}: the weights diverged (overflowing outputs); lower "
+                            "optim.lr or optim.weight_decay")
+        return metrics
 
     def _train_epoch(self, model, optimizer, scheduler, scaler, epoch, step, steps_per_epoch):
         t, env = self.cfg["train"], self.env
@@ -398,18 +416,24 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    @staticmethod
-    def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
+    def _check_finite(self, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
         """The epoch's running loss sum stays non-finite once any step's loss was, so checking it every
         train.log_every steps and at the epoch's end catches a divergence without making a GPU wait for
-        every step's loss (a host sync per step). The failed epoch is never checkpointed."""
-        if not torch.isfinite(loss_sum):
+        every step's loss (a host sync per step). The weights too: a step can make them inf/nan while its
+        own loss was finite (an epoch's last step, a huge weight decay). The failed epoch is never
+        checkpointed."""
+        params = [p for p in self.module.parameters() if p.is_floating_point()]
+        if params and not torch.stack([torch.isfinite(p).all() for p in params]).all():
+            name = next(n for n, p in self.module.named_parameters() if not torch.isfinite(p).all())
+            raise DlcvError(f"weights became inf/nan in epoch {epoch} (by step {step}), {name} first; lower "
+                            "optim.lr or optim.weight_decay")
+        if not torch.isfinite(loss_sum):  # finite weights: an overflow (fp16) or a diverging loss
             raise DlcvError(f"loss became {loss_sum.item()} in epoch {epoch} (by step {step}); lower optim.lr "
                             "or use train.precision=fp32")
 
     def _weights_state(self, epoch: int, step: int) -> dict[str, Any]:
         return {"task": self.task.name, "model": self.ctx.eval_module.state_dict(), "epoch": epoch, "step": step,
-                "config": self.cfg, "inference": self.ctx.numerics.record(),
+                "config": self.cfg, "inputs": self.inputs, "inference": self.ctx.numerics.record(),
                 **({} if self.plan is None else {"epoch_plan": self.plan}), **self.task.checkpoint_meta()}
 
     def _save_weights(self, path: Path, epoch: int, step: int) -> None:
@@ -449,4 +473,4 @@ class Trainer:
                        environment={**self.environment, "precision": self.precision,
                                     "channels_last": self.channels_last,
                                     **({} if self.plan is None else {"epoch_plan": self.plan})},
-                       run_dir=str(self.run.path), extras=extras)
+                       run_dir=str(self.run.path), extras=extras, inputs=self.inputs)

@@ -3,12 +3,14 @@ themselves with `@register_model` when their module (classifiers, segmenters) is
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
 
 from dlcv.errors import DlcvError
+from dlcv.statedict import load_strict
 
 
 # the statistics every registered model's pretrained weights were trained with (torchvision's, and the
@@ -60,12 +62,48 @@ def create_model(name: str, num_classes: int, weights: str | None = None, **opti
     if unknown:
         valid = [p for p in params if p not in ("num_classes", "weights")]
         raise DlcvError(f"model '{name}' has no option(s) {unknown}; valid model.options: {valid or 'none'}")
-    return spec.builder(num_classes=num_classes, weights=weights, **options)
+    for key, value in options.items():
+        _check_option(name, key, value, params[key].default)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise DlcvError(f"model '{name}': needs at least 1 class, got {num_classes!r}")
+    try:
+        return spec.builder(num_classes=num_classes, weights=weights, **options)
+    except (ValueError, TypeError, RuntimeError) as exc:  # a combination of options the architecture rejects
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DlcvError(f"model '{name}' cannot be built with model.options {options}: {first}") from None
+
+
+MAX_OPTION_SIZE = 4096  # the largest size option of a registered model is fcn32s_vgg16's fc_channels, 4096
+
+
+def _check_option(model: str, key: str, value, default) -> None:
+    """A model option has its default's type; sizes (whole numbers, alone or in a list) are in
+    1..MAX_OPTION_SIZE (a width of 10^5 would allocate 10^10 weights per layer) and a dropout is a fraction
+    in [0, 1). A default of None accepts anything (the builder checks it)."""
+    where = f"model '{model}' option '{key}'"
+    numbers = value if isinstance(value, (list, tuple)) else [value]
+    if isinstance(default, bool):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif isinstance(default, int) or isinstance(default, (list, tuple)) and default and isinstance(default[0], int):
+        ok = isinstance(value, (list, tuple)) == isinstance(default, (list, tuple)) and bool(numbers) and all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_OPTION_SIZE for v in numbers)
+        expected = f"{'a list of whole numbers' if isinstance(default, (list, tuple)) else 'a whole number'} in " \
+                   f"1..{MAX_OPTION_SIZE}"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            0 <= value < 1 if "dropout" in key else math.isfinite(value))
+        expected = "a fraction in [0, 1)" if "dropout" in key else "a finite number"
+    elif isinstance(default, str):
+        ok, expected = isinstance(value, str), "a string"
+    else:
+        return
+    if not ok:
+        raise DlcvError(f"{where}: invalid value {value!r}; expected {expected}")
 
 
 def model_from_checkpoint(state: dict, num_classes: int) -> nn.Module:
     """Rebuilds the model a dlcv checkpoint was trained with (its config) and loads its weights."""
     m = state["config"]["model"]
     model = create_model(m["name"], num_classes=num_classes, weights=None, **m["options"])
-    model.load_state_dict(state["model"])
+    load_strict(model, state["model"], "the checkpoint's weights")
     return model

@@ -7,6 +7,8 @@ import logging
 import tempfile
 from pathlib import Path
 
+from dlcv.errors import DlcvError
+from dlcv.fileio import check_output
 from dlcv.report import document
 from dlcv.report.runs import REPORT_MODELS, Run, Table, collect
 from dlcv.viz.arch import architecture_figure
@@ -185,9 +187,35 @@ def _p3(doc, runs: list[Run], arch_dir: Path) -> None:
             doc.figure(r.figures["training_curves"], f"model {r.role} ({r.model}), {r.path}")
 
 
+TITLE = "DLCV homework 1: the report, reproduced by dlcv"
+
+
+def check_report_paths(paths: list[str | Path], out_html: str | Path) -> None:
+    """Before any work: `--out` is an .html file (its Markdown twin, the same name with .md, is written
+    beside it), neither file is a file of a run it reads, and the twin replaces no file that is not an
+    earlier report (the user named the .html, not the .md)."""
+    out_html = check_output(out_html, "--out")
+    if out_html.suffix.lower() not in (".html", ".htm"):
+        raise DlcvError(f"--out {out_html}: the report is an .html file (its Markdown twin gets the same name "
+                        "with .md); give a name ending in .html")
+    runs, tables = collect(paths)
+    inputs = [item.path for item in (*runs, *tables)]
+    check_output(out_html, "--out", inputs)
+    twin = out_html.with_suffix(".md")
+    check_output(twin, "--out's Markdown twin", inputs)
+    if twin.is_file() and not _starts_with(twin, f"# {TITLE}\n"):
+        raise DlcvError(f"--out's Markdown twin {twin} exists and is not a dlcv report: it would be overwritten; "
+                        "pick another --out name")
+
+
+def _starts_with(path: Path, text: str) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(text.encode())) == text.encode()
+
+
 def build_report(paths: list[str | Path], out_html: str | Path) -> tuple[Path, Path]:
     runs, tables = collect(paths)
-    doc = document.Document("DLCV homework 1: the report, reproduced by dlcv")
+    doc = document.Document(TITLE)
     doc.text(f"Built from {len(runs)} run(s) and {len(tables)} A-E table(s). Every number comes from its run's "
              "summary.json; below each table are the command and the environment that produced it.")
     with tempfile.TemporaryDirectory() as arch_dir:

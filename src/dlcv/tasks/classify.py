@@ -185,3 +185,6 @@ class ClassifyTask(ModelTask):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"classes": self.classes, "preprocess": self.meta}
+
+    def data_identity(self) -> dict[str, Any]:
+        return {**super().data_identity(), "classes": self.classes}

@@ -57,6 +57,13 @@ def choices() -> dict[str, tuple]:
 SCHEMA = config_mod.Schema(DEFAULTS, choices, TYPES)
 
 
+def labelled_cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Cross-entropy averaged over the labelled pixels (IGNORE left out), as torch's mean; 0 for a batch
+    without any (crops of pure red), where torch's mean is 0/0 = nan. No host sync."""
+    total = F.cross_entropy(logits, target, ignore_index=IGNORE, label_smoothing=label_smoothing, reduction="sum")
+    return total / (target != IGNORE).sum().clamp_min(1)
+
+
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 - soft Dice (softmax probabilities against one-hot labels, summed over the batch), averaged over
     the classes present in the batch's labels, IGNORE pixels left out: unlike cross-entropy it weighs a
@@ -68,7 +75,7 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     dims = (0, 2, 3)
     present = onehot.sum(dims) > 0
     dice = 2 * (probs * onehot).sum(dims) / (probs.sum(dims) + onehot.sum(dims)).clamp_min(1e-6)
-    return 1 - dice[present].mean()
+    return ((1 - dice) * present).sum() / present.sum().clamp_min(1)  # 0 where no pixel is labelled
 
 
 def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, stride: int = 4) -> torch.Tensor:
@@ -136,6 +143,12 @@ class SegmentTask(ModelTask):
                 treatment = "ignored by the loss" if split == "train" else "scored as unknown (6)"
                 log.warning("%s: %d pure-red pixels (code 4, not a class of the course): %s",
                             root / folder, int(data["red"]), treatment)
+            if split == "train":
+                unlabelled = [ident for (ident, _, _), red in zip(pairs, (data["masks"] == IGNORE).flatten(1).all(1))
+                              if red]
+                if unlabelled:
+                    log.warning("%s: %d training tile(s) pure red everywhere, e.g. %s: no pixel of them is "
+                                "learned from", root / folder, len(unlabelled), unlabelled[0])
             splits[split] = (pairs, data["images"].to(device), data["masks"].to(device))
         (_, self.train_x, self.train_y), (self.val_pairs, self.val_x, self.val_y) = splits["train"], splits["val"]
         self.preprocess = Preprocess({"mean": d["mean"], "std": d["std"]}, device)
@@ -174,14 +187,13 @@ class SegmentTask(ModelTask):
         out = model(x)
         terms = self.cfg["loss"]
         smooth, dice, lovasz = terms["label_smoothing"], terms["dice_weight"], terms["lovasz_weight"]
-        loss = F.cross_entropy(out["out"], y, ignore_index=IGNORE, label_smoothing=smooth)
+        loss = labelled_cross_entropy(out["out"], y, smooth)
         if dice:
             loss = loss + dice * dice_loss(out["out"], y)
         if lovasz:
             loss = loss + lovasz * lovasz_softmax(out["out"], y)
         if out.get("aux") is not None:
-            loss = loss + terms["aux_weight"] * F.cross_entropy(out["aux"], y, ignore_index=IGNORE,
-                                                                label_smoothing=smooth)
+            loss = loss + terms["aux_weight"] * labelled_cross_entropy(out["aux"], y, smooth)
         return loss
 
     def _segmenter(self, ctx: Context, model: nn.Module) -> Segmenter:
