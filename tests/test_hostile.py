@@ -274,10 +274,14 @@ BOMB = "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] *
 
 VALUE_CASES = [
     ("lr inf", TRAIN + ["--set", "optim.lr=.inf"], None, "config key 'optim.lr': invalid value inf; expected a finite number"),
+    ("lr beyond float32", TRAIN + ["--set", "optim.lr=1e39"], None,
+     "config key 'optim.lr': invalid value 1e+39; expected a finite number (within float32's range, 3.4e38)"),
     ("weight decay 1e30", TRAIN + ["--set", "optim.weight_decay=1e30"], None,
      "config key 'optim.weight_decay': invalid value 1e+30 with optim.lr 0.1; expected optim.lr x optim.weight_decay < 1"),
-    ("weights overflowing", TRAIN + ["--set", "optim.lr=1e30", "--set", "optim.weight_decay=0"], None,
-     "weights became inf/nan in epoch 1 (by step 2)"),
+    ("weights overflowing in the epoch's last step", TRAIN + ["--set", "optim.lr=3e38", "--set", "optim.weight_decay=0",
+                                                              "--set", "sched.warmup_epochs=0", "--set",
+                                                              "train.max_steps=1"], None,
+     "weights became inf/nan in epoch 1 (by step 1), "),
     ("betas 2, 3", TRAIN + ["--set", "optim.betas=[2,3]"], None,
      "config key 'optim.betas': invalid value [2, 3]; expected [beta1, beta2], each in [0, 1)"),
     ("widths 0", TRAIN + ["--set", "model.options={{widths: [0, 0, 0]}}"], None,

@@ -166,11 +166,15 @@ def _fraction_range(v) -> bool:
         and 0 < v[0] <= v[1] <= 1
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch turns config numbers into float32 tensors or factors
+
+
 def _check_finite(node: Any, prefix: str = "") -> None:
-    """inf and nan (YAML's .inf / .nan) are no value of any key: a learning rate of .inf turns every weight
-    into nan."""
-    if isinstance(node, float) and not math.isfinite(node):
-        raise ConfigError(f"config key '{prefix}': invalid value {node!r}; expected a finite number")
+    """inf and nan (YAML's .inf / .nan) are no value of any key (a learning rate of .inf turns every weight
+    into nan), nor a number beyond float32's range (torch refuses 1e39 as a learning rate)."""
+    if isinstance(node, float) and not (math.isfinite(node) and abs(node) <= FLOAT32_MAX):
+        raise ConfigError(f"config key '{prefix}': invalid value {node!r}; expected a finite number "
+                          "(within float32's range, 3.4e38)")
     if isinstance(node, dict):
         for key, value in node.items():
             _check_finite(value, f"{prefix}.{key}" if prefix else str(key))
@@ -280,9 +284,13 @@ def _check(node: Any, schema: Any, choices: dict[str, tuple], prefix: str, free:
         raise ConfigError(f"config key '{prefix}': expected {expected.__name__}, got {node!r}")
 
 
+# mappings whose keys are the user's (a model's options, parameter-name prefixes), not the schema's
+FREE_FORM = frozenset({"model.options", "optim.lr_mult"})
+
+
 def resolve(task_defaults: dict, task_choices: dict[str, tuple], task_types: dict[str, type],
             recipe: dict | None = None,
-            overrides: list[str] = (), free: set[str] = frozenset({"model.options", "optim.lr_mult"})) -> dict:
+            overrides: list[str] = (), free: set[str] = FREE_FORM) -> dict:
     """Merge defaults <- recipe <- overrides and validate the result against the defaults."""
     schema = deep_merge(COMMON_DEFAULTS, task_defaults)
     choices = {**COMMON_CHOICES, **task_choices}

@@ -25,8 +25,8 @@ RESUMABLE_KEYS = (*LENGTH_KEYS, "train.eval_every", "train.grad_clip", "optim.lr
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a.b": value} for every leaf of a nested mapping (an empty mapping is a leaf)."""
-    if not isinstance(cfg, dict) or not cfg:
+    """{"a.b": value} for every leaf of a nested mapping (an empty mapping has none)."""
+    if not isinstance(cfg, dict):
         return {prefix: cfg}
     out = {}
     for key, value in cfg.items():
@@ -35,9 +35,12 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def changes(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
-    """{dotted key: (old value, new value)} where the configs differ, keys under `ignore` left out."""
+    """{dotted key: (old value, new value)} where the configs differ, keys under `ignore` left out. A schema
+    key the old config lacks is one its dlcv did not have yet (its default keeps the old behaviour), so it
+    is not compared; keys under the free-form mappings (model.options) always are."""
     a, b = flatten(old), flatten(new)
-    keys = [k for k in dict.fromkeys([*a, *b]) if not _under(k, ignore)]
+    keys = [k for k in dict.fromkeys([*a, *b]) if not _under(k, ignore)
+            and (k in a or _under(k, tuple(config_mod.FREE_FORM)))]
     return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}
 
 

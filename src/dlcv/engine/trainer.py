@@ -18,7 +18,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from dlcv.config import ConfigError
 from dlcv.engine import batches, checkpoint, distributed, identity
 from dlcv.engine.budget import plan_epochs
 from dlcv.engine.optim import build_optimizer, build_scheduler, keep_config_hyperparameters, trainable_parameters
@@ -422,14 +421,14 @@ class Trainer:
         every step's loss (a host sync per step). The weights too: a step can make them inf/nan while its
         own loss was finite (an epoch's last step, a huge weight decay). The failed epoch is never
         checkpointed."""
+        if not torch.isfinite(loss_sum):
+            raise DlcvError(f"loss became {loss_sum.item()} in epoch {epoch} (by step {step}); lower optim.lr "
+                            "or use train.precision=fp32")
         params = [p for p in self.module.parameters() if p.is_floating_point()]
         if params and not torch.stack([torch.isfinite(p).all() for p in params]).all():
             name = next(n for n, p in self.module.named_parameters() if not torch.isfinite(p).all())
-            raise DlcvError(f"weights became inf/nan in epoch {epoch} (by step {step}), {name} first; lower "
-                            "optim.lr or optim.weight_decay")
-        if not torch.isfinite(loss_sum):  # finite weights: an overflow (fp16) or a diverging loss
-            raise DlcvError(f"loss became {loss_sum.item()} in epoch {epoch} (by step {step}); lower optim.lr "
-                            "or use train.precision=fp32")
+            raise DlcvError(f"weights became inf/nan in epoch {epoch} (by step {step}), {name} first, while the "
+                            "loss was finite; lower optim.lr or optim.weight_decay")
 
     def _weights_state(self, epoch: int, step: int) -> dict[str, Any]:
         return {"task": self.task.name, "model": self.ctx.eval_module.state_dict(), "epoch": epoch, "step": step,

@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from dlcv import config as config_mod
 from dlcv.data import augment
-from dlcv.data.images import cached, read_rgb
+from dlcv.data.images import cached, check_fits_in_memory, read_rgb
 from dlcv.data.masks import CLASS_NAMES, IGNORE, NUM_CLASSES, UNKNOWN, pair_folder, read_mask
 from dlcv.data.preprocess import Preprocess
 from dlcv.engine import batches, checkpoint, distributed
@@ -105,6 +105,8 @@ def _decode_split(pairs, red_as: int, what: str):
     """Images N x 3 x H x W and masks N x H x W (uint8); all tiles of a split must share one size."""
     first = read_rgb(pairs[0][1])
     n, (h, w) = len(pairs), first.shape[:2]
+    check_fits_in_memory(n * 4 * h * w, f"{n} {what} tiles of {w}x{h} px (image and mask)",
+                         f"set data.limit_{'train' if what == 'train' else 'val'}")
     images = np.empty((n, 3, h, w), np.uint8)
     masks = np.empty((n, h, w), np.uint8)
     red = 0
