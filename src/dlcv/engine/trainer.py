@@ -31,7 +31,7 @@ log = logging.getLogger("dlcv")
 
 PLAIN_PROGRESS_S = 30.0
 # train.epochs=auto measures MEASURE_STEPS training steps after MEASURE_WARMUP (cuDNN's autotuning,
-# torch.compile, allocator growth) and one validation
+# torch.compile, allocator growth), one validation and one epoch's checkpoint writes
 MEASURE_WARMUP, MEASURE_STEPS = 3, 10
 
 
