@@ -167,3 +167,60 @@ def test_the_graded_commands_import_no_task_and_not_the_trainer():
         "import sys, dlcv.contracts.classify, dlcv.contracts.segment, dlcv.contracts.backbone; "
         "bad = [m for m in sys.modules if m.startswith('dlcv.tasks') or m == 'dlcv.engine.trainer']; "
         "assert not bad, bad")
+
+
+@pytest.mark.parametrize("size", [1, 512, 1024, 1025, 1800, 4000, 4321])
+def test_windows_partition_each_side_and_keep_a_margin_inside_each_window(size):
+    from dlcv.inference.segment import WINDOW, WINDOW_MARGIN, windows
+    spans = windows(size)
+    assert [k0 for _, _, k0, _ in spans] == [0] + [k1 for _, _, _, k1 in spans[:-1]]  # contiguous
+    assert spans[-1][3] == size
+    for start, end, keep_start, keep_end in spans:
+        assert 0 <= start <= keep_start < keep_end <= end <= size
+        assert end - start == min(size, WINDOW)
+        assert keep_start == 0 or keep_start - start >= WINDOW_MARGIN
+        assert keep_end == size or end - keep_end >= WINDOW_MARGIN
+
+
+class _PixelwiseSegmenter(torch.nn.Module):
+    """Logits of each pixel from that pixel alone: a windowed prediction must equal the whole one exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 7, 1)
+
+    def forward(self, x):
+        return {"out": self.conv(x)}
+
+
+def test_a_large_image_goes_through_in_windows_and_gets_the_whole_images_mask(monkeypatch):
+    from dlcv.inference.segment import WINDOW, Segmenter
+    torch.manual_seed(0)
+    meta = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "tta": None, "infer_scale": 1.0}
+    segmenter = Segmenter(_PixelwiseSegmenter().eval(), meta, Numerics("fp32", False), 4, torch.device("cpu"))
+    tile = torch.randint(0, 256, (1, 3, 2100, 1100), dtype=torch.uint8)
+    whole = segmenter.logits(tile).argmax(1).to(torch.uint8)
+    seen = []
+    logits = segmenter.logits
+    monkeypatch.setattr(segmenter, "logits", lambda x: seen.append(tuple(x.shape[-2:])) or logits(x))
+    masks = segmenter.masks(tile)
+    assert masks.shape == (1, 2100, 1100) and masks.dtype == torch.uint8
+    assert torch.equal(masks, whole)
+    assert len(seen) == 3 * 2 and all(max(shape) <= WINDOW for shape in seen)
+
+
+def test_segment_predict_writes_a_large_images_mask_at_its_size(synth_root, tmp_path):
+    from PIL import Image
+    cfg = seg_cfg(synth_root / "p3_data", **{"model.options": "{width: 8}", "train.epochs": 1,
+                                             "data.limit_train": 8})
+    run = tmp_path / "run"
+    Trainer(SegmentTask(cfg), cfg, run).fit()
+    images = tmp_path / "large"
+    images.mkdir()
+    rgb = np.random.default_rng(0).integers(0, 256, (1030, 1100, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(images / "0000_sat.jpg")
+    Image.fromarray(rgb[:300, :400]).save(images / "0001_sat.jpg")
+    assert main(["segment", "predict", "--ckpt", str(run / "checkpoints" / "last.pt"), str(images),
+                 str(tmp_path / "out")]) == 0
+    assert Image.open(tmp_path / "out" / "0000_mask.png").size == (1100, 1030)
+    assert Image.open(tmp_path / "out" / "0001_mask.png").size == (400, 300)

@@ -12,7 +12,7 @@ from dlcv.data.images import read_rgb
 from dlcv.data.masks import NUM_CLASSES, SAT_SUFFIXES, UNKNOWN, mask_name, read_mask, sat_images, write_mask
 from dlcv.engine import checkpoint
 from dlcv.errors import DlcvError
-from dlcv.inference.segment import Segmenter
+from dlcv.inference.segment import WINDOW, Segmenter
 from dlcv.metrics import confusion_of, course_iou
 
 
@@ -31,22 +31,30 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path,
                    precision: str = "auto") -> int:
     """`xxxx_mask.png` (RGB, course palette, the input's size) for every `xxxx_sat.jpg`, written atomically.
     Tiles go through the model as its run validated them (inference.segment.Segmenter), `batch_size` at a
-    time (default: the run's train.eval_batch_size; one at a time where a batch mixes tile sizes)."""
+    time (default: the run's train.eval_batch_size; one at a time where a batch mixes tile sizes, and an
+    image with a side over inference.segment.WINDOW alone, window by window, so memory stays bounded)."""
     files = sat_images(image_dir)
     out_dir = Path(out_dir)
     _refuse_ground_truth_folder(Path(image_dir), out_dir)
     segmenter, _ = load_segmenter(ckpt, device, tta, precision, batch_size, compile_model)
     for start in range(0, len(files), segmenter.batch_size):
-        chunk = files[start:start + segmenter.batch_size]
-        arrays = [read_rgb(f).transpose(2, 0, 1) for f in chunk]
-        groups = [arrays] if len({a.shape for a in arrays}) == 1 else [[a] for a in arrays]
-        preds = []
+        chunk, small = files[start:start + segmenter.batch_size], []
+        for f in chunk:  # a large image is predicted and written as soon as it is read: one in memory at a time
+            array = read_rgb(f).transpose(2, 0, 1)
+            if max(array.shape[1:]) > WINDOW:
+                _write_masks(out_dir, [f], _compiled_call(segmenter.masks, torch.from_numpy(np.stack([array]))))
+            else:
+                small.append((f, array))
+        groups = [small] if len({a.shape for _, a in small}) == 1 else [[pair] for pair in small]
         for group in groups:
-            logits = _compiled_call(segmenter.logits, torch.from_numpy(np.stack(group)))
-            preds += logits.argmax(1).to(torch.uint8).cpu()
-        for f, pred in zip(chunk, preds):
-            write_mask(out_dir / mask_name(f), pred.numpy())
+            tiles = torch.from_numpy(np.stack([a for _, a in group]))
+            _write_masks(out_dir, [f for f, _ in group], _compiled_call(segmenter.masks, tiles))
     return len(files)
+
+
+def _write_masks(out_dir: Path, files: list[Path], masks: torch.Tensor) -> None:
+    for f, mask in zip(files, masks):
+        write_mask(out_dir / mask_name(f), mask.numpy())
 
 
 def _compiled_call(fn, *args):

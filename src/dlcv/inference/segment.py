@@ -52,6 +52,27 @@ def _scaled_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
+# The largest side (in input pixels) that goes through the model whole. A larger image goes through in
+# windows of WINDOW x WINDOW whose outer WINDOW_MARGIN pixels are dropped (they lack context), so memory is
+# that of one window whatever the image's size: a 4000x4000 JPEG whole took over 5 GB on a CPU. The course's
+# 512 px tiles, and anything validation sees, go whole.
+WINDOW = 1024
+WINDOW_MARGIN = 128
+
+
+def windows(size: int, window: int = WINDOW, margin: int = WINDOW_MARGIN) -> list[tuple[int, int, int, int]]:
+    """Along one side of `size` pixels: (start, end) of each window and (keep_start, keep_end), the part of
+    it whose prediction is kept. The kept parts partition 0..size and each lies at least `margin` inside its
+    window, except at the image's own borders."""
+    if size <= window:
+        return [(0, size, 0, size)]
+    stride = window - 2 * margin
+    starts = list(range(0, size - window, stride)) + [size - window]
+    keep_ends = [start + window - margin for start in starts[:-1]] + [size]
+    keep_starts = [0] + keep_ends[:-1]
+    return [(s, s + window, k0, k1) for s, k0, k1 in zip(starts, keep_starts, keep_ends)]
+
+
 class Segmenter:
     """`model` (in eval mode) with what its run validated with: `meta`, a segment checkpoint's
     "preprocess" (mean / std, test-time views, infer_scale), its numerics and evaluation batch size."""
@@ -86,3 +107,18 @@ class Segmenter:
         with torch.no_grad(), self.numerics.autocast(self.device):
             x = self.preprocess(tiles.to(self.device)).contiguous(memory_format=self.numerics.memory_format)
             return tile_logits(self.model, x, self.meta.get("tta"), self.meta.get("infer_scale", 1.0))
+
+    def masks(self, tiles: torch.Tensor) -> torch.Tensor:
+        """N x H x W uint8 class indices of uint8 tiles N x 3 x H x W (one size); a tile with a side over
+        WINDOW goes through window by window (see WINDOW), one at a time."""
+        height, width = tiles.shape[-2:]
+        if max(height, width) <= WINDOW:
+            return self.logits(tiles).argmax(1).to(torch.uint8).cpu()
+        out = torch.empty((len(tiles), height, width), dtype=torch.uint8)
+        for n in range(len(tiles)):
+            for y0, y1, ky0, ky1 in windows(height):
+                for x0, x1, kx0, kx1 in windows(width):
+                    logits = self.logits(tiles[n:n + 1, :, y0:y1, x0:x1])[0]
+                    kept = logits[:, ky0 - y0:ky1 - y0, kx0 - x0:kx1 - x0]
+                    out[n, ky0:ky1, kx0:kx1] = kept.argmax(0).to(torch.uint8).cpu()
+        return out
