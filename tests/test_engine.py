@@ -370,3 +370,33 @@ def test_the_loop_imports_no_model_and_the_registry_has_no_import_cycle():
         "import sys, dlcv.engine.trainer; assert not [m for m in sys.modules if m.startswith('dlcv.models')], "
         "'engine imports models'; import dlcv.models.segmenters as s; from dlcv.models import model_spec; "
         "assert model_spec('fcn32s_vgg16').builder is s.fcn32s_vgg16")
+
+
+def test_cutmix_and_mixup_train_on_mixed_images_and_soft_labels_and_resume_exactly(p1_root, tmp_path, monkeypatch):
+    cfg = small_classify_cfg(p1_root, **{"mix.cutmix_alpha": 1.0, "mix.mixup_alpha": 0.4})
+    task = ClassifyTask(cfg)
+    ctx = Trainer(task, cfg, tmp_path / "probe").ctx
+    task.setup(ctx)
+    x, y = task.train_batch(ctx, torch.arange(50), 0, torch.Generator().manual_seed(0), 50, 1)
+    seen = []
+    task.loss(lambda batch: seen.append(batch) or torch.zeros(len(batch), 10), (x, y))
+    assert not torch.equal(seen[0], x)  # the model saw mixed images
+    soft_targets = task.mix(x, y)[1]
+    assert soft_targets.shape == (50, 10)
+    assert torch.allclose(soft_targets.sum(1), torch.ones(50)) and (soft_targets.amax(1) < 1).any()
+
+    train(cfg, tmp_path / "straight")
+    real_save_last = Trainer._save_last
+
+    def killed_after_first_epoch(self, *args, **kwargs):
+        real_save_last(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save_last", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed")
+    monkeypatch.undo()
+    train(cfg, tmp_path / "resumed", resume=True)
+    a = checkpoint.load(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
+    b = checkpoint.load(tmp_path / "resumed" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(value, b[name]) for name, value in a.items())

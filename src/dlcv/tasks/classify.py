@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
+from torchvision.transforms import v2
 
 from dlcv import config as config_mod
 from dlcv.data import augment, labels as labels_mod
@@ -37,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "augment": {"flip": False, "alternate_flip": False, "crop_padding": 0, "pad_mode": "zeros", "rotation": 0.0, "cutout": 0,
                 "resized_crop_scale": None, "color_jitter": None},
     "loss": {"label_smoothing": 0.0},
+    # batch-level mixing of training images and their labels (torchvision.transforms.v2 CutMix / MixUp, one
+    # of the two per batch when both are on): Beta(alpha, alpha) mixing ratios; 0 = off
+    "mix": {"cutmix_alpha": 0.0, "mixup_alpha": 0.0},
     # test-time augmentation in validation AND predict (saved in the checkpoint): see inference.classify.tta_logits
     "tta": {"flip": False, "translate": 0},
     "snapshot": {"tsne_perplexity": 30.0},
@@ -70,6 +74,14 @@ def _holdout(files: list[Path], labels: list[str], fraction: float, seed: int):
     return (*_take(files, labels, train), *_take(files, labels, val))
 
 
+def _mixer(mix: dict[str, float], num_classes: int):
+    """torchvision's CutMix and/or MixUp on a training batch (images, labels) -> (mixed images, soft labels);
+    None when both are off."""
+    mixers = [v2.CutMix(alpha=mix["cutmix_alpha"], num_classes=num_classes)] if mix["cutmix_alpha"] > 0 else []
+    mixers += [v2.MixUp(alpha=mix["mixup_alpha"], num_classes=num_classes)] if mix["mixup_alpha"] > 0 else []
+    return v2.RandomChoice(mixers) if mixers else None
+
+
 class ClassifyTask(ModelTask):
     name = "classify"
     monitor = "val_acc"
@@ -98,6 +110,7 @@ class ClassifyTask(ModelTask):
         self.meta = {"image_size": d["image_size"], "input_size": d["input_size"], "mean": d["mean"],
                      "std": d["std"], "tta": self.cfg["tta"]}
         self.preprocess = Preprocess(self.meta, device)
+        self.mix = _mixer(self.cfg["mix"], len(self.classes))
         self.aug = augment.AugmentSpec(**self.cfg["augment"])
         self.first_flip = torch.rand(len(self.train_y), generator=torch.Generator().manual_seed(seed)).lt(0.5).to(device)
         self.confusion = MulticlassConfusionMatrix(len(self.classes)).to(device)
@@ -126,6 +139,8 @@ class ClassifyTask(ModelTask):
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         x, y = batch
+        if self.mix is not None:  # draws from the global RNG, which checkpoints keep: resume stays exact
+            x, y = self.mix(x, y)
         return F.cross_entropy(model(x), y, label_smoothing=self.cfg["loss"]["label_smoothing"])
 
     def _classifier(self, ctx: Context, model: nn.Module) -> Classifier:
