@@ -99,8 +99,8 @@ def kill_after_epoch(monkeypatch, epoch: int):
     from dlcv.engine.trainer import Trainer
     real_save_last = Trainer._save_last
 
-    def save_then_die(self, optimizer, scheduler, scaler, saved_epoch, *args):
-        real_save_last(self, optimizer, scheduler, scaler, saved_epoch, *args)
+    def save_then_die(self, saved_epoch, *args):
+        real_save_last(self, saved_epoch, *args)
         if saved_epoch == epoch:
             raise KeyboardInterrupt
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torchvision
 
 from dlcv.data import augment
 from dlcv.data.views import ViewSpec
@@ -183,3 +184,47 @@ def test_colour_jitter_is_per_sample_and_identity_at_zero_strength():
     assert torch.allclose(still, x, atol=1e-5)
     with pytest.raises(DlcvError, match="color_jitter needs 4 values"):
         augment.AugmentSpec(color_jitter=(0.4, 0.4))
+
+
+def test_resized_crop_of_the_whole_image_is_the_identity_and_flip_flips():
+    x = torch.rand(4, 3, 8, 8)
+    draw = augment.GlobalDraw(torch.Generator().manual_seed(0), 4, 0, 4, x.device)
+    same = augment.random_resized_crop(x, 8, draw, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    assert torch.allclose(same, x, atol=1e-5)
+    flipped = augment.random_resized_crop(x, 8, draw, scale=(1.0, 1.0), ratio=(1.0, 1.0),
+                                          flip=torch.tensor([True, False, True, False]))
+    assert torch.allclose(flipped[0], x[0].flip(-1), atol=1e-5) and torch.allclose(flipped[1], x[1], atol=1e-5)
+
+
+def test_resized_crop_boxes_lie_inside_the_image_with_torchvisions_area_statistics():
+    n = 20000
+    draw = augment.GlobalDraw(torch.Generator().manual_seed(0), n, 0, n, torch.device("cpu"))
+    cx, cy, width, height = augment.resized_crop_boxes(draw, 224, 224)
+    for centre, side in ((cx, width), (cy, height)):
+        assert (centre - side / 2).min() >= -1e-6 and (centre + side / 2).max() <= 1 + 1e-6
+    get_params, image = torchvision.transforms.RandomResizedCrop.get_params, torch.empty(3, 224, 224)
+    with torch.random.fork_rng():  # get_params draws from the global generator
+        torch.manual_seed(0)
+        boxes = [get_params(image, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(n)]
+    reference = torch.tensor([h * w / 224 ** 2 for _, _, h, w in boxes])
+    area = width * height  # one standard error of either mean is ~0.002
+    assert abs(area.mean() - reference.mean()) < 0.01
+    assert abs((area > 0.75).float().mean() - (reference > 0.75).float().mean()) < 0.01
+
+
+def test_resized_crop_falls_back_to_the_centred_image_at_the_nearest_allowed_aspect():
+    draw = augment.GlobalDraw(torch.Generator().manual_seed(0), 3, 0, 3, torch.device("cpu"))
+    # no box of the whole area with aspect 2-3 fits a square: torchvision takes the full width, height / 2
+    boxes = augment.resized_crop_boxes(draw, 32, 32, scale=(1.0, 1.0), ratio=(2.0, 3.0))
+    for got, want in zip(boxes, (0.5, 0.5, 1.0, 0.5)):
+        assert torch.allclose(got, torch.full((3,), want))
+    # a 20 x 40 image is wider than 4/3: the full height, width 20 * 4/3 of 40
+    boxes = augment.resized_crop_boxes(draw, 20, 40, scale=(1.0, 1.0))
+    for got, want in zip(boxes, (0.5, 0.5, 2 / 3, 1.0)):
+        assert torch.allclose(got, torch.full((3,), want))
+
+
+def test_jitter_with_zero_strength_is_the_identity():
+    x = torch.rand(6, 3, 16, 16)
+    draw = augment.GlobalDraw(torch.Generator().manual_seed(0), 6, 0, 6, x.device)
+    assert torch.allclose(augment.colour_jitter(x, draw, 0.0, 0.0, 0.0, 0.0), x, atol=1e-5)

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from dlcv import config as config_mod
+from dlcv import config as config_mod, task_registry
 from dlcv.cli import build_parser
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "CHANGELOG.md"]
 # the config schema of each training command, and of the commands that train with another task's recipe
-TASK_OF = {("classify", "train"): "classify", ("ssl", "pretrain"): "ssl", ("segment", "train"): "segment",
+TASK_OF = {**{(entry.group, entry.verb): entry.name for entry in task_registry.TASKS},
            ("ssl", "finetune"): "classify", ("ssl", "table"): "classify"}
 SHELL_OPERATORS = {";", "&&", "||", "|", "&", "(", ")"}
 LAUNCHERS = {"python", "python3", ".venv/bin/python", "torchrun"}  # followed by ... -m dlcv
@@ -88,8 +88,7 @@ def documented_commands() -> list[tuple[str, list[str], bool]]:
 
 
 def _task_module(name: str):
-    from dlcv.tasks import classify, segment, ssl
-    return {"classify": classify, "segment": segment, "ssl": ssl}[name]
+    return task_registry.task(name).load()
 
 
 def check_command(argv: list[str], mention: bool = False) -> None:

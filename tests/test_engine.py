@@ -237,6 +237,21 @@ def test_lr_schedules():
     assert [lr_factor(e, cfg) for e in (0, 5, 10)] == pytest.approx([1, 0.5, 0])
 
 
+def test_the_schedule_gives_its_factor_and_rebases_onto_the_config():
+    from dlcv.engine.optim import build_scheduler, lr_factor
+    cfg = small_classify_cfg("x", **{"sched.name": "cosine", "sched.warmup_epochs": 0, "train.epochs": 2})
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    schedule = build_scheduler(optimizer, cfg, steps_per_epoch=2)
+    for _ in range(3):
+        optimizer.step()
+        schedule.step()
+    assert schedule.factor() == pytest.approx(lr_factor(1.5, cfg))
+    optimizer.param_groups[0]["initial_lr"] = 0.3  # another optim.lr on --resume
+    schedule.rebase()
+    assert schedule.base_lrs == [0.3] and optimizer.param_groups[0]["lr"] == pytest.approx(0.3 * schedule.factor())
+
+
 def test_existing_run_is_not_overwritten_and_complete_run_not_resumed(two_epoch_run):
     out, cfg, _ = two_epoch_run
     with pytest.raises(DlcvError, match="already holds a run"):
@@ -249,41 +264,6 @@ def test_missing_data_root_is_a_clear_error(tmp_path):
     cfg = small_classify_cfg("x", **{"data.root": "null"})
     with pytest.raises(DlcvError, match="data.root is not set"):
         Trainer(ClassifyTask(cfg), cfg, tmp_path / "run")
-
-
-def test_tta_averages_the_mirror_and_shifted_views():
-    from dlcv.inference.classify import tta_logits
-
-    class TopLeftMinusTopRight(torch.nn.Module):
-        def forward(self, x):
-            return torch.stack([x[:, 0, 0, 0], x[:, 0, 0, -1]], 1)
-
-    x = torch.arange(16.0).view(1, 1, 4, 4)
-    model = TopLeftMinusTopRight()
-    assert tta_logits(model, x, None).tolist() == [[0.0, 3.0]]
-    assert tta_logits(model, x, {"flip": True, "translate": 0}).tolist() == [[1.5, 1.5]]  # (0+3)/2 each
-    # translate 1: the reflect-padded image cut at its top-left and bottom-right corners, 1/4 weight each;
-    # both cuts have x[1, 1] = 5 and x[1, 2] = 6 in their top corners: 0.5 * [0, 3] + 0.5 * [5, 6]
-    assert tta_logits(model, x, {"flip": False, "translate": 1}).tolist() == [[2.5, 4.5]]
-
-
-@pytest.mark.cross_path
-def test_tta_is_the_same_in_validation_and_predict(p1_root, tmp_path):
-    from dlcv.data.images import list_images
-    from dlcv.engine.distributed import pick_device
-    from dlcv.contracts.classify import infer, load_classifier
-
-    cfg = small_classify_cfg(p1_root, **{"tta.flip": True, "tta.translate": 2, "train.eval_batch_size": 99})
-    summary = train(cfg, tmp_path / "run")
-    classifier, state = load_classifier(tmp_path / "run" / "checkpoints" / "last.pt", pick_device("cpu"),
-                                        batch_size=7)
-    assert state["preprocess"]["tta"] == {"flip": True, "translate": 2}
-    files = list_images(p1_root / "val_50")
-    preds, _ = infer(classifier, files)
-    accuracy = sum(int(p) == int(f.name.split("_")[0]) for p, f in zip(preds, files)) / len(files)
-    assert summary.final["val_acc"] == pytest.approx(accuracy, abs=1 / len(files) + 1e-9)  # see above
-    _, plain_state = load_classifier(tmp_path / "run" / "checkpoints" / "last.pt", pick_device("cpu"), tta=False)
-    assert plain_state["preprocess"]["tta"] is None  # `predict --no-tta`
 
 
 def test_max_seconds_ends_the_run_early_and_evaluated(p1_root, tmp_path):

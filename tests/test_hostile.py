@@ -19,7 +19,8 @@ from dlcv.cli import main
 from dlcv.data.masks import check_prediction_targets, write_mask
 from dlcv.engine import checkpoint, identity
 from dlcv.engine.trainer import Trainer
-from dlcv.tasks import classify, fill_model_defaults, ssl
+from dlcv.pipelines import transfer
+from dlcv.tasks import classify, fill_model_defaults
 
 # snapshot.epochs outside the run: no feature snapshots, so no t-SNE figures (seconds each on a busy core)
 TINY = {"train.epochs": 1, "train.max_steps": 2, "model.options": "{widths: [8, 8, 8]}", "data.limit_train": 60,
@@ -67,7 +68,7 @@ def _table_made_earlier(run, x, p2):
     """x/table/setting_C as `ssl table ... --ssl-backbone x/b1.pt` leaves it: its resolved config, the
     sha256 of b1.pt among its inputs (the tiny run's files stand in for the ResNet's)."""
     sets = [f"data.root={p2}", *TABLE_SETS]
-    cfg = fill_model_defaults(ssl.finetune_config(config_mod.load_yaml("p2_finetune"), sets, "C", str(x / "b1.pt")))
+    cfg = fill_model_defaults(transfer.finetune_config(config_mod.load_yaml("p2_finetune"), sets, "C", str(x / "b1.pt")))
     setting = x / "table" / "setting_C"
     shutil.copytree(run, setting, ignore=shutil.ignore_patterns(".lock"))
     (setting / "config.yaml").write_text(config_mod.dump(cfg))

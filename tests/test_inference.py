@@ -1,7 +1,8 @@
 """One inference path: each graded command (hw1_1.sh, hw1_2.sh, hw1_3.sh) predicts, label for label and
 pixel for pixel, what its run's last validation predicted, and scores what summary.json says, whatever
 precision and memory layout the run used. Tiny models, trained just enough to predict several classes (so
-a precision that differs shows in the labels): bf16 is emulated, slowly, on AVX2-only CPUs."""
+a precision that differs shows in the labels): bf16 is emulated, slowly, on AVX2-only CPUs. And the test-time
+views of inference/ (classification's mirror and shifts, segmentation's flips, rotations and scales)."""
 import json
 
 import numpy as np
@@ -20,6 +21,7 @@ from dlcv.engine.precision import Numerics, for_predict
 from dlcv.engine.trainer import Trainer
 from dlcv.errors import DlcvError
 from dlcv.inference import checkpoint_numerics
+from dlcv.inference import segment as seg_inference
 from dlcv.tasks.classify import ClassifyTask
 from dlcv.tasks.segment import SegmentTask
 
@@ -224,3 +226,97 @@ def test_segment_predict_writes_a_large_images_mask_at_its_size(synth_root, tmp_
                  str(tmp_path / "out")]) == 0
     assert Image.open(tmp_path / "out" / "0000_mask.png").size == (1100, 1030)
     assert Image.open(tmp_path / "out" / "0001_mask.png").size == (400, 300)
+
+
+def test_tta_averages_the_mirror_and_shifted_views():
+    from dlcv.inference.classify import tta_logits
+
+    class TopLeftMinusTopRight(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([x[:, 0, 0, 0], x[:, 0, 0, -1]], 1)
+
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    model = TopLeftMinusTopRight()
+    assert tta_logits(model, x, None).tolist() == [[0.0, 3.0]]
+    assert tta_logits(model, x, {"flip": True, "translate": 0}).tolist() == [[1.5, 1.5]]  # (0+3)/2 each
+    # translate 1: the reflect-padded image cut at its top-left and bottom-right corners, 1/4 weight each;
+    # both cuts have x[1, 1] = 5 and x[1, 2] = 6 in their top corners: 0.5 * [0, 3] + 0.5 * [5, 6]
+    assert tta_logits(model, x, {"flip": False, "translate": 1}).tolist() == [[2.5, 4.5]]
+
+
+@pytest.mark.cross_path
+def test_tta_is_the_same_in_validation_and_predict(p1_root, tmp_path):
+    from dlcv.data.images import list_images
+    from dlcv.engine.distributed import pick_device
+    from dlcv.contracts.classify import infer, load_classifier
+
+    cfg = small_classify_cfg(p1_root, **{"tta.flip": True, "tta.translate": 2, "train.eval_batch_size": 99})
+    summary = Trainer(ClassifyTask(cfg), cfg, tmp_path / "run").fit()
+    classifier, state = load_classifier(tmp_path / "run" / "checkpoints" / "last.pt", pick_device("cpu"),
+                                        batch_size=7)
+    assert state["preprocess"]["tta"] == {"flip": True, "translate": 2}
+    files = list_images(p1_root / "val_50")
+    preds, _ = infer(classifier, files)
+    accuracy = sum(int(p) == int(f.name.split("_")[0]) for p, f in zip(preds, files)) / len(files)
+    assert summary.final["val_acc"] == pytest.approx(accuracy, abs=1 / len(files) + 1e-9)  # see above
+    _, plain_state = load_classifier(tmp_path / "run" / "checkpoints" / "last.pt", pick_device("cpu"), tta=False)
+    assert plain_state["preprocess"]["tta"] is None  # `predict --no-tta`
+
+
+class _Counting(torch.nn.Module):
+    """A 1x1 conv (equivariant to flips and rotations) that counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.calls = torch.nn.Conv2d(3, 7, 1), 0
+
+    def forward(self, x):
+        self.calls += 1
+        return {"out": self.conv(x)}
+
+
+@pytest.mark.parametrize("tta,views", [(None, 1), ({"flip": True, "rotate90": False}, 2),
+                                       ({"flip": False, "rotate90": True}, 4), ({"flip": True, "rotate90": True}, 8)])
+def test_tta_maps_every_view_back(tta, views):
+    model, x = _Counting(), torch.rand(2, 3, 32, 48)  # not square: rotated views change shape
+    with torch.no_grad():
+        plain, averaged = model.conv(x), seg_inference.tta_logits(model, x, tta)
+    assert model.calls == views and averaged.shape == (2, 7, 32, 48)
+    assert torch.allclose(averaged, plain, atol=1e-5)  # an equivariant model: every view maps back exactly
+    # a model that sees position (left half zero) shows each view is mapped back where it came from
+    ramp = torch.zeros(1, 7, 32, 48)
+    ramp[..., 24:] = 1.0
+    left_blind = lambda v: {"out": ramp.expand(len(v), -1, -1, -1)}  # noqa: E731
+    out = seg_inference.tta_logits(left_blind, x, {"flip": True, "rotate90": False})
+    assert torch.allclose(out, torch.full_like(out, 0.5))  # the mirror's ramp lands on the other half
+
+
+def test_tile_logits_at_a_smaller_scale_come_back_at_the_tile_size():
+    model = _Counting()
+    x = torch.rand(1, 3, 8, 8).repeat_interleave(8, -1).repeat_interleave(8, -2)  # 64 x 64, flat 8 px blocks
+    with torch.no_grad():
+        full = seg_inference.tile_logits(model, x, None)
+        half = seg_inference.tile_logits(model, x, {"flip": True, "rotate90": False}, scale=0.5)
+        assert torch.equal(full, seg_inference.tta_logits(model, x, None))
+        assert half.shape == full.shape == (1, 7, 64, 64)
+        centres = (slice(None), slice(None), slice(3, None, 8), slice(3, None, 8))  # the middle of each block
+        assert torch.allclose(half[centres], full[centres], atol=1e-4)  # a 1x1 conv commutes with resizing
+        seen = []
+        seg_inference.tile_logits(lambda v: seen.append(v.shape) or {"out": torch.zeros(1, 7, *v.shape[-2:])}, x, None, 0.5)
+        assert seen == [(1, 3, 32, 32)]  # the model saw the tile at half its size
+
+
+def test_tile_logits_average_the_test_time_scales():
+    x = torch.rand(2, 3, 16, 16)
+    seen = []
+
+    def side_as_logit(v):  # every logit is the side of the view the model was shown
+        seen.append(tuple(v.shape[-2:]))
+        return {"out": torch.full((len(v), 7, *v.shape[-2:]), float(v.shape[-1]))}
+
+    out = seg_inference.tile_logits(side_as_logit, x, {"flip": False, "rotate90": True, "scales": [0.75, 1.0, 1.25]})
+    assert out.shape == (2, 7, 16, 16) and torch.allclose(out, torch.full_like(out, (12 + 16 + 20) / 3))
+    assert seen == [(12, 12)] * 4 + [(16, 16)] * 4 + [(20, 20)] * 4  # 4 rotations at each scale
+    seen.clear()
+    seg_inference.tile_logits(side_as_logit, x, {"flip": False, "rotate90": False, "scales": [0.75, 1.25]}, scale=0.5)
+    assert seen == [(6, 6), (10, 10)]  # the scales multiply data.infer_scale

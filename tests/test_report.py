@@ -13,6 +13,7 @@ from conftest import seg_cfg, small_classify_cfg, ssl_cfg
 from dlcv import config
 from dlcv.cli import main
 from dlcv.engine.trainer import Trainer
+from dlcv.pipelines import transfer
 from dlcv.tasks import classify, segment, ssl
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -32,7 +33,7 @@ def runs(synth_root, tmp_path_factory):
     Trainer(ssl.SSLTask(p2), p2, base / "p2_byol").fit()
     finetune = ["data.root=" + str(synth_root / "p2_data"), "model.name=resnet18", "data.image_size=32",
                 "train.epochs=1", "train.batch_size=32", "train.precision=fp32", "device=cpu"]
-    ssl.run_table(config.load_yaml("p2_finetune"), finetune, None, str(base / "p2_byol" / "backbone.pt"),
+    transfer.run_table(config.load_yaml("p2_finetune"), finetune, None, str(base / "p2_byol" / "backbone.pt"),
                   base / "p2_table", settings="AC")
     return base
 

@@ -1,4 +1,4 @@
-"""P2: BYOL views, the BYOL model and its target update, pre-training runs, backbone export, the transfer
+"""P2: the BYOL model and its target update, pre-training runs, backbone export, the transfer
 settings A-E, the table and the CSV prediction contract (hw1_2.sh)."""
 import csv
 import json
@@ -11,7 +11,6 @@ import torchvision
 from conftest import kill_after_epoch, REPO, sets_of, ssl_cfg
 from dlcv.cli import main
 from dlcv.contracts.backbone import export_backbone
-from dlcv.data import augment, views
 from dlcv.engine import checkpoint
 from dlcv.engine.trainer import Trainer
 from dlcv.errors import DlcvError
@@ -44,81 +43,6 @@ def supervised_backbone(p2_root, tmp_path_factory):
                    for a in ("--set", s)]]) == 0
     assert main(["ssl", "export", str(out / "run" / "checkpoints" / "last.pt"), str(out / "sl.pt")]) == 0
     return out / "sl.pt"
-
-
-# -- views -----------------------------------------------------------------------------------------------
-
-def test_views_are_per_sample_in_range_and_asymmetric():
-    x = torch.rand(1, 3, 32, 32).expand(64, 3, 32, 32).contiguous()  # one image, 64 times
-    v1, v2 = views.two_views(x, views.ViewSpec(), 24, torch.Generator().manual_seed(0), 64, 0)
-    assert v1.shape == v2.shape == (64, 3, 24, 24)
-    assert v1.min() >= 0 and v1.max() <= 1 and v2.min() >= 0 and v2.max() <= 1
-    assert len({tuple(v.flatten()[:50].tolist()) for v in v1}) == 64  # every copy augmented differently
-    assert not torch.allclose(v1, v2)
-    # solarisation (view 2 only, p = 0.2): pixels above 0.5 are inverted, so view 1 never needs it
-    only_solarize = views.ViewSpec(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=0.0, jitter=0.0,
-                                   grayscale=0.0, blur=(0.0, 0.0), solarize=(0.0, 1.0))
-    a, b = views.two_views(x, only_solarize, 32, torch.Generator().manual_seed(0), 64, 0)
-    assert torch.allclose(a, x, atol=1e-5)
-    assert torch.allclose(b, torch.where(x >= 0.5, 1 - x, x), atol=1e-5)
-
-
-def test_views_sliced_equal_the_global_batch():
-    x = torch.rand(8, 3, 16, 16)
-    whole = views.two_views(x, views.ViewSpec(), 16, torch.Generator().manual_seed(1), 8, 0)
-    halves = [views.two_views(x[o:o + 4], views.ViewSpec(), 16, torch.Generator().manual_seed(1), 8, o)
-              for o in (0, 4)]
-    for v in range(2):
-        assert torch.allclose(torch.cat([h[v] for h in halves]), whole[v], atol=1e-5)
-
-
-def test_resized_crop_of_the_whole_image_is_the_identity_and_flip_flips():
-    x = torch.rand(4, 3, 8, 8)
-    draw = augment.GlobalDraw(torch.Generator().manual_seed(0), 4, 0, 4, x.device)
-    same = augment.random_resized_crop(x, 8, draw, scale=(1.0, 1.0), ratio=(1.0, 1.0))
-    assert torch.allclose(same, x, atol=1e-5)
-    flipped = augment.random_resized_crop(x, 8, draw, scale=(1.0, 1.0), ratio=(1.0, 1.0),
-                                          flip=torch.tensor([True, False, True, False]))
-    assert torch.allclose(flipped[0], x[0].flip(-1), atol=1e-5) and torch.allclose(flipped[1], x[1], atol=1e-5)
-
-
-def test_resized_crop_boxes_lie_inside_the_image_with_torchvisions_area_statistics():
-    n = 20000
-    draw = augment.GlobalDraw(torch.Generator().manual_seed(0), n, 0, n, torch.device("cpu"))
-    cx, cy, width, height = augment.resized_crop_boxes(draw, 224, 224)
-    for centre, side in ((cx, width), (cy, height)):
-        assert (centre - side / 2).min() >= -1e-6 and (centre + side / 2).max() <= 1 + 1e-6
-    get_params, image = torchvision.transforms.RandomResizedCrop.get_params, torch.empty(3, 224, 224)
-    with torch.random.fork_rng():  # get_params draws from the global generator
-        torch.manual_seed(0)
-        boxes = [get_params(image, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(n)]
-    reference = torch.tensor([h * w / 224 ** 2 for _, _, h, w in boxes])
-    area = width * height  # one standard error of either mean is ~0.002
-    assert abs(area.mean() - reference.mean()) < 0.01
-    assert abs((area > 0.75).float().mean() - (reference > 0.75).float().mean()) < 0.01
-
-
-def test_resized_crop_falls_back_to_the_centred_image_at_the_nearest_allowed_aspect():
-    draw = augment.GlobalDraw(torch.Generator().manual_seed(0), 3, 0, 3, torch.device("cpu"))
-    # no box of the whole area with aspect 2-3 fits a square: torchvision takes the full width, height / 2
-    boxes = augment.resized_crop_boxes(draw, 32, 32, scale=(1.0, 1.0), ratio=(2.0, 3.0))
-    for got, want in zip(boxes, (0.5, 0.5, 1.0, 0.5)):
-        assert torch.allclose(got, torch.full((3,), want))
-    # a 20 x 40 image is wider than 4/3: the full height, width 20 * 4/3 of 40
-    boxes = augment.resized_crop_boxes(draw, 20, 40, scale=(1.0, 1.0))
-    for got, want in zip(boxes, (0.5, 0.5, 2 / 3, 1.0)):
-        assert torch.allclose(got, torch.full((3,), want))
-
-
-def test_jitter_with_zero_strength_is_the_identity_and_blur_keeps_constants():
-    x = torch.rand(6, 3, 16, 16)
-    draw = augment.GlobalDraw(torch.Generator().manual_seed(0), 6, 0, 6, x.device)
-    assert torch.allclose(augment.colour_jitter(x, draw, 0.0, 0.0, 0.0, 0.0), x, atol=1e-5)
-    flat = torch.full((2, 3, 16, 16), 0.3)
-    assert torch.allclose(views.gaussian_blur(flat, torch.tensor([0.5, 2.0])), flat, atol=1e-6)
-    blurred = views.gaussian_blur(x[:2], torch.tensor([0.01, 2.0]))
-    assert torch.allclose(blurred[0], x[0], atol=1e-5)  # tiny sigma: unchanged
-    assert blurred[1].std() < x[1].std() * 0.7  # large sigma: smoothed
 
 
 # -- BYOL model --------------------------------------------------------------------------------------------

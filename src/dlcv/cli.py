@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from dlcv import config as config_mod
+from dlcv import config as config_mod, task_registry
 from dlcv.errors import DlcvError
 from dlcv.fileio import check_output, run_folder_of
 from dlcv.malloc import reexec_with_settings
@@ -105,15 +105,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlcv", description=__doc__)
     parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="group", required=True)
-
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="cmd", required=True)
     synth = data.add_parser("synth", help="write a small synthetic hw1_data tree (the built-in demo data)")
     synth.add_argument("out_dir")
     synth.add_argument("--seed", type=_whole_number(0), default=0)
     synth.add_argument("--force", action="store_true", help="replace an existing OUT_DIR/hw1_data")
+    groups = _add_task_commands(sub)
+    _add_classify_commands(groups["classify"])
+    _add_ssl_commands(groups["ssl"])
+    _add_segment_commands(groups["segment"])
+    _add_tool_commands(sub)
+    return parser
 
-    classify = sub.add_parser("classify", help="P1 image classification").add_subparsers(dest="cmd", required=True)
-    _add_train_args(classify.add_parser("train", help="train a classifier"))
+
+def _add_task_commands(sub) -> dict[str, argparse._SubParsersAction]:
+    """Each registered task's training command; returns the command groups, which hold the tasks' other
+    commands too."""
+    groups = {}
+    for entry in task_registry.TASKS:
+        if entry.group not in groups:
+            groups[entry.group] = sub.add_parser(entry.group, help=entry.group_help).add_subparsers(
+                dest="cmd", required=True)
+        _add_train_args(groups[entry.group].add_parser(entry.verb, help=entry.help))
+    return groups
+
+
+def _add_classify_commands(classify) -> None:
     predict = classify.add_parser("predict", help="write filename,label for every image of a folder")
     _add_predict_args(predict, "image_dir", "out_csv")
     embed = classify.add_parser("embed", help="PCA or t-SNE figure of a checkpoint's features on a folder")
@@ -121,9 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--method", choices=("pca", "tsne"), default="pca")
     embed.add_argument("--out", required=True, help="figure file (.png or .svg)")
 
-    ssl = sub.add_parser("ssl", help="P2 BYOL pre-training and transfer settings A-E").add_subparsers(
-        dest="cmd", required=True)
-    _add_train_args(ssl.add_parser("pretrain", help="BYOL pre-training on an unlabeled image folder"))
+
+def _add_ssl_commands(ssl) -> None:
     export = ssl.add_parser("export", help="write a plain torchvision ResNet state_dict from a checkpoint")
     export.add_argument("ckpt", help="an ssl pretrain checkpoint, or a classify checkpoint of a ResNet "
                                       "(resnet50, resnet18, resnet50_cifar, resnet18_cifar)")
@@ -142,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     ssl_predict = ssl.add_parser("predict", help="write id,filename,label for the rows of a CSV")
     _add_predict_args(ssl_predict, "in_csv", "image_dir", "out_csv")
 
-    segment = sub.add_parser("segment", help="P3 semantic segmentation").add_subparsers(dest="cmd", required=True)
-    _add_train_args(segment.add_parser("train", help="train a segmentation model"))
+
+def _add_segment_commands(segment) -> None:
     seg_predict = segment.add_parser("predict", help="write xxxx_mask.png for every xxxx_sat.jpg of a folder")
     _add_predict_args(seg_predict, "image_dir", "out_dir")
     seg_predict.add_argument("--compile", action="store_true",
@@ -154,17 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     miou.add_argument("gt_dir")
     miou.add_argument("pred_dir")
 
+
+def _add_tool_commands(sub) -> None:
     ev = sub.add_parser("eval", help="score predictions").add_subparsers(dest="cmd", required=True)
     acc = ev.add_parser("acc", help="accuracy of a prediction CSV, matched to the ground truth by file name")
     acc.add_argument("gt_csv")
     acc.add_argument("pred_csv")
-
     sub.add_parser("models", help="list the registered models")
-
     report = sub.add_parser("report", help="the course report (HTML + Markdown twin) from run directories")
     report.add_argument("runs", nargs="+", help="run directories, ssl table directories, or folders of them")
     report.add_argument("--out", default="report.html")
-
     viz = sub.add_parser("viz", help="figures").add_subparsers(dest="cmd", required=True)
     arch = viz.add_parser("arch", help="architecture diagram of a registered model (blocks with output shapes)")
     arch.add_argument("model")
@@ -172,12 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     arch.add_argument("--input-size", type=_whole_number(1), help="input side (default: the model's usual one)")
     arch.add_argument("--num-classes", type=_whole_number(1))
     arch.add_argument("--options", default="{}", help="model options as YAML, e.g. '{widths: [32, 64, 128]}'")
-
     demo = sub.add_parser("demo", help="run the report's experiments, scaled down, on built-in data")
     demo.add_argument("--out", default="demo_out")
     demo.add_argument("--data", help="a real hw1_data tree instead of the synthetic one")
     demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    return parser
 
 
 def _saved_config(run_dir: str | None) -> dict:
@@ -186,10 +199,8 @@ def _saved_config(run_dir: str | None) -> dict:
     return config_mod.load_yaml(saved) if run_dir and saved.is_file() else {}
 
 
-def _train(task_module, task_cls, args, extra_overrides: list[str] = ()) -> int:
-    from dlcv.engine.run import default_run_dir
-    from dlcv.engine.trainer import Trainer
-
+def _recipe(args) -> dict:
+    """The recipe a training command starts from: --resume's saved config.yaml, with -c's recipe over it."""
     recipe = {}
     if args.resume:
         if not args.out:
@@ -204,132 +215,175 @@ def _train(task_module, task_cls, args, extra_overrides: list[str] = ()) -> int:
         recipe = config_mod.deep_merge(recipe, config_mod.load_yaml(args.config))
     elif not args.resume:
         raise DlcvError("a config is required: -c CONFIG (see configs/)")
-    task = task_module.SCHEMA.task
-    if recipe.get("task", task) != task:
+    return recipe
+
+
+def _train(entry: task_registry.TaskEntry, args, extra_overrides: list[str] = ()) -> int:
+    from dlcv.engine.run import default_run_dir
+    from dlcv.engine.trainer import Trainer
+
+    recipe = _recipe(args)
+    if recipe.get("task", entry.name) != entry.name:
         source = args.config or f"{args.out} (--resume)"
-        verb = config_mod.TRAIN_COMMANDS.get(recipe["task"], recipe["task"])
+        try:
+            verb = task_registry.task(recipe["task"]).command
+        except KeyError:
+            verb = recipe["task"]
         raise DlcvError(f"{source} is a {recipe['task']} recipe: use dlcv {verb}")
-    cfg = task_module.SCHEMA.resolve(recipe, [*args.overrides, *extra_overrides])
+    module = entry.load()
+    cfg = module.SCHEMA.resolve(recipe, [*args.overrides, *extra_overrides])
     out = args.out = str(check_output(args.out or default_run_dir(args.config, cfg["task"]), "--out",
                                       _training_inputs(cfg, args.config), folder=True))
-    summary = Trainer(task_cls(cfg), cfg, out, resume=args.resume).fit()
+    summary = Trainer(module.TASK(cfg), cfg, out, resume=args.resume).fit()
     log.info("best %s %s (epoch %s); run directory %s", summary.monitor, summary.best_value, summary.best_epoch, out)
     return 0
 
 
+def _data_synth(args) -> int:
+    from dlcv.data.synth import write_tree
+    check_output(args.out_dir, "data synth OUT_DIR", folder=True)
+    log.info("wrote %s", write_tree(args.out_dir, seed=args.seed, force=args.force))
+    return 0
+
+
+def _models(args) -> int:
+    from dlcv.models import list_models
+    print("\n".join(list_models()))
+    return 0
+
+
+def _eval_acc(args) -> int:
+    from dlcv.contracts.classify import accuracy_of_csvs
+    accuracy, correct, total, missing = accuracy_of_csvs(args.gt_csv, args.pred_csv)
+    if missing:
+        log.warning("%d ground-truth file(s) have no prediction (counted as wrong)", missing)
+    print(f"accuracy: {accuracy:.4f} ({correct}/{total})")
+    return 0
+
+
+def _classify_predict(args) -> int:
+    from dlcv.contracts.classify import predict_folder
+    from dlcv.data.labels import check_replaceable_csv
+    from dlcv.engine.distributed import pick_device
+    check_output(args.out_csv, "OUT_CSV", [*_checkpoint_inputs(args.ckpt), args.image_dir])
+    check_replaceable_csv(args.out_csv, ["filename", "label"], "OUT_CSV")
+    n = predict_folder(args.ckpt, args.image_dir, args.out_csv, pick_device(args.device), args.batch_size,
+                       args.tta, args.precision)
+    log.info("wrote %d predictions to %s", n, args.out_csv)
+    return 0
+
+
+def _classify_embed(args) -> int:
+    from dlcv.contracts.classify import embed_figure
+    from dlcv.engine.distributed import pick_device
+    check_figure_path(args.out, "--out", [*_checkpoint_inputs(args.ckpt), args.image_dir])
+    embed_figure(args.ckpt, args.image_dir, args.method, args.out, pick_device(args.device), args.batch_size,
+                 args.precision)
+    log.info("wrote %s", args.out)
+    return 0
+
+
+def _ssl_finetune(args) -> int:
+    from dlcv.pipelines import transfer
+    if args.setting == "A" and args.backbone:
+        log.warning("setting A starts from random weights: --backbone %s is not used", args.backbone)
+    backbone = args.backbone
+    if args.resume and backbone is None and args.setting != "A":  # the run's own backbone file
+        backbone = _saved_config(args.out).get("model", {}).get("weights")
+    # on --resume too: another setting than the run's is then refused, naming the difference
+    return _train(task_registry.task("classify"), args, transfer.setting_overrides(args.setting, backbone))
+
+
+def _ssl_export(args) -> int:
+    from dlcv.contracts.backbone import export_backbone
+    check_output(args.out, "backbone file OUT", _checkpoint_inputs(args.ckpt))
+    arch = export_backbone(args.ckpt, args.out)
+    log.info("wrote %s (torchvision %s state_dict)", args.out, arch)
+    return 0
+
+
+def _ssl_table(args) -> int:
+    from dlcv.pipelines import transfer
+    check_output(args.out, "--out", [args.config, args.sl_backbone, args.ssl_backbone], folder=True)
+    text = transfer.run_table(config_mod.load_yaml(args.config), args.overrides, args.sl_backbone,
+                              args.ssl_backbone, Path(args.out), args.settings)
+    print(text, end="")
+    return 0
+
+
+def _ssl_predict(args) -> int:
+    from dlcv.contracts.classify import predict_csv
+    from dlcv.data.labels import check_replaceable_csv
+    from dlcv.engine.distributed import pick_device
+    check_output(args.out_csv, "OUT_CSV", [*_checkpoint_inputs(args.ckpt), args.in_csv, args.image_dir])
+    check_replaceable_csv(args.out_csv, ["id", "filename", "label"], "OUT_CSV")
+    n = predict_csv(args.ckpt, args.in_csv, args.image_dir, args.out_csv, pick_device(args.device),
+                    args.batch_size, args.tta, args.precision)
+    log.info("wrote %d predictions to %s", n, args.out_csv)
+    return 0
+
+
+def _segment_miou(args) -> int:
+    from dlcv.contracts.segment import format_scores, score_folders
+    from dlcv.data.masks import warn_if_pairs_differ
+    warn_if_pairs_differ(args.gt_dir, args.pred_dir)
+    print(format_scores(*score_folders(args.gt_dir, args.pred_dir)), end="")
+    return 0
+
+
+def _segment_predict(args) -> int:
+    from dlcv.contracts.segment import predict_folder
+    from dlcv.data.masks import check_prediction_targets, sat_images
+    from dlcv.engine.distributed import pick_device
+    check_output(args.out_dir, "OUT_DIR", [*_checkpoint_inputs(args.ckpt), args.image_dir], folder=True)
+    check_prediction_targets(args.out_dir, sat_images(args.image_dir), "OUT_DIR")
+    n = predict_folder(args.ckpt, args.image_dir, args.out_dir, pick_device(args.device), args.batch_size,
+                       args.tta, args.compile, args.precision)
+    log.info("wrote %d masks to %s", n, args.out_dir)
+    return 0
+
+
+def _report(args) -> int:
+    from dlcv.report.build import build_report, check_report_paths
+    check_report_paths(args.runs, args.out)
+    html_path, md_path = build_report(args.runs, args.out)
+    log.info("wrote %s and %s", html_path, md_path)
+    return 0
+
+
+def _viz_arch(args) -> int:
+    from dlcv.viz.arch import architecture_figure
+    check_figure_path(args.out, "--out")
+    options = config_mod.parse_override(f"options={args.options}")[1]
+    if not isinstance(options, dict):
+        raise DlcvError(f"--options must be a YAML mapping, got {args.options!r}")
+    architecture_figure(args.model, args.out, args.input_size, args.num_classes, options)
+    log.info("wrote %s", args.out)
+    return 0
+
+
+def _demo(args) -> int:
+    from dlcv.pipelines.demo import check_demo_folder, run_demo
+    check_output(args.out, "--out", [args.data], folder=True)
+    check_demo_folder(args.out)
+    run_demo(args.out, args.data, args.device)
+    return 0
+
+
+# (group, command): what runs it; the tasks' training commands come from the task registry
+COMMANDS = {
+    ("data", "synth"): _data_synth, ("models", None): _models, ("eval", "acc"): _eval_acc,
+    ("classify", "predict"): _classify_predict, ("classify", "embed"): _classify_embed,
+    ("ssl", "finetune"): _ssl_finetune, ("ssl", "export"): _ssl_export, ("ssl", "table"): _ssl_table,
+    ("ssl", "predict"): _ssl_predict, ("segment", "miou"): _segment_miou, ("segment", "predict"): _segment_predict,
+    ("report", None): _report, ("viz", "arch"): _viz_arch, ("demo", None): _demo,
+}
+
+
 def run(args) -> int:
-    if args.group == "data":
-        from dlcv.data.synth import write_tree
-        check_output(args.out_dir, "data synth OUT_DIR", folder=True)
-        log.info("wrote %s", write_tree(args.out_dir, seed=args.seed, force=args.force))
-        return 0
-    if args.group == "models":
-        from dlcv.models import list_models
-        print("\n".join(list_models()))
-        return 0
-    if args.group == "eval":
-        from dlcv.contracts.classify import accuracy_of_csvs
-        accuracy, correct, total, missing = accuracy_of_csvs(args.gt_csv, args.pred_csv)
-        if missing:
-            log.warning("%d ground-truth file(s) have no prediction (counted as wrong)", missing)
-        print(f"accuracy: {accuracy:.4f} ({correct}/{total})")
-        return 0
-    if args.group == "classify":
-        from dlcv.tasks import classify
-        if args.cmd == "train":
-            return _train(classify, classify.ClassifyTask, args)
-        from dlcv.contracts import classify as classify_contracts
-        from dlcv.engine.distributed import pick_device
-        device = pick_device(args.device)
-        if args.cmd == "predict":
-            from dlcv.data.labels import check_replaceable_csv
-            check_output(args.out_csv, "OUT_CSV", [*_checkpoint_inputs(args.ckpt), args.image_dir])
-            check_replaceable_csv(args.out_csv, ["filename", "label"], "OUT_CSV")
-            n = classify_contracts.predict_folder(args.ckpt, args.image_dir, args.out_csv, device, args.batch_size,
-                                                  args.tta, args.precision)
-            log.info("wrote %d predictions to %s", n, args.out_csv)
-            return 0
-        if args.cmd == "embed":
-            check_figure_path(args.out, "--out", [*_checkpoint_inputs(args.ckpt), args.image_dir])
-            classify_contracts.embed_figure(args.ckpt, args.image_dir, args.method, args.out, device,
-                                            args.batch_size, args.precision)
-            log.info("wrote %s", args.out)
-            return 0
-    if args.group == "ssl":
-        from dlcv.tasks import classify, ssl
-        if args.cmd == "pretrain":
-            return _train(ssl, ssl.SSLTask, args)
-        if args.cmd == "finetune":
-            if args.setting == "A" and args.backbone:
-                log.warning("setting A starts from random weights: --backbone %s is not used", args.backbone)
-            backbone = args.backbone
-            if args.resume and backbone is None and args.setting != "A":  # the run's own backbone file
-                backbone = _saved_config(args.out).get("model", {}).get("weights")
-            # on --resume too: another setting than the run's is then refused, naming the difference
-            return _train(classify, classify.ClassifyTask, args, ssl.setting_overrides(args.setting, backbone))
-        if args.cmd == "export":
-            check_output(args.out, "backbone file OUT", _checkpoint_inputs(args.ckpt))
-            from dlcv.contracts.backbone import export_backbone
-            arch = export_backbone(args.ckpt, args.out)
-            log.info("wrote %s (torchvision %s state_dict)", args.out, arch)
-            return 0
-        if args.cmd == "table":
-            check_output(args.out, "--out", [args.config, args.sl_backbone, args.ssl_backbone], folder=True)
-            text = ssl.run_table(config_mod.load_yaml(args.config), args.overrides, args.sl_backbone,
-                                 args.ssl_backbone, Path(args.out), args.settings)
-            print(text, end="")
-            return 0
-        from dlcv.contracts.classify import predict_csv
-        from dlcv.engine.distributed import pick_device
-        from dlcv.data.labels import check_replaceable_csv
-        check_output(args.out_csv, "OUT_CSV", [*_checkpoint_inputs(args.ckpt), args.in_csv, args.image_dir])
-        check_replaceable_csv(args.out_csv, ["id", "filename", "label"], "OUT_CSV")
-        n = predict_csv(args.ckpt, args.in_csv, args.image_dir, args.out_csv, pick_device(args.device),
-                        args.batch_size, args.tta, args.precision)
-        log.info("wrote %d predictions to %s", n, args.out_csv)
-        return 0
-    if args.group == "segment":
-        if args.cmd == "train":
-            from dlcv.tasks import segment
-            return _train(segment, segment.SegmentTask, args)
-        from dlcv.contracts import segment as segment_contracts
-        if args.cmd == "miou":
-            from dlcv.data.masks import warn_if_pairs_differ
-            warn_if_pairs_differ(args.gt_dir, args.pred_dir)
-            print(segment_contracts.format_scores(*segment_contracts.score_folders(args.gt_dir, args.pred_dir)),
-                  end="")
-            return 0
-        from dlcv.engine.distributed import pick_device
-        from dlcv.data.masks import check_prediction_targets, sat_images
-        check_output(args.out_dir, "OUT_DIR", [*_checkpoint_inputs(args.ckpt), args.image_dir], folder=True)
-        check_prediction_targets(args.out_dir, sat_images(args.image_dir), "OUT_DIR")
-        n = segment_contracts.predict_folder(args.ckpt, args.image_dir, args.out_dir, pick_device(args.device),
-                                             args.batch_size, args.tta, args.compile, args.precision)
-        log.info("wrote %d masks to %s", n, args.out_dir)
-        return 0
-    if args.group == "report":
-        from dlcv.report.build import build_report, check_report_paths
-        check_report_paths(args.runs, args.out)
-        html_path, md_path = build_report(args.runs, args.out)
-        log.info("wrote %s and %s", html_path, md_path)
-        return 0
-    if args.group == "viz":
-        from dlcv.viz.arch import architecture_figure
-        check_figure_path(args.out, "--out")
-        options = config_mod.parse_override(f"options={args.options}")[1]
-        if not isinstance(options, dict):
-            raise DlcvError(f"--options must be a YAML mapping, got {args.options!r}")
-        architecture_figure(args.model, args.out, args.input_size, args.num_classes, options)
-        log.info("wrote %s", args.out)
-        return 0
-    if args.group == "demo":
-        from dlcv.demo import run_demo
-        from dlcv.demo import check_demo_folder
-        check_output(args.out, "--out", [args.data], folder=True)
-        check_demo_folder(args.out)
-        run_demo(args.out, args.data, args.device)
-        return 0
-    raise AssertionError(args)
+    command = args.group, getattr(args, "cmd", None)
+    entry = task_registry.by_command(*command)
+    return _train(entry, args) if entry is not None else COMMANDS[command](args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -363,8 +417,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _resume_hint(args) -> str:
-    """For training commands: the command that continues the run (finished outputs are complete files)."""
-    if getattr(args, "cmd", None) in ("train", "pretrain", "finetune") and getattr(args, "out", None):
-        verb = f"{args.group} {args.cmd}"
-        return f"; continue with: dlcv {verb} --out {shlex.quote(str(args.out))} --resume"
+    """For training commands (each task's, and `ssl finetune`, which trains the classify task): the command
+    that continues the run (finished outputs are complete files)."""
+    command = args.group, getattr(args, "cmd", None)
+    trains = task_registry.by_command(*command) is not None or command == ("ssl", "finetune")
+    if trains and getattr(args, "out", None):
+        return f"; continue with: dlcv {' '.join(command)} --out {shlex.quote(str(args.out))} --resume"
     return ""

@@ -10,7 +10,7 @@ import copy
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -96,7 +96,7 @@ COMMON_CHOICES: dict[str, tuple] = {
 }
 
 
-# Keys that take `auto` besides a value of their type (checked further in RANGES).
+# Keys that take `auto` besides a value of their type (checked further in COMMON_RANGES).
 AUTO_KEYS = {"train.epochs"}
 
 # Types of keys whose default is null (null stays allowed).
@@ -115,7 +115,25 @@ def _positive(v): return v > 0
 def _non_negative(v): return v >= 0
 
 
-RANGES: dict[str, tuple] = {
+# Reusable range checks for task schemas (keys several tasks have under the same meaning). Image sizes are
+# bounded: the data is held in memory at this size (100,000 px would be 30 GB per image).
+IMAGE_SIDE = (lambda v: 1 <= v <= MAX_SIDE, f"a whole number in 1..{MAX_SIDE}")
+IMAGE_SIDE_OR_NULL = (lambda v: 1 <= v <= MAX_SIDE, f"a whole number in 1..{MAX_SIDE} (or null)")
+COUNT_OR_NULL = (_positive, "a whole number >= 1 (or null)")
+LABEL_SMOOTHING = (lambda v: 0 <= v < 1, "a number in [0, 1)")
+NON_NEGATIVE_WEIGHT = (_non_negative, "a number >= 0")
+
+
+def fraction_range(v) -> bool:
+    return len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) \
+        and 0 < v[0] <= v[1] <= 1
+
+
+FRACTION_RANGE = (fraction_range, "[min, max] with 0 < min <= max <= 1")
+
+# Ranges of the keys every task has (COMMON_DEFAULTS, and the data keys all tasks share); a task's own
+# keys have theirs in its Schema.
+COMMON_RANGES: dict[str, tuple] = {
     "train.epochs": (lambda v: v == "auto" or isinstance(v, int) and v > 0,
                      "a whole number >= 1, or auto (as many as fit train.max_seconds)"),
     "train.max_steps": (_positive, "a whole number >= 1 (or null)"),
@@ -131,41 +149,16 @@ RANGES: dict[str, tuple] = {
     "optim.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "sched.warmup_epochs": (_non_negative, "a number >= 0"),
     "sched.gamma": (_positive, "a number > 0"),
-    # sizes bounded: the data is held in memory at this size (100,000 px would be 30 GB per image)
-    "data.image_size": (lambda v: 1 <= v <= MAX_SIDE, f"a whole number in 1..{MAX_SIDE}"),
-    "data.input_size": (lambda v: 1 <= v <= MAX_SIDE, f"a whole number in 1..{MAX_SIDE} (or null)"),
-    "data.crop_size": (lambda v: 1 <= v <= MAX_SIDE, f"a whole number in 1..{MAX_SIDE} (or null)"),
     "train.seed": (lambda v: 0 <= v < 2 ** 31, "a whole number in 0..2147483647"),
     "optim.betas": (lambda v: len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                                   and 0 <= x < 1 for x in v), "[beta1, beta2], each in [0, 1)"),
-    "data.infer_scale": (lambda v: 0 < v <= 4, "a factor in (0, 4]"),
-    "data.limit_train": (_positive, "a whole number >= 1 (or null)"),
-    "data.limit_val": (_positive, "a whole number >= 1 (or null)"),
-    "loss.label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "mix.cutmix_alpha": (_non_negative, "a number >= 0 (0: off)"),
-    "mix.mixup_alpha": (_non_negative, "a number >= 0 (0: off)"),
-    "loss.dice_weight": (_non_negative, "a number >= 0"),
-    "loss.lovasz_weight": (_non_negative, "a number >= 0"),
-    "augment.crop_padding": (_non_negative, "a whole number >= 0"),
-    "augment.cutout": (_non_negative, "a whole number >= 0"),
-    "augment.rotation": (_non_negative, "a number of degrees >= 0"),
-    "augment.balanced": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
-    "tta.translate": (_non_negative, "a whole number of pixels >= 0"),
-    "tta.scales": (lambda v: len(v) >= 1 and all(isinstance(x, (int, float)) and 0 < x <= 4 for x in v),
-                   "a list of factors in (0, 4]"),
+    "data.limit_train": COUNT_OR_NULL,
     "data.mean": (lambda v: len(v) == 3 and all(isinstance(x, (int, float)) for x in v), "3 numbers (R, G, B)"),
     "data.std": (lambda v: len(v) == 3 and all(isinstance(x, (int, float)) and x > 0 for x in v),
                  "3 numbers > 0 (R, G, B)"),
-    "augment.resized_crop_scale": (lambda v: _fraction_range(v), "[min, max] with 0 < min <= max <= 1"),
-    "augment.scale": (lambda v: _fraction_range(v), "[min, max] with 0 < min <= max <= 1"),
     "snapshot.epochs": (lambda v: all(isinstance(e, int) and not isinstance(e, bool) for e in v),
                         "a list of whole epoch numbers (or null)"),
 }
-
-
-def _fraction_range(v) -> bool:
-    return len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) \
-        and 0 < v[0] <= v[1] <= 1
 
 
 FLOAT32_MAX = 3.4028234663852886e38  # torch turns config numbers into float32 tensors or factors
@@ -196,25 +189,8 @@ def _check_decay_step(cfg: dict) -> None:
                           "by 1 - their product)")
 
 
-def _check_sizes_against_input(cfg: dict) -> None:
-    """Pixel amounts that only make sense below the model input's side (padding by more than the image
-    crops mostly padding, and reflect padding fails outright)."""
-    data = cfg.get("data", {})
-    side = data.get("input_size") or data.get("image_size")
-    if side is None:
-        return
-    for key in ("augment.crop_padding", "augment.cutout", "tta.translate"):
-        try:
-            value = get(cfg, key)
-        except (KeyError, TypeError):
-            continue
-        if value is not None and value >= side:
-            raise ConfigError(f"config key '{key}': invalid value {value!r}; expected less than the model input "
-                              f"side, {side} px (data.input_size or data.image_size)")
-
-
-def _check_ranges(cfg: dict) -> None:
-    for key, (ok, what) in RANGES.items():
+def _check_ranges(cfg: dict, task_ranges: dict[str, tuple]) -> None:
+    for key, (ok, what) in {**COMMON_RANGES, **task_ranges}.items():
         try:
             value = get(cfg, key)
         except (KeyError, TypeError):
@@ -291,9 +267,10 @@ FREE_FORM = frozenset({"model.options", "optim.lr_mult"})
 
 
 def resolve(task_defaults: dict, task_choices: dict[str, tuple], task_types: dict[str, type],
-            recipe: dict | None = None,
-            overrides: list[str] = (), free: set[str] = FREE_FORM) -> dict:
-    """Merge defaults <- recipe <- overrides and validate the result against the defaults."""
+            recipe: dict | None = None, overrides: list[str] = (), free: set[str] = FREE_FORM,
+            task_ranges: dict[str, tuple] | None = None, task_checks: Sequence[Callable[[dict], None]] = ()) -> dict:
+    """Merge defaults <- recipe <- overrides and validate the result against the defaults, the ranges and
+    the task's checks of keys against each other."""
     schema = deep_merge(COMMON_DEFAULTS, task_defaults)
     choices = {**COMMON_CHOICES, **task_choices}
     cfg = deep_merge(schema, recipe or {})
@@ -304,31 +281,38 @@ def resolve(task_defaults: dict, task_choices: dict[str, tuple], task_types: dic
         cfg = deep_merge(cfg, nest(path, value))
     _check(cfg, schema, choices, "", set(free), {**COMMON_NULLABLE_TYPES, **task_types})
     _check_finite(cfg)
-    _check_ranges(cfg)
+    _check_ranges(cfg, task_ranges or {})
     _check_decay_step(cfg)
-    _check_sizes_against_input(cfg)
+    for check in task_checks:
+        check(cfg)
     return cfg
 
 
 @dataclass(frozen=True)
 class Schema:
     """One task's config, written once: its defaults (on top of COMMON_DEFAULTS), the allowed values of its
-    choice keys (a function: the model names come from the registry when asked) and the types of its keys
-    whose default is null."""
+    choice keys (a function: the model names come from the registry when asked), the types of its keys
+    whose default is null, the ranges of its numeric keys ((check, what the message says), on top of
+    COMMON_RANGES) and checks of its keys against each other (each raises ConfigError)."""
     defaults: dict
     choices: Callable[[], dict[str, tuple]]
     types: dict[str, type]
+    ranges: dict[str, tuple] = field(default_factory=dict)
+    checks: tuple[Callable[[dict], None], ...] = ()
 
     @property
     def task(self) -> str:
         return self.defaults["task"]
 
     def resolve(self, recipe: dict | None = None, overrides: Sequence[str] = ()) -> dict:
-        return resolve(self.defaults, self.choices(), self.types, recipe, list(overrides))
+        return resolve(self.defaults, self.choices(), self.types, recipe, list(overrides),
+                       task_ranges=self.ranges, task_checks=self.checks)
 
 
-# each task's training command (the CLI's, the report's and the demo's command lines)
-TRAIN_COMMANDS = {"classify": "classify train", "segment": "segment train", "ssl": "ssl pretrain"}
+def dataclass_defaults(cls) -> dict[str, Any]:
+    """A settings dataclass's fields and defaults as a config section (tuples as YAML lists): the dataclass
+    is the one place its keys are written."""
+    return {f.name: list(f.default) if isinstance(f.default, tuple) else f.default for f in fields(cls)}
 
 
 def set_args(overrides: Sequence[str]) -> list[str]:

@@ -9,9 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dlcv.data.masks import NUM_CLASSES
-
-SCORED = 6  # classes 0..5 are averaged; unknown (6) is not, but its pixels still count as FP / FN
+from dlcv.data.masks import NUM_CLASSES, SCORED
 
 
 def confusion_of(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:

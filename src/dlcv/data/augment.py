@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dlcv.data.masks import SCORED
 from dlcv.errors import DlcvError
 
 
@@ -182,9 +183,8 @@ def colour_jitter(x: torch.Tensor, draw: GlobalDraw, brightness: float, contrast
                   hue: float, p: float = 1.0, order: str = "random", hue_space: str = "hsv") -> torch.Tensor:
     """ColorJitter(brightness, contrast, saturation, hue) per image, applied with probability p, on float
     images in [0, 1]: by default torchvision's semantics (each image's own order of the four adjustments, hue
-    as an HSV shift). `order="fixed"` and `hue_space="yiq"` are the cheaper simplifications dlcv used before
-    2026-12-03; in BYOL's A/B (docs/results-p2.md), switching either to torchvision's raised k-NN on both seeds
-    (two-seed mean 0.151 -> 0.173 for the order, 0.178 for HSV)."""
+    as an HSV shift). `order="fixed"` and `hue_space="yiq"` are cheaper simplifications; in BYOL's A/B
+    (docs/results-p2.md), torchvision's semantics gave the higher k-NN accuracy on both seeds."""
     apply = per_image(draw.chance(p))
     b = draw.uniform(1 - brightness, 1 + brightness)
     c = draw.uniform(1 - contrast, 1 + contrast)
@@ -203,8 +203,8 @@ def resized_crop_boxes(draw: GlobalDraw, height: int, width: int, scale=(0.08, 1
 
     As torchvision's `RandomResizedCrop.get_params`: area fraction and log aspect ratio drawn up to 10 times,
     the first box that fits is taken, else the whole image centre-cropped to the nearest allowed aspect.
-    Vectorised: all candidates are drawn at once. (Clamping a box that leaves the image, as this did before,
-    keeps it large: mean area 0.535 against torchvision's 0.488 at scale 0.08-1, so easier views for BYOL.)"""
+    Vectorised: all candidates are drawn at once. (Clamping a box that leaves the image instead would keep it
+    large: mean area 0.535 against torchvision's 0.488 at scale 0.08-1, so easier views for BYOL.)"""
     area = torch.stack([draw.uniform(*scale) for _ in range(attempts)], 1)
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     aspect = torch.exp(torch.stack([draw.uniform(*log_ratio) for _ in range(attempts)], 1))
@@ -283,7 +283,7 @@ def class_pixel(y: torch.Tensor, draw: GlobalDraw, classes: int) -> tuple[torch.
 
 def tile_geometry(x: torch.Tensor, y: torch.Tensor, draw: GlobalDraw, out_size: int, flip: bool = False,
                   rotate90: bool = False, scale=(1.0, 1.0), balanced: float = 0.0,
-                  classes: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+                  classes: int = SCORED) -> tuple[torch.Tensor, torch.Tensor]:
     """Segmentation's joint geometry for a batch, each sample with its own parameters: horizontal and
     vertical flips (p=0.5 each), a rotation by k x 90 degrees (k uniform in 0..3), and a square random crop
     covering `scale` of the tile's area resized to `out_size` - composed into ONE affine map, applied by

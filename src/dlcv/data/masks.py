@@ -14,8 +14,9 @@ from dlcv.fileio import atomic_path, refuse_special_file
 log = logging.getLogger("dlcv")
 
 CLASS_NAMES = ("urban", "agriculture", "rangeland", "forest", "water", "barren", "unknown")
-NUM_CLASSES = 7
-UNKNOWN = 6
+NUM_CLASSES = len(CLASS_NAMES)
+UNKNOWN = CLASS_NAMES.index("unknown")
+SCORED = UNKNOWN  # classes 0..5 are averaged in mIoU; unknown is not, but its pixels still count as FP / FN
 IGNORE = 255  # training target value of pixels that are no class (pure red)
 PALETTE = np.array([(0, 255, 255), (255, 255, 0), (255, 0, 255), (0, 255, 0), (0, 0, 255), (255, 255, 255),
                     (0, 0, 0)], dtype=np.uint8)

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from dlcv.data.labels import write_csv
-from dlcv.data.masks import class_to_rgb
+from dlcv.data.masks import SCORED, class_to_rgb
 from dlcv.errors import DlcvError
 
 SHAPES = ("disk", "square", "triangle", "ring", "cross")
@@ -97,7 +97,7 @@ def land_cover(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndar
     """(satellite RGB image, class map) from Voronoi regions; class frequencies roughly as DeepGlobe."""
     n_regions = rng.integers(4, 9)
     seeds = rng.uniform(0, size, (n_regions, 2))
-    classes = rng.choice(6, n_regions, p=[0.15, 0.4, 0.12, 0.15, 0.08, 0.1])
+    classes = rng.choice(SCORED, n_regions, p=[0.15, 0.4, 0.12, 0.15, 0.08, 0.1])
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
     warp = 0.06 * size * np.sin(y / size * rng.uniform(4, 9)) * np.sin(x / size * rng.uniform(4, 9))
     dist = (y[None] + warp - seeds[:, 0, None, None]) ** 2 + (x[None] - seeds[:, 1, None, None]) ** 2

@@ -30,7 +30,7 @@ def build_optimizer(named_params, cfg: dict) -> torch.optim.Optimizer:
         mult = 1.0 if prefix is None else float(mults[prefix])
         groups.setdefault((mult, o["decay_norm_and_bias"] or p.ndim > 1), []).append(p)
     params = [{"params": ps, "lr": o["lr"] * mult, **({} if decayed else {"weight_decay": 0.0})}
-              # decayed groups first, as before lr_mult existed: a checkpoint's optimizer state loads in order
+              # decayed groups first, the order every saved optimizer state has (it loads by group position)
               for (mult, decayed), ps in sorted(groups.items(), key=lambda group: not group[0][1])]
     if o["name"] == "sgd":
         return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"],
@@ -60,16 +60,32 @@ def lr_factor(epoch_float: float, cfg: dict) -> float:
     return 1.0
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict, steps_per_epoch: int):
-    """Stepped once per optimizer step; the lambda sees the step count and converts it to epochs."""
+class StepSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """The learning-rate schedule, stepped once per optimizer step: each group's lr is its base lr times
+    `factor()`, one factor for every group."""
+
+    def factor(self) -> float:
+        """The schedule's factor at the current step (optim.lr times it is the lr now)."""
+        return self.lr_lambdas[0](self.last_epoch)
+
+    def rebase(self) -> None:
+        """Base lrs from the optimizer's groups as they are now (the config's, after a resume), each group's
+        lr put at its base times the current factor."""
+        self.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * self.factor()
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict, steps_per_epoch: int) -> StepSchedule:
+    """The lambda sees the step count and converts it to epochs."""
     if cfg["sched"]["name"] == "multistep":
         # MultiStepLR semantics: the lr of an epoch is fixed for the whole epoch.
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(float(step // steps_per_epoch), cfg))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step / steps_per_epoch, cfg))
+        return StepSchedule(optimizer, lambda step: lr_factor(float(step // steps_per_epoch), cfg))
+    return StepSchedule(optimizer, lambda step: lr_factor(step / steps_per_epoch, cfg))
 
 
-def keep_config_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, config_groups: list[dict]) -> list[str]:
+def keep_config_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: StepSchedule,
+                                config_groups: list[dict]) -> list[str]:
     """After a checkpoint's optimizer and scheduler state are loaded on resume. torch's load_state_dict brings
     back the saved lr, weight decay, momentum...; the config's values (config_groups: the param_groups as
     built, without "params") are put back so that a resumed run trains with what its config.yaml and
@@ -81,10 +97,7 @@ def keep_config_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, con
             if key != "lr" and _plain(group.get(key)) != _plain(value):
                 changes.append(f"{'lr' if key == 'initial_lr' else key} {group.get(key)} -> {value} (group {i})")
             group[key] = value
-    # LambdaLR's lr is base_lr * lambda(step): base_lrs come from the config, the step from the checkpoint
-    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
-    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler.rebase()  # the base lrs from the config, the step from the checkpoint
     return changes
 
 

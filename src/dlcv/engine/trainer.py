@@ -9,6 +9,7 @@ import math
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,7 +23,7 @@ from dlcv.engine import batches, checkpoint, distributed, identity
 from dlcv.engine.budget import plan_epochs
 from dlcv.engine.optim import build_optimizer, build_scheduler, keep_config_hyperparameters, trainable_parameters
 from dlcv.engine.precision import PRECISIONS, autocast, resolve_channels_last, resolve_precision
-from dlcv.engine.run import RunDir, Summary, environment, read_summary
+from dlcv.engine.run import RunDir, Summary, environment
 from dlcv.engine.task import Context, Task
 from dlcv.errors import DlcvError
 from dlcv.statedict import load_strict
@@ -35,15 +36,13 @@ PLAIN_PROGRESS_S = 30.0
 MEASURE_WARMUP, MEASURE_STEPS = 3, 10
 
 
-def fit_or_reuse(task: Task, cfg: dict, run_dir: str | Path) -> Summary:
-    """For pipelines of runs (`ssl table`, `demo`): a finished run is reused, an interrupted one resumed
-    and a missing one started, so a killed pipeline goes on where it stopped; a run made with other
-    settings or another weights file is refused (identity.check_pipeline_run), a longer one resumed."""
-    longer = identity.check_pipeline_run(Path(run_dir), cfg)
-    if RunDir(run_dir, True).finished() and not longer:
-        log.info("%s is finished; reusing it", run_dir)
-        return read_summary(run_dir)
-    return Trainer(task, cfg, run_dir, resume=True).fit()
+@dataclass
+class Progress:
+    """Where the run stands after its last finished epoch (0: none yet)."""
+    epoch: int = 0
+    step: int = 0
+    best: float = math.nan  # the monitor's best value so far
+    wall_before: float = 0.0  # seconds the run spent before this process resumed it
 
 
 def snapshot_epochs(requested: list[int] | None, epochs: int) -> list[int]:
@@ -134,22 +133,53 @@ class Trainer:
         return state
 
     def _fit(self) -> Summary:
-        cfg, t, env = self.cfg, self.cfg["train"], self.env
         started = time.time()
         state = self._starting_state()
+        self._set_up_task(state)
+        self._build_training(state)
+        self._prepare_loop(started)
+        last_metrics = None
+        for epoch in range(self.progress.epoch + 1, self.cfg["train"]["epochs"] + 1):
+            if self._run_is_over():  # resumed after the run's end (killed while finishing)
+                break
+            metrics, out_of_time = self._epoch(epoch, started)
+            last_metrics = metrics if metrics is not None else last_metrics
+            if out_of_time:
+                break
+        return self._finish(last_metrics, started)
+
+    def _epoch(self, epoch: int, started: float) -> tuple[dict[str, Any] | None, bool]:
+        """Train one epoch, validate when due, snapshot on the chosen epochs, save. Returns the validation's
+        metrics (None where it did not validate) and whether train.max_seconds ran out."""
+        train_loss, images_per_s, tic = self._train_one_epoch(epoch)
+        out_of_time = self._out_of_time()
+        metrics = self._validate_if_due(epoch, out_of_time)
+        out_of_time = out_of_time or metrics is not None and self._out_of_time()  # validation may use it up
+        self._snapshot_if_chosen(epoch, stopping=self._stops_after(epoch) or out_of_time)
+        row = self._row(epoch, train_loss, images_per_s, metrics or {}, tic)
+        self._save_epoch(epoch, row, metrics or {}, started)
+        return metrics, out_of_time
+
+    # -- before the first epoch ---------------------------------------------------------------------
+    def _set_up_task(self, state: dict[str, Any] | None) -> None:
+        """The run's config is written, the task reads its data, and a resumed run's inputs are checked."""
+        cfg = self.cfg
         distributed.barrier()  # every rank has looked at the folder before rank 0 writes to it
         if state is None:
             self.run.write_config(cfg)  # before the data is read: a run killed from here on is resumable
         self.inputs = {"weights_sha256": identity.weights_sha256(cfg["model"]["weights"])}
-        torch.manual_seed(t["seed"])  # identical initial weights on every rank
-        ctx = self.ctx
-        self.task.setup(ctx)
+        torch.manual_seed(cfg["train"]["seed"])  # identical initial weights on every rank
+        self.task.setup(self.ctx)
         self.inputs.update(self.task.data_identity())
         if state is not None:  # the run's config.yaml changes only once its inputs are known to be the same
             identity.check_inputs(self.run.path, state.get("inputs"), self.inputs)
             self.run.write_config(cfg)
+
+    def _build_training(self, state: dict[str, Any] | None) -> None:
+        """The model (with its EMA), optimizer, schedule and loss scaler; a resumed run's state loaded."""
+        t, ctx = self.cfg["train"], self.ctx
         self.module = self.task.build_model(ctx).to(self.device)
-        if t["sync_batchnorm"] and env.distributed:
+        if t["sync_batchnorm"] and self.env.distributed:
             self.module = self._sync_batchnorm(self.module)
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
@@ -157,106 +187,126 @@ class Trainer:
         self.ema = None if t["ema_decay"] is None else AveragedModel(
             self.module, multi_avg_fn=get_ema_multi_avg_fn(t["ema_decay"]), use_buffers=True)
         ctx.module, ctx.eval_module = self.module, self.module if self.ema is None else self.ema.module
-        steps_per_epoch = batches.steps_per_epoch(self.task.num_train(), t["batch_size"])
-        auto_epochs = t["epochs"] == "auto"
-        if auto_epochs:
+        self.steps_per_epoch = batches.steps_per_epoch(self.task.num_train(), t["batch_size"])
+        self.auto_epochs = t["epochs"] == "auto"
+        if self.auto_epochs:
             t["epochs"] = 1  # the schedule's shape while measuring (the measured steps are undone)
-        optimizer = build_optimizer(trainable_parameters(self.module), cfg)
-        scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype is torch.float16)
-        start_epoch, step, best, past_wall = 1, 0, -math.inf if self._maximise else math.inf, 0.0
-        torch.manual_seed(t["seed"] + 1 + env.rank)  # dropout etc. differ per rank
+        self.optimizer = build_optimizer(trainable_parameters(self.module), self.cfg)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype is torch.float16)
+        self.progress = Progress(best=-math.inf if self._maximise else math.inf)
+        torch.manual_seed(t["seed"] + 1 + self.env.rank)  # dropout etc. differ per rank
         if state is not None:
-            where = f"{self.run.last} (resumed with another model config?)"
-            load_strict(self.module, state.get("train_model", state["model"]), where)
-            if self.ema is not None:
-                load_strict(self.ema.module, state["model"], where)
-                self.ema.n_averaged.fill_(state["ema_steps"])
-            config_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-            try:
-                optimizer.load_state_dict(state["optimizer"])
-            except ValueError as exc:  # other parameter groups: optim.lr_mult or decay_norm_and_bias changed
-                raise DlcvError(f"{self.run.last}: its optimizer state does not fit this config's parameter groups "
-                                f"({exc}); resume with the run's optim.lr_mult and optim.decay_norm_and_bias") from None
-            scheduler.load_state_dict(state["scheduler"])
-            changed = keep_config_hyperparameters(optimizer, scheduler, config_groups)
-            if changed:
-                log.info("resumed with the config's optimizer settings, not the checkpoint's: %s", "; ".join(changed))
-            scaler.load_state_dict(state["scaler"])
-            start_epoch, step, best = state["epoch"] + 1, state["step"], state["best"]
-            past_wall = state["wall_time_s"]
-            checkpoint.restore_rng_states(state["rng"][min(env.rank, len(state["rng"]) - 1)])
-            self.run.restore_rows(state["rows"])
-            log.info("resumed %s at epoch %d (step %d)", self.run.path, state["epoch"], step)
+            self._restore(state)
 
+    def _restore(self, state: dict[str, Any]) -> None:
+        where = f"{self.run.last} (resumed with another model config?)"
+        load_strict(self.module, state.get("train_model", state["model"]), where)
+        if self.ema is not None:
+            load_strict(self.ema.module, state["model"], where)
+            self.ema.n_averaged.fill_(state["ema_steps"])
+        config_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:  # other parameter groups: optim.lr_mult or decay_norm_and_bias changed
+            raise DlcvError(f"{self.run.last}: its optimizer state does not fit this config's parameter groups "
+                            f"({exc}); resume with the run's optim.lr_mult and optim.decay_norm_and_bias") from None
+        self.scheduler.load_state_dict(state["scheduler"])
+        changed = keep_config_hyperparameters(self.optimizer, self.scheduler, config_groups)
+        if changed:
+            log.info("resumed with the config's optimizer settings, not the checkpoint's: %s", "; ".join(changed))
+        self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress(state["epoch"], state["step"], state["best"], state["wall_time_s"])
+        checkpoint.restore_rng_states(state["rng"][min(self.env.rank, len(state["rng"]) - 1)])
+        self.run.restore_rows(state["rows"])
+        log.info("resumed %s at epoch %d (step %d)", self.run.path, state["epoch"], state["step"])
+
+    def _prepare_loop(self, started: float) -> None:
+        """What trains (compiled, DDP-wrapped) and what validates; train.epochs=auto planned; the step total,
+        the deadline and the snapshot epochs."""
+        t, ctx = self.cfg["train"], self.ctx
         fast = torch.compile(self.module) if t["compile"] else self.module
-        evaluated = fast if self.ema is None else ctx.eval_module  # the EMA's weights are validated eagerly
-        train_model = DistributedDataParallel(fast) if env.distributed else fast
-        if auto_epochs:
-            self._plan_epochs(train_model, evaluated, optimizer, scheduler, scaler, steps_per_epoch, started)
-        ctx.total_steps = steps_per_epoch * t["epochs"]
+        self.evaluated = fast if self.ema is None else ctx.eval_module  # the EMA's weights are validated eagerly
+        self.train_model = DistributedDataParallel(fast) if self.env.distributed else fast
+        if self.auto_epochs:
+            self._plan_epochs(started)
+        ctx.total_steps = self.steps_per_epoch * t["epochs"]
         if t["max_steps"] is not None:
             ctx.total_steps = min(ctx.total_steps, t["max_steps"])
-        epochs, max_steps = t["epochs"], t["max_steps"]
         # train.max_seconds: wall time of the whole run (resumed parts included), like Lightning's max_time;
         # the epoch it runs out in ends early and is evaluated, checkpointed and logged as usual
-        self._deadline = None if t["max_seconds"] is None else started - past_wall + t["max_seconds"]
-        snapshots = snapshot_epochs(cfg["snapshot"]["epochs"], epochs)
-        last_metrics: dict[str, Any] | None = None
-        for epoch in range(start_epoch, epochs + 1):
-            if max_steps is not None and step >= max_steps or t["max_seconds"] is not None \
-                    and past_wall >= t["max_seconds"]:  # resumed after the run's end (killed while finishing)
-                break
-            train_model.train()
-            tic = time.time()
-            loss_sum, seen, step = self._train_epoch(train_model, optimizer, scheduler, scaler, epoch, step,
-                                                     steps_per_epoch)
-            train_seconds = time.time() - tic
-            totals = distributed.all_reduce_sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64,
-                                                             device=self.device))
-            out_of_time = self._out_of_time()
-            stopping = epoch == epochs or (max_steps is not None and step >= max_steps) or out_of_time
-            metrics: dict[str, Any] = {}  # an epoch between train.eval_every's has no validation columns
-            if stopping or epoch % t["eval_every"] == 0:
-                metrics = self._evaluate(evaluated)
-                out_of_time = out_of_time or self._out_of_time()  # validation may use up the time left
-                stopping = stopping or out_of_time
-                last_metrics = metrics
-            if epoch in snapshots or (stopping and not cfg["snapshot"]["epochs"]):
-                ctx.eval_module.eval()  # also on epochs train.eval_every skips: no batch statistics, no dropout
-                with torch.no_grad(), self.autocast():
-                    self.task.snapshot(ctx, ctx.eval_module, epoch)
-                self._save_weights(self.run.checkpoints / f"epoch_{epoch:03d}.pt", epoch, step)
-            scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-            row = {"epoch": epoch, "train_loss": (totals[0] / totals[1]).item(), **scalars,
-                   # optim.lr as scheduled now (groups under optim.lr_mult run at their multiple of it)
-                   "lr": cfg["optim"]["lr"] * scheduler.lr_lambdas[0](scheduler.last_epoch),
-                   "images_per_s": totals[1].item() / train_seconds,
-                   "seconds": time.time() - tic}
-            # NaN where not validated this epoch, or e.g. for a class absent from a tiny val set
-            value = row.get(self.task.monitor, math.nan)
-            improved = self._better(value, best)  # False for NaN: best stays as it was
-            if improved or not (self.run.checkpoints / "best.pt").exists():
-                best = value if improved else best
-                self._save_weights(self.run.checkpoints / "best.pt", epoch, step)
-            wall = past_wall + time.time() - started
-            # last.pt (with this epoch's row) lands before metrics.csv shows the epoch: a kill anywhere
-            # leaves a folder whose --resume continues after the last epoch metrics.csv shows
-            self._save_last(optimizer, scheduler, scaler, epoch, step, best, wall, [*self.run.rows, row])
-            self.run.log_epoch(row)
-            log.info("epoch %d/%d  " + "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"),
-                     epoch, epochs)
-            self.run.write_summary(self._summary("running", row, best, metrics, wall))
-            if out_of_time:
-                break
+        self._deadline = None if t["max_seconds"] is None else started - self.progress.wall_before + t["max_seconds"]
+        self.snapshots = snapshot_epochs(self.cfg["snapshot"]["epochs"], t["epochs"])
 
+    # -- an epoch -----------------------------------------------------------------------------------
+    def _run_is_over(self) -> bool:
+        t, p = self.cfg["train"], self.progress
+        return t["max_steps"] is not None and p.step >= t["max_steps"] or \
+            t["max_seconds"] is not None and p.wall_before >= t["max_seconds"]
+
+    def _stops_after(self, epoch: int) -> bool:
+        """The schedule ends with this epoch (its last, or train.max_steps reached)."""
+        t = self.cfg["train"]
+        return epoch == t["epochs"] or t["max_steps"] is not None and self.progress.step >= t["max_steps"]
+
+    def _train_one_epoch(self, epoch: int) -> tuple[float, float, float]:
+        """(mean training loss, images per second, start time) over every process."""
+        self.train_model.train()
+        tic = time.time()
+        loss_sum, seen = self._train_epoch(epoch)
+        train_seconds = time.time() - tic
+        totals = distributed.all_reduce_sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64,
+                                                         device=self.device))
+        return (totals[0] / totals[1]).item(), totals[1].item() / train_seconds, tic
+
+    def _validate_if_due(self, epoch: int, out_of_time: bool) -> dict[str, Any] | None:
+        """The task's metrics on train.eval_every's epochs and the last one; None on the others."""
+        if out_of_time or self._stops_after(epoch) or epoch % self.cfg["train"]["eval_every"] == 0:
+            return self._evaluate(self.evaluated)
+        return None
+
+    def _snapshot_if_chosen(self, epoch: int, stopping: bool) -> None:
+        if epoch in self.snapshots or (stopping and not self.cfg["snapshot"]["epochs"]):
+            self.ctx.eval_module.eval()  # also on epochs train.eval_every skips: no batch statistics, no dropout
+            with torch.no_grad(), self.autocast():
+                self.task.snapshot(self.ctx, self.ctx.eval_module, epoch)
+            self._save_weights(self.run.checkpoints / f"epoch_{epoch:03d}.pt", epoch)
+
+    def _row(self, epoch: int, train_loss: float, images_per_s: float, metrics: dict[str, Any],
+             tic: float) -> dict[str, Any]:
+        """The epoch's metrics.csv row; an epoch between train.eval_every's has no validation columns."""
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        # optim.lr as scheduled now (groups under optim.lr_mult run at their multiple of it)
+        return {"epoch": epoch, "train_loss": train_loss, **scalars,
+                "lr": self.cfg["optim"]["lr"] * self.scheduler.factor(), "images_per_s": images_per_s,
+                "seconds": time.time() - tic}
+
+    def _save_epoch(self, epoch: int, row: dict[str, Any], metrics: dict[str, Any], started: float) -> None:
+        """best.pt when the monitor improved, last.pt, the row in metrics.csv, the log line, summary.json."""
+        p = self.progress
+        # NaN where not validated this epoch, or e.g. for a class absent from a tiny val set
+        value = row.get(self.task.monitor, math.nan)
+        improved = self._better(value, p.best)  # False for NaN: best stays as it was
+        if improved or not (self.run.checkpoints / "best.pt").exists():
+            p.best = value if improved else p.best
+            self._save_weights(self.run.checkpoints / "best.pt", epoch)
+        wall = p.wall_before + time.time() - started
+        # last.pt (with this epoch's row) lands before metrics.csv shows the epoch: a kill anywhere
+        # leaves a folder whose --resume continues after the last epoch metrics.csv shows
+        self._save_last(epoch, wall, [*self.run.rows, row])
+        self.run.log_epoch(row)
+        log.info("epoch %d/%d  " + "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"),
+                 epoch, self.cfg["train"]["epochs"])
+        self.run.write_summary(self._summary("running", row, metrics, wall))
+
+    def _finish(self, last_metrics: dict[str, Any] | None, started: float) -> Summary:
         if last_metrics is None:  # resumed after the last epoch (killed while finishing): score it again
-            last_metrics = self._evaluate(evaluated)
+            last_metrics = self._evaluate(self.evaluated)
         if self.env.is_main:
-            self.task.finish(ctx, self.run.rows)
-        wall = past_wall + time.time() - started
+            self.task.finish(self.ctx, self.run.rows)
+        wall = self.progress.wall_before + time.time() - started
         final = self.run.rows[-1] if self.run.rows else {}
-        summary = self._summary("finished", final, best, last_metrics, wall)
+        summary = self._summary("finished", final, last_metrics, wall)
         self.run.write_summary(summary)
         distributed.barrier()
         return summary
@@ -283,13 +333,14 @@ class Trainer:
                             "optim.lr or optim.weight_decay")
         return metrics
 
-    def _train_epoch(self, model, optimizer, scheduler, scaler, epoch, step, steps_per_epoch):
-        t, env = self.cfg["train"], self.env
+    def _train_epoch(self, epoch: int) -> tuple[float, int]:
+        """This process's (loss sum, images) of one epoch's steps; progress.step counts them."""
+        t, env, step = self.cfg["train"], self.env, self.progress.step
         gen = batches.epoch_generator(t["seed"], epoch, self.device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         seen, tic = 0, time.time()
         max_steps = t["max_steps"]
-        total = steps_per_epoch if max_steps is None else min(steps_per_epoch, max_steps - step)
+        total = self.steps_per_epoch if max_steps is None else min(self.steps_per_epoch, max_steps - step)
         # a terminal gets a live bar; a log file (CI, nohup, a notebook) a plain line every PLAIN_PROGRESS_S,
         # not thousands of carriage-return fragments
         plain = env.is_main and not sys.stderr.isatty()
@@ -303,7 +354,8 @@ class Trainer:
                 break
             batch = self.task.train_batch(self.ctx, indices, offset, gen, t["batch_size"], epoch)
             step += 1
-            loss = self._step(model, batch, optimizer, scheduler, scaler, step)
+            loss = self._step(self.train_model, batch, step)
+            self.progress.step = step
             seen += len(indices)
             loss_sum += loss.detach().double() * len(indices)
             if (i + 1) % t["log_every"] == 0:
@@ -317,10 +369,11 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen * env.world_size / (time.time() - tic):.1f}")
         bar.close()
         self._check_finite(loss_sum, epoch, step)
-        return loss_sum.item(), seen, step
+        return loss_sum.item(), seen
 
-    def _step(self, model, batch, optimizer, scheduler, scaler, step: int) -> torch.Tensor:
+    def _step(self, model, batch, step: int) -> torch.Tensor:
         """One optimizer step on `batch` (the `step`-th of the run); returns the loss."""
+        optimizer, scaler = self.optimizer, self.scaler
         with self.autocast():
             loss = self.task.loss(model, batch)
         scaler.scale(loss).backward()
@@ -330,18 +383,17 @@ class Trainer:
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.module)
         self.task.after_step(self.ctx, step)
         return loss
 
-    def _plan_epochs(self, model, evaluated, optimizer, scheduler, scaler, steps_per_epoch: int,
-                     started: float) -> None:
+    def _plan_epochs(self, started: float) -> None:
         """train.epochs=auto: measure, choose the epochs that fit train.max_seconds, record them (config.yaml,
         every checkpoint, summary.json) and log the plan."""
-        t = self.cfg["train"]
-        step_s, eval_s, save_s = self._measure(model, evaluated, optimizer, scheduler, scaler, steps_per_epoch)
+        t, steps_per_epoch = self.cfg["train"], self.steps_per_epoch
+        step_s, eval_s, save_s = self._measure()
         plan = plan_epochs(t["max_seconds"], time.time() - started, step_s, steps_per_epoch, eval_s, t["eval_every"],
                            save_s)
         t["epochs"] = plan.epochs
@@ -355,24 +407,37 @@ class Trainer:
             log.warning("train.epochs=auto: one epoch does not fit train.max_seconds=%s; it is cut there",
                         t["max_seconds"])
 
-    def _measure(self, model, evaluated, optimizer, scheduler, scaler,
-                 steps_per_epoch: int) -> tuple[float, float, float]:
+    def _measure(self) -> tuple[float, float, float]:
         """Seconds of one training step (after warm-up), of one validation and of an epoch's two checkpoints
         (last.pt and best.pt, written to a scratch file), on this run's model and data.
         Weights, optimizer, schedule, EMA and random generators are put back afterwards, so the run trains as
         if it had not been measured (batches of 'epoch 0', which training never draws)."""
-        t, env = self.cfg["train"], self.env
-        saved = copy.deepcopy({"model": self.module.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+        env = self.env
+        saved = copy.deepcopy({"model": self.module.state_dict(), **self._optimization_state(),
                                "ema": None if self.ema is None else self.ema.state_dict()})
         rng = checkpoint.rng_states()
+        step_s = self._measure_steps()
+        start = time.perf_counter()
+        self._evaluate(self.evaluated)
+        self._sync()
+        eval_s = time.perf_counter() - start
+        self._put_back(saved, rng)
+        save_s = self._measure_saves() if env.is_main else 0.0
+        # every process plans from the same figures: the mean step and validation, the main process's saves
+        step_s, eval_s, save_s = (distributed.all_reduce_sum(torch.tensor(
+            [step_s / env.world_size, eval_s / env.world_size, save_s], dtype=torch.float64, device=self.device))).tolist()
+        return step_s, eval_s, save_s
+
+    def _measure_steps(self) -> float:
+        """Seconds per training step on 'epoch 0's batches, after MEASURE_WARMUP untimed ones."""
+        t, env, steps_per_epoch = self.cfg["train"], self.env, self.steps_per_epoch
         self.ctx.total_steps = steps_per_epoch
         warm = min(MEASURE_WARMUP, steps_per_epoch - 1)
         timed = min(MEASURE_STEPS, steps_per_epoch - warm)
         gen = batches.epoch_generator(t["seed"], 0, self.device)
         batch_iter = batches.train_batches(self.task.num_train(), t["batch_size"], t["seed"], 0, env.rank,
                                            env.world_size)
-        model.train()
+        self.train_model.train()
         for i, (indices, offset) in enumerate(batch_iter):
             if i == warm:
                 self._sync()
@@ -380,32 +445,25 @@ class Trainer:
             if i == warm + timed:
                 break
             batch = self.task.train_batch(self.ctx, indices, offset, gen, t["batch_size"], 0)
-            self._step(model, batch, optimizer, scheduler, scaler, i + 1)
+            self._step(self.train_model, batch, i + 1)
         self._sync()
-        step_s = (time.perf_counter() - start) / timed
-        start = time.perf_counter()
-        self._evaluate(evaluated)
-        self._sync()
-        eval_s = time.perf_counter() - start
+        return (time.perf_counter() - start) / timed
+
+    def _put_back(self, saved: dict[str, Any], rng: dict[str, Any]) -> None:
+        """Weights, optimizer, schedule, loss scaler, EMA and random generators as `saved` and `rng` hold them."""
         self.module.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
         if self.ema is not None:
             self.ema.load_state_dict(saved["ema"])
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         checkpoint.restore_rng_states(rng)
-        save_s = self._measure_saves(optimizer, scheduler, scaler) if env.is_main else 0.0
-        # every process plans from the same figures: the mean step and validation, the main process's saves
-        step_s, eval_s, save_s = (distributed.all_reduce_sum(torch.tensor(
-            [step_s / env.world_size, eval_s / env.world_size, save_s], dtype=torch.float64, device=self.device))).tolist()
-        return step_s, eval_s, save_s
 
-    def _measure_saves(self, optimizer, scheduler, scaler) -> float:
+    def _measure_saves(self) -> float:
         scratch = self.run.checkpoints / "measure.pt.tmp"
         start = time.perf_counter()
-        checkpoint.save(scratch, {**self._weights_state(0, 0), "optimizer": optimizer.state_dict(),
-                                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()})
+        checkpoint.save(scratch, {**self._weights_state(0, 0), **self._optimization_state()})
         checkpoint.save(scratch, self._weights_state(0, 0))
         seconds = time.perf_counter() - start
         scratch.unlink()
@@ -435,11 +493,15 @@ class Trainer:
                 "config": self.cfg, "inputs": self.inputs, "inference": self.ctx.numerics.record(),
                 **({} if self.plan is None else {"epoch_plan": self.plan}), **self.task.checkpoint_meta()}
 
-    def _save_weights(self, path: Path, epoch: int, step: int) -> None:
-        if self.env.is_main:
-            checkpoint.save(path, self._weights_state(epoch, step))
+    def _optimization_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}
 
-    def _save_last(self, optimizer, scheduler, scaler, epoch, step, best, wall, rows) -> None:
+    def _save_weights(self, path: Path, epoch: int) -> None:
+        if self.env.is_main:
+            checkpoint.save(path, self._weights_state(epoch, self.progress.step))
+
+    def _save_last(self, epoch: int, wall: float, rows: list[dict[str, Any]]) -> None:
         rng = [checkpoint.rng_states()]
         if self.env.distributed:  # every rank's generator state, gathered on rank 0
             gathered = [None] * self.env.world_size
@@ -447,9 +509,8 @@ class Trainer:
             rng = gathered
         if self.env.is_main:
             checkpoint.save(self.run.checkpoints / "last.pt", {
-                **self._weights_state(epoch, step), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "best": best,
-                "rng": rng, "wall_time_s": wall, "rows": rows,
+                **self._weights_state(epoch, self.progress.step), **self._optimization_state(),
+                "best": self.progress.best, "rng": rng, "wall_time_s": wall, "rows": rows,
                 # with EMA, "model" holds the averaged weights (what was validated and what predict uses)
                 **({} if self.ema is None else {"train_model": self.module.state_dict(),
                                                 "ema_steps": int(self.ema.n_averaged)})})
@@ -462,7 +523,8 @@ class Trainer:
     def _better(self, value: float, best: float) -> bool:
         return value > best if self._maximise else value < best
 
-    def _summary(self, status, row, best, metrics, wall) -> Summary:
+    def _summary(self, status: str, row: dict[str, Any], metrics: dict[str, Any], wall: float) -> Summary:
+        best = self.progress.best
         extras = {k: v for k, v in metrics.items() if not isinstance(v, (int, float))}
         scored = [r for r in self.run.rows if not math.isnan(r.get(self.task.monitor, math.nan))]
         best_row = (max if self._maximise else min)(scored, key=lambda r: r[self.task.monitor], default={})

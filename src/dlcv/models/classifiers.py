@@ -50,7 +50,7 @@ def _resnet(arch: str, num_classes: int, weights: str | None, freeze_backbone: b
         model.conv1 = _cifar_conv1()
     if state is not None:
         load_strict(model, state, source)
-    # a new CIFAR stem always comes with a new fc, as before the stems shared this builder: same draws per seed
+    # a new CIFAR stem always comes with a new fc: a seed then draws the same initial weights for either stem option
     if num_classes != model.fc.out_features or head_norm or new_cifar_stem:
         linear = nn.Linear(model.fc.in_features, num_classes)
         model.fc = nn.Sequential(nn.BatchNorm1d(model.fc.in_features, affine=False), linear) if head_norm else linear

@@ -144,8 +144,7 @@ class LiteDeepLab(nn.Module):
     single skip; (16, 8, 4) uses several encoder stages (sharper borders, more context per pixel).
     aspp_rates=(r1, r2, ...) replaces the stride-32 1x1 projection by DeepLabV3's ASPP (torchvision's: a 1x1
     branch, a 3x3 branch per dilation rate, an image-pooling branch over the whole input, dropout 0.5); on
-    p3_cpu, (2, 4, 6) scored 0.7197 / 0.7120 against 0.7180 / 0.7196 without (docs/results-p3.md), so recipes
-    leave it off.
+    p3_cpu, (2, 4, 6) scored no better than without it (docs/results-p3.md), so recipes leave it off.
     freeze_stride=N keeps the ImageNet weights of the stem and of every block whose output stride is <= N
     (detectron2's FREEZE_AT for the same reason: those generic edge/colour filters need no fine-tuning, and
     backward then stops at stride N+1; 4 trains p3_cpu's Lite2 1.2x faster on a 2-core CPU, 9.19 vs 7.46
@@ -153,8 +152,7 @@ class LiteDeepLab(nn.Module):
     output_stride=16 runs the encoder's stride-32 blocks at stride 16 instead (DeepLab's atrous encoder: the
     first of them loses its stride, the rest dilate their depthwise convolutions by 2, the weights unchanged),
     so the deepest features see 4x the positions; on Lite2 at 256 px, 1.4x the FLOPs of the whole model and 0.72x
-    the training images/s; p3_cpu with it scored 0.7133 in 10 epochs against 0.7180 / 0.7196
-    (docs/results-p3.md), so recipes leave it at 32."""
+    the training images/s; p3_cpu with it scored lower (docs/results-p3.md), so recipes leave it at 32."""
 
     def __init__(self, num_classes: int, encoder: nn.Module, skips: Sequence[int] = (8,), width: int = 128,
                  freeze_stride: int = 0, aspp_rates: Sequence[int] = (), output_stride: int = 32):
@@ -232,7 +230,7 @@ def _dilate(encoder: nn.Module, blocks: list[nn.Module]) -> None:
 
 
 def _single_skip_names(state: dict, prefix: str, *_) -> None:
-    """Checkpoints from before `skips` existed name the one skip `skip.` / `fuse.`: read them as skip 0."""
+    """Checkpoints of a single-skip decoder name its skip `skip.` / `fuse.`: read them as skip 0."""
     for key in [k for k in state if k.startswith((prefix + "skip.", prefix + "fuse."))]:
         head, rest = key[len(prefix):].split(".", 1)
         state[f"{prefix}{head}s.0.{rest}"] = state.pop(key)

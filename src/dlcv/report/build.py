@@ -7,6 +7,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+from dlcv import task_registry
 from dlcv.errors import DlcvError
 from dlcv.fileio import check_output
 from dlcv.report import document
@@ -15,14 +16,18 @@ from dlcv.viz.arch import architecture_figure
 
 log = logging.getLogger("dlcv")
 
+def _train_command(task: str, recipe: str) -> str:
+    return f"dlcv {task_registry.task(task).command} -c configs/{recipe}.yaml --out runs/{recipe}"
+
+
 MISSING_COMMANDS = {
-    ("p1", "A"): "dlcv classify train -c configs/p1_model_a.yaml --out runs/p1_model_a",
-    ("p1", "B"): "dlcv classify train -c configs/p1_model_b.yaml --out runs/p1_model_b",
-    ("p2", "byol"): "dlcv ssl pretrain -c configs/p2_byol.yaml --out runs/p2_byol",
+    ("p1", "A"): _train_command("classify", "p1_model_a"),
+    ("p1", "B"): _train_command("classify", "p1_model_b"),
+    ("p2", "byol"): _train_command("ssl", "p2_byol"),
     ("p2", "table"): "dlcv ssl table -c configs/p2_finetune.yaml --sl-backbone SL_BACKBONE.pt "
                      "--ssl-backbone runs/p2_byol/backbone.pt --out runs/p2_table",
-    ("p3", "A"): "dlcv segment train -c configs/p3_model_a.yaml --out runs/p3_model_a",
-    ("p3", "B"): "dlcv segment train -c configs/p3_model_b.yaml --out runs/p3_model_b",
+    ("p3", "A"): _train_command("segment", "p3_model_a"),
+    ("p3", "B"): _train_command("segment", "p3_model_b"),
 }
 
 

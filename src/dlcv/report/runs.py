@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dlcv import config as config_mod
+from dlcv import config as config_mod, task_registry
 from dlcv.engine.run import Summary, read_metrics, read_summary
 from dlcv.errors import DlcvError
 
@@ -36,13 +36,11 @@ class Run:
 
     @property
     def problem(self) -> str:
-        """P3 segments; P2 pre-trains, or classifies from `id,filename,label` CSVs (the transfer settings and
-        the supervised backbone); P1 classifies `{label}_{id}` image folders."""
-        if self.task == "segment":
-            return "p3"
-        if self.task == "ssl" or self.config["data"].get("train_csv") is not None:
+        """The task's problem (task_registry), except that a classification from `id,filename,label` CSVs
+        (the transfer settings and the supervised backbone) is P2's; P1 classifies `{label}_{id}` folders."""
+        if self.task == "classify" and self.config["data"].get("train_csv") is not None:
             return "p2"
-        return "p1"
+        return task_registry.task(self.task).problem
 
     @property
     def role(self) -> str:
@@ -75,7 +73,7 @@ class Run:
     def rerun_command(self) -> str:
         """Retrains this run exactly from its resolved config."""
         config_file = shlex.quote(str(self.path / "config.yaml"))
-        return f"dlcv {config_mod.TRAIN_COMMANDS[self.task]} -c {config_file} --out NEW_RUN_DIR"
+        return f"dlcv {task_registry.task(self.task).command} -c {config_file} --out NEW_RUN_DIR"
 
     def figures_like(self, prefix: str) -> list[Path]:
         return [p for name, p in sorted(self.figures.items()) if name.startswith(prefix)]

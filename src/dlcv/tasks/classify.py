@@ -17,26 +17,26 @@ from dlcv import config as config_mod
 from dlcv.data import augment, labels as labels_mod
 from dlcv.data.images import load_images
 from dlcv.data.preprocess import Preprocess
-from dlcv.engine import batches, checkpoint, distributed
+from dlcv.engine import batches, checkpoint
 from dlcv.engine.task import Context
 from dlcv.errors import DlcvError
 from dlcv.inference.classify import Classifier
 from dlcv.models import create_model, list_models, model_spec
-from dlcv.tasks import ModelTask
+from dlcv.task_registry import registered
+from dlcv.tasks import ModelTask, validate_classes
 from dlcv.viz import figures
 
 log = logging.getLogger("dlcv")
 
-
+ENTRY = registered(__name__)
 
 DEFAULTS: dict[str, Any] = {
-    "task": "classify",
+    "task": ENTRY.name,
     "data": {"root": None, "train_dir": "train_50", "val_dir": "val_50", "train_csv": None, "val_csv": None,
              "image_size": 32, "input_size": None, "mean": None, "std": None,
              "cache_dir": None, "limit_train": None, "limit_val": None, "val_fraction": 0.1},
     "model": {"name": "resnet50_cifar"},
-    "augment": {"flip": False, "alternate_flip": False, "crop_padding": 0, "pad_mode": "zeros", "rotation": 0.0, "cutout": 0,
-                "resized_crop_scale": None, "color_jitter": None},
+    "augment": config_mod.dataclass_defaults(augment.AugmentSpec),
     "loss": {"label_smoothing": 0.0},
     # batch-level mixing of training images and their labels (torchvision.transforms.v2 CutMix / MixUp, one
     # of the two per batch when both are on): Beta(alpha, alpha) mixing ratios; 0 = off
@@ -54,7 +54,33 @@ def choices() -> dict[str, tuple]:
     return {"augment.pad_mode": ("zeros", "reflect", "replicate"), "model.name": tuple(list_models("classify"))}
 
 
-SCHEMA = config_mod.Schema(DEFAULTS, choices, TYPES)
+RANGES = {
+    "data.image_size": config_mod.IMAGE_SIDE,
+    "data.input_size": config_mod.IMAGE_SIDE_OR_NULL,
+    "data.limit_val": config_mod.COUNT_OR_NULL,
+    "loss.label_smoothing": config_mod.LABEL_SMOOTHING,
+    "mix.cutmix_alpha": (lambda v: v >= 0, "a number >= 0 (0: off)"),
+    "mix.mixup_alpha": (lambda v: v >= 0, "a number >= 0 (0: off)"),
+    "augment.crop_padding": (lambda v: v >= 0, "a whole number >= 0"),
+    "augment.cutout": (lambda v: v >= 0, "a whole number >= 0"),
+    "augment.rotation": (lambda v: v >= 0, "a number of degrees >= 0"),
+    "augment.resized_crop_scale": config_mod.FRACTION_RANGE,
+    "tta.translate": (lambda v: v >= 0, "a whole number of pixels >= 0"),
+}
+
+
+def check_sizes_against_input(cfg: dict) -> None:
+    """Pixel amounts that only make sense below the model input's side (padding by more than the image
+    crops mostly padding, and reflect padding fails outright)."""
+    side = cfg["data"]["input_size"] or cfg["data"]["image_size"]
+    for key in ("augment.crop_padding", "augment.cutout", "tta.translate"):
+        value = config_mod.get(cfg, key)
+        if side is not None and value is not None and value >= side:
+            raise config_mod.ConfigError(f"config key '{key}': invalid value {value!r}; expected less than the "
+                                         f"model input side, {side} px (data.input_size or data.image_size)")
+
+
+SCHEMA = config_mod.Schema(DEFAULTS, choices, TYPES, RANGES, (check_sizes_against_input,))
 
 
 def _take(files: list[Path], labels: list[str], keep: list[int]):
@@ -83,7 +109,7 @@ def _mixer(mix: dict[str, float], num_classes: int):
 
 
 class ClassifyTask(ModelTask):
-    name = "classify"
+    name = ENTRY.name
     monitor = "val_acc"
 
     def setup(self, ctx: Context) -> None:
@@ -150,20 +176,11 @@ class ClassifyTask(ModelTask):
 
     def evaluate(self, ctx: Context, model: nn.Module) -> dict[str, Any]:
         """Accuracy over ALL validation images (the report averaged per-batch accuracies instead)."""
-        self.confusion.reset()
-        classifier = self._classifier(ctx, model)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-        for idx in batches.eval_batches(len(self.val_y), classifier.batch_size, ctx.rank, ctx.world_size):
-            idx = idx.to(ctx.device)
-            logits, y = classifier.logits(self.val_x[idx]), self.val_y[idx]
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-            self.confusion.update(logits.argmax(1), y)
-        matrix = self.confusion.compute().cpu().numpy()  # torchmetrics sums it over DDP ranks
-        loss_sum = distributed.all_reduce_sum(loss_sum)
+        matrix, loss_sum = validate_classes(ctx, self.confusion, self._classifier(ctx, model), self.val_x, self.val_y)
         total = matrix.sum()
         self.last_confusion = matrix
         per_class = matrix.diagonal() / np.maximum(matrix.sum(1), 1)
-        return {"val_loss": loss_sum.item() / total, "val_acc": float(matrix.trace() / total),
+        return {"val_loss": loss_sum / total, "val_acc": float(matrix.trace() / total),
                 "per_class_acc": {c: round(float(a), 4) for c, a in zip(self.classes, per_class)}}
 
     def snapshot(self, ctx: Context, model: nn.Module, epoch: int) -> None:
@@ -203,3 +220,6 @@ class ClassifyTask(ModelTask):
 
     def data_identity(self) -> dict[str, Any]:
         return {**super().data_identity(), "classes": self.classes}
+
+
+TASK = ClassifyTask

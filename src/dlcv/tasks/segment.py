@@ -16,25 +16,28 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from dlcv import config as config_mod
 from dlcv.data import augment
 from dlcv.data.images import cached, check_fits_in_memory, read_rgb
-from dlcv.data.masks import CLASS_NAMES, IGNORE, NUM_CLASSES, UNKNOWN, pair_folder, read_mask
+from dlcv.data.masks import CLASS_NAMES, IGNORE, NUM_CLASSES, SCORED, UNKNOWN, pair_folder, read_mask
 from dlcv.data.preprocess import Preprocess
-from dlcv.engine import batches, checkpoint, distributed
+from dlcv.engine import batches, checkpoint
 from dlcv.engine.task import Context
 from dlcv.errors import DlcvError
 from dlcv.inference.segment import Segmenter
-from dlcv.metrics import SCORED, course_iou
+from dlcv.metrics import course_iou
 from dlcv.models import create_model, list_models
-from dlcv.tasks import ModelTask
+from dlcv.task_registry import registered
+from dlcv.tasks import ModelTask, validate_classes
 from dlcv.viz import figures
 
 log = logging.getLogger("dlcv")
+
+ENTRY = registered(__name__)
 
 # data.crop_size: the training input side (null: the tile's); each training tile is a random crop covering
 # augment.scale of the tile's area (square), resized to crop_size: scale [1, 1] is a plain resize.
 # data.infer_scale: validation and predict resize each tile by this factor for the model (the resolution
 # it trained at, e.g. 0.5 for crop_size 256 of whole 512 px tiles) and its logits back to the tile's size.
 DEFAULTS: dict[str, Any] = {
-    "task": "segment",
+    "task": ENTRY.name,
     "data": {"root": None, "train_dir": "train", "val_dir": "validation", "crop_size": None, "infer_scale": 1.0,
              "mean": None, "std": None, "cache_dir": None, "limit_train": None, "limit_val": None},
     "model": {"name": "fcn32s_vgg16"},
@@ -54,7 +57,20 @@ def choices() -> dict[str, tuple]:
     return {"model.name": tuple(list_models("segment"))}
 
 
-SCHEMA = config_mod.Schema(DEFAULTS, choices, TYPES)
+RANGES = {
+    "data.crop_size": config_mod.IMAGE_SIDE_OR_NULL,
+    "data.infer_scale": (lambda v: 0 < v <= 4, "a factor in (0, 4]"),
+    "data.limit_val": config_mod.COUNT_OR_NULL,
+    "loss.label_smoothing": config_mod.LABEL_SMOOTHING,
+    "loss.dice_weight": config_mod.NON_NEGATIVE_WEIGHT,
+    "loss.lovasz_weight": config_mod.NON_NEGATIVE_WEIGHT,
+    "augment.balanced": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
+    "augment.scale": config_mod.FRACTION_RANGE,
+    "tta.scales": (lambda v: len(v) >= 1 and all(isinstance(x, (int, float)) and 0 < x <= 4 for x in v),
+                   "a list of factors in (0, 4]"),
+}
+
+SCHEMA = config_mod.Schema(DEFAULTS, choices, TYPES, RANGES)
 
 
 def labelled_cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -124,7 +140,7 @@ def _decode_split(pairs, red_as: int, what: str):
 
 
 class SegmentTask(ModelTask):
-    name = "segment"
+    name = ENTRY.name
     monitor = "val_miou"
 
     def setup(self, ctx: Context) -> None:
@@ -142,7 +158,7 @@ class SegmentTask(ModelTask):
             files = [p for _, sat, mask in pairs for p in (sat, mask)]
             data = cached(files, f"segment:{red_as}", lambda: _decode_split(pairs, red_as, split), d["cache_dir"])
             if data["red"]:
-                treatment = "ignored by the loss" if split == "train" else "scored as unknown (6)"
+                treatment = "ignored by the loss" if split == "train" else f"scored as unknown ({UNKNOWN})"
                 log.warning("%s: %d pure-red pixels (code 4, not a class of the course): %s",
                             root / folder, int(data["red"]), treatment)
             if split == "train":
@@ -204,20 +220,10 @@ class SegmentTask(ModelTask):
                          self.cfg["train"]["eval_batch_size"], ctx.device)
 
     def evaluate(self, ctx: Context, model: nn.Module) -> dict[str, Any]:
-        self.confusion.reset()
-        segmenter = self._segmenter(ctx, model)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-        for idx in batches.eval_batches(len(self.val_x), segmenter.batch_size, ctx.rank, ctx.world_size):
-            idx = idx.to(ctx.device)
-            y = self.val_y[idx].long()
-            logits = segmenter.logits(self.val_x[idx])
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-            self.confusion.update(logits.argmax(1), y)
-        matrix = self.confusion.compute().cpu().numpy()  # summed over DDP ranks by torchmetrics
-        loss_sum = distributed.all_reduce_sum(loss_sum)
+        matrix, loss_sum = validate_classes(ctx, self.confusion, self._segmenter(ctx, model), self.val_x, self.val_y)
         ious, miou = course_iou(matrix)
         self.last_ious = ious
-        return {"val_loss": loss_sum.item() / matrix.sum(), "val_miou": miou,
+        return {"val_loss": loss_sum / matrix.sum(), "val_miou": miou,
                 **{f"iou_{CLASS_NAMES[c]}": ious[c] for c in range(SCORED)},
                 "pixel_acc": float(matrix.trace() / matrix.sum()),
                 "per_class_iou": {CLASS_NAMES[c]: round(ious[c], 5) for c in range(SCORED)}}
@@ -260,3 +266,6 @@ class SegmentTask(ModelTask):
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"preprocess": {"mean": self.cfg["data"]["mean"], "std": self.cfg["data"]["std"],
                                "tta": self.cfg["tta"], "infer_scale": self.cfg["data"]["infer_scale"]}}
+
+
+TASK = SegmentTask

@@ -1,8 +1,7 @@
-"""P2: BYOL pre-training as a thin task over the engine, backbone export, and the five transfer settings
-(A-E) as classification runs of one architecture."""
+"""P2: BYOL pre-training as a thin task over the engine (the transfer settings A-E are a pipeline:
+pipelines/transfer.py)."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -19,29 +18,30 @@ from dlcv.data.preprocess import Preprocess
 from dlcv.data.views import ViewSpec, two_views
 from dlcv.engine import batches
 from dlcv.engine.task import Context
-from dlcv.engine.trainer import fit_or_reuse
 from dlcv.errors import DlcvError
-from dlcv.fileio import DirectoryLock, write_text
 from dlcv.metrics import knn_accuracy
 from dlcv.models import create_model
 from dlcv.models.byol import BACKBONES, BYOL, resnet_features, target_momentum
 from dlcv.statedict import save_state_dict
-from dlcv.tasks import ModelTask, classify
+from dlcv.task_registry import registered
+from dlcv.tasks import ModelTask
 from dlcv.viz import figures
 
 log = logging.getLogger("dlcv")
 
+ENTRY = registered(__name__)
+
 DEFAULTS: dict[str, Any] = {
-    "task": "ssl",
+    "task": ENTRY.name,
     "data": {"root": None, "unlabeled_dir": "mini/train", "image_size": 128, "input_size": None,
              "mean": None, "std": None, "cache_dir": None, "limit_train": None},
     "model": {"name": "resnet50"},
     # separate_views: each view through each network on its own (BatchNorm statistics per view, as the paper,
-    # lightly and solo-learn), not both in one batch: +0.004 k-NN at lightly's CIFAR budget on P1, 2 seeds
+    # lightly and solo-learn), not both in one batch: the higher k-NN accuracy at lightly's CIFAR budget on P1
     # (docs/results-p2.md)
     "byol": {"projector_hidden": 4096, "projector_dim": 256, "base_momentum": 0.99, "final_momentum": 1.0,
              "separate_views": True},
-    "views": {k: list(v) if isinstance(v, tuple) else v for k, v in ViewSpec().__dict__.items()},
+    "views": config_mod.dataclass_defaults(ViewSpec),
     # k-NN monitor on a labelled set (weighted vote of the k nearest train features, Wu et al. 2018);
     # knn.train_dir=null turns it off, and best.pt then follows the lowest training loss.
     "knn": {"train_dir": "office/train", "train_csv": "office/train.csv", "val_dir": "office/val",
@@ -56,11 +56,13 @@ def choices() -> dict[str, tuple]:
     return {"model.name": BACKBONES}
 
 
-SCHEMA = config_mod.Schema(DEFAULTS, choices, TYPES)
+RANGES = {"data.image_size": config_mod.IMAGE_SIDE, "data.input_size": config_mod.IMAGE_SIDE_OR_NULL}
+
+SCHEMA = config_mod.Schema(DEFAULTS, choices, TYPES, RANGES)
 
 
 class SSLTask(ModelTask):
-    name = "ssl"
+    name = ENTRY.name
 
     def __init__(self, cfg: dict):
         super().__init__(cfg)
@@ -153,61 +155,4 @@ class SSLTask(ModelTask):
         return {"backbone_arch": self.cfg["model"]["name"]}
 
 
-# -- transfer settings A-E -------------------------------------------------------------------------------
-
-SETTINGS = {  # setting: (backbone source, pre-training, fine-tuning)
-    "A": (None, "none (random init)", "full model"),
-    "B": ("sl", "supervised", "full model"),
-    "C": ("ssl", "BYOL (ours)", "full model"),
-    "D": ("sl", "supervised", "backbone frozen, classifier only"),
-    "E": ("ssl", "BYOL (ours)", "backbone frozen, classifier only"),
-}
-
-
-def setting_overrides(setting: str, backbone: str | None) -> list[str]:
-    """The config overrides that turn the shared fine-tuning recipe into setting A-E."""
-    source, _, tuning = SETTINGS[setting]
-    if source is not None and backbone is None:
-        raise DlcvError(f"setting {setting} needs a {'supervised' if source == 'sl' else 'BYOL'} backbone file "
-                        "(--backbone PATH, or --sl-backbone / --ssl-backbone for `ssl table`)")
-    frozen = tuning.startswith("backbone frozen")
-    return [f"model.weights={json.dumps(backbone) if source else 'null'}",
-            f"model.options.freeze_backbone={str(frozen).lower()}"]
-
-
-def finetune_config(recipe: dict, overrides: list[str], setting: str, backbone: str | None) -> dict:
-    return classify.SCHEMA.resolve(recipe,
-                              [*overrides, *setting_overrides(setting, backbone)])
-
-
-def write_table(rows: list[dict[str, Any]], out_dir: Path) -> str:
-    header = ["setting", "pre-training", "fine-tuning", "val_acc", "best_val_acc", "best_epoch", "run"]
-    labels_mod.write_csv(out_dir / "table.csv", header, [[r[h] for h in header] for r in rows])
-    lines = ["| setting | pre-training | fine-tuning | val accuracy (final) | best (epoch) |", "|---|---|---|---|---|"]
-    lines += [f"| {r['setting']} | {r['pre-training']} | {r['fine-tuning']} | {r['val_acc']:.4f} | "
-              f"{r['best_val_acc']:.4f} ({r['best_epoch']}) |" for r in rows]
-    text = "\n".join(lines) + "\n"
-    write_text(out_dir / "table.md", text)
-    return text
-
-
-def run_table(recipe: dict, overrides: list[str], sl_backbone: str | None, ssl_backbone: str | None,
-              out_dir: Path, settings: str = "ABCDE") -> str:
-    """Runs the settings one after another into OUT/setting_X and writes the report's table."""
-    unknown = sorted(set(settings) - set(SETTINGS))
-    if unknown or not settings:
-        raise DlcvError(f"--settings {settings!r}: use letters of ABCDE "
-                        f"(unknown: {', '.join(unknown) or 'none given'})")
-    with DirectoryLock(out_dir):  # one `ssl table` per folder at a time
-        rows = []
-        for setting in settings:
-            source, pretraining, tuning = SETTINGS[setting]
-            backbone = {"sl": sl_backbone, "ssl": ssl_backbone, None: None}[source]
-            cfg = finetune_config(recipe, overrides, setting, backbone)
-            log.info("== setting %s: %s pre-training, %s", setting, pretraining, tuning)
-            summary = fit_or_reuse(classify.ClassifyTask(cfg), cfg, out_dir / f"setting_{setting}")
-            rows.append({"setting": setting, "pre-training": pretraining + (f" ({backbone})" if backbone else ""),
-                         "fine-tuning": tuning, "val_acc": summary.final["val_acc"],
-                         "best_val_acc": summary.best_value, "best_epoch": summary.best_epoch,
-                         "run": str(out_dir / f"setting_{setting}")})
-        return write_table(rows, out_dir)
+TASK = SSLTask

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dlcv.data.masks import NUM_CLASSES
 from dlcv.models import create_model, model_spec
 from dlcv.viz.figures import plt, save
 
@@ -123,7 +124,7 @@ def architecture_figure(name: str, out: str | Path, input_size: int | None = Non
                         options: dict | None = None, max_blocks: int = 14) -> Path:
     spec = model_spec(name)
     input_size = input_size or spec.input_size
-    num_classes = num_classes or (7 if spec.task == "segment" else 50)
+    num_classes = num_classes or (NUM_CLASSES if spec.task == "segment" else 50)
     model = build_for_diagram(name, num_classes, options)
     blocks = trace_blocks(model, input_size, max_blocks)
     title = f"{name}: input 3x{input_size}x{input_size}, {_fmt_params(_params(model))} parameters"

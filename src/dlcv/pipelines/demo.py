@@ -10,50 +10,49 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dlcv import config as config_mod
+from dlcv import config as config_mod, task_registry
 from dlcv.contracts.backbone import export_backbone
 from dlcv.data.labels import write_csv
 from dlcv.data.synth import write_tree
 from dlcv.engine.run import read_summary
-from dlcv.engine.trainer import fit_or_reuse
 from dlcv.errors import DlcvError
 from dlcv.fileio import DirectoryLock, write_text
+from dlcv.pipelines import fit_or_reuse, transfer
 from dlcv.report.build import build_report
-from dlcv.tasks import classify, segment, ssl
 
 log = logging.getLogger("dlcv")
 
-# (task module, task class, problem folder, run name, recipe, what it shows, overrides at demo scale)
+# (task, problem folder, run name, recipe, what it shows, overrides at demo scale)
 EXPERIMENTS = [
     # model A at 96 images and lr 1e-4 predicted one class for everything; at all 400 images and lr 1e-3
     # it learns visibly in 4 epochs (measured: val acc 0.15, 0.19, 0.25, 0.27; chance 0.10; 48 s on the
     # AMX CPU in bf16, ~3 min in fp32 on an AVX2-only 2-core CPU)
-    (classify, classify.ClassifyTask, "p1_data", "p1_model_a", "p1_model_a", "report's model A: ResNet-50 from scratch, Adam (scaled: 4 epochs, 400 images, lr 1e-3)",
+    ("classify", "p1_data", "p1_model_a", "p1_model_a", "report's model A: ResNet-50 from scratch, Adam (scaled: 4 epochs, 400 images, lr 1e-3)",
      ["train.epochs=4", "optim.lr=1e-3", "snapshot.epochs=[1, 2, 4]", "train.eval_batch_size=100"]),
-    (classify, classify.ClassifyTask, "p1_data", "p1_model_b_lite0", "p1_model_b", "model B scaled: ImageNet-pretrained EfficientNet-Lite0 (offline weights), "
+    ("classify", "p1_data", "p1_model_b_lite0", "p1_model_b", "model B scaled: ImageNet-pretrained EfficientNet-Lite0 (offline weights), "
      "64 px input, the report's augmentation and step schedule, lr 1e-3 (3 epochs, 160 images)",
      ["model.name=efficientnet_lite0", "model.weights=imagenet", "model.options={dropout: 0.2}",
       "data.input_size=64", "augment.crop_padding=4", "optim.lr=1e-3", "sched.milestones=[2]",
       "train.epochs=3", "train.batch_size=16", "data.limit_train=160"]),
-    (classify, classify.ClassifyTask, "p1_data", "p1_fast", "p1_fast", "our earlier from-scratch recipe: cifar_convnet, SGD + one-cycle "
+    ("classify", "p1_data", "p1_fast", "p1_fast", "our earlier from-scratch recipe: cifar_convnet, SGD + one-cycle "
      "(8 epochs, all images, lr 0.01 for the tiny set)",
      ["model.options={widths: [32, 64, 128]}", "optim.lr=0.01", "train.epochs=8", "train.batch_size=50"]),
-    (ssl, ssl.SSLTask, "p2_data", "p2_byol", "p2_byol", "our BYOL recipe on the unlabeled mini folder "
+    ("ssl", "p2_data", "p2_byol", "p2_byol", "our BYOL recipe on the unlabeled mini folder "
      "(scaled: ResNet-18, 32 px, projector 256 -> 64, 6 epochs)", ["model.name=resnet18", "data.image_size=32",
      "byol.projector_hidden=256", "byol.projector_dim=64", "train.epochs=6", "train.batch_size=32", "optim.lr=0.05",
      "sched.warmup_epochs=1"]),
-    (classify, classify.ClassifyTask, "p2_data", "p2_supervised", "p2_supervised",
+    ("classify", "p2_data", "p2_supervised", "p2_supervised",
      "supervised backbone on the mini labels (settings B/D; scaled: ResNet-18, 32 px, 6 epochs)",
      ["model.name=resnet18", "data.image_size=32", "train.epochs=6", "train.batch_size=32", "optim.lr=0.05",
       "sched.warmup_epochs=1", "snapshot.epochs=[6]"]),
-    (segment, segment.SegmentTask, "p3_data", "p3_model_a", "p3_model_a",
+    ("segment", "p3_data", "p3_model_a", "p3_model_a",
      "report's model A: VGG16-FCN32s (no download: random init, fc6/fc7 64 wide; 3 epochs on 128 px tiles)",
      ["model.weights=null", "model.options={fc_channels: 64}", "optim.lr=1e-3", "train.epochs=3",
       "train.batch_size=4"]),
-    (segment, segment.SegmentTask, "p3_data", "p3_model_b", "p3_model_b",
+    ("segment", "p3_data", "p3_model_b", "p3_model_b",
      "report's model B: FCN-ResNet50 (no download: random init; 3 epochs on 128 px tiles)",
      ["model.weights=null", "optim.lr=1e-3", "train.epochs=3", "train.batch_size=4"]),
-    (segment, segment.SegmentTask, "p3_data", "p3_small", "p3_deeplab",
+    ("segment", "p3_data", "p3_small", "p3_deeplab",
      "our augmentation and schedule on the CPU-sized fcn_small (8 epochs)",
      ["model.name=fcn_small", "model.options={width: 32}", "data.crop_size=null", "augment.scale=[0.7, 1.0]",
       "optim.lr=3e-3", "train.epochs=8", "train.batch_size=4"]),
@@ -104,14 +103,16 @@ def _run_demo(out: Path, data: str | Path | None, device: str) -> list[dict]:
             log.info("synthetic data written to %s", data)
     data = Path(data)
     results = []
-    for task_module, task_cls, problem, run_name, recipe, what, overrides in EXPERIMENTS:
+    for task, problem, run_name, recipe, what, overrides in EXPERIMENTS:
         log.info("== %s: %s", run_name, what)
         sets = [f"data.root={data / problem}", f"device={device}", *overrides]
         if real:
             sets += REAL_DATA_SLICES.get(run_name, REAL_DATA_SLICES[problem])
-        cfg = task_module.SCHEMA.resolve(config_mod.load_yaml(recipe), sets)
-        summary = fit_or_reuse(task_cls(cfg), cfg, out / "runs" / run_name)  # a rerun goes on where it stopped
-        command = f"dlcv {config_mod.TRAIN_COMMANDS[cfg['task']]} -c configs/{recipe}.yaml {config_mod.set_flags(sets)}"
+        entry = task_registry.task(task)
+        module = entry.load()
+        cfg = module.SCHEMA.resolve(config_mod.load_yaml(recipe), sets)
+        summary = fit_or_reuse(module.TASK(cfg), cfg, out / "runs" / run_name)  # a rerun goes on where it stopped
+        command = f"dlcv {entry.command} -c configs/{recipe}.yaml {config_mod.set_flags(sets)}"
         results.append({"run": run_name, "what": what, "metric": summary.monitor,
                         "value": summary.best_value, "wall_s": summary.wall_time_s,
                         "command": command})
@@ -147,11 +148,11 @@ def _transfer_table(out: Path, p2_root: Path, device: str, slices: list[str]) ->
     sets = [f"data.root={p2_root}", f"device={device}", *TABLE_OVERRIDES, *slices]
     ssl_backbone = runs / "p2_byol" / "backbone.pt"
     log.info("== p2 settings A-E on the office set")
-    ssl.run_table(config_mod.load_yaml("p2_finetune"), sets, str(sl_backbone), str(ssl_backbone), runs / "p2_table")
+    transfer.run_table(config_mod.load_yaml("p2_finetune"), sets, str(sl_backbone), str(ssl_backbone), runs / "p2_table")
     command = (f"dlcv ssl table -c configs/p2_finetune.yaml --sl-backbone {sl_backbone} --ssl-backbone "
                f"{ssl_backbone} --out {runs / 'p2_table'} {config_mod.set_flags(sets)}")
     results = []
-    for setting, (_, pretraining, tuning) in ssl.SETTINGS.items():
+    for setting, (_, pretraining, tuning) in transfer.SETTINGS.items():
         summary = read_summary(runs / "p2_table" / f"setting_{setting}")
         results.append({"run": f"p2_setting_{setting}", "what": f"setting {setting}: {pretraining}, {tuning}",
                         "metric": "val_acc (final)", "value": summary.final["val_acc"],

@@ -1,0 +1,72 @@
+"""P2's transfer settings A-E: classification runs of one architecture from random weights, a supervised
+or a BYOL backbone, fine-tuned whole or with the backbone frozen, and the report's table of them."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from dlcv.data import labels as labels_mod
+from dlcv.errors import DlcvError
+from dlcv.fileio import DirectoryLock, write_text
+from dlcv.pipelines import fit_or_reuse
+from dlcv.tasks import classify
+
+log = logging.getLogger("dlcv")
+
+SETTINGS = {  # setting: (backbone source, pre-training, fine-tuning)
+    "A": (None, "none (random init)", "full model"),
+    "B": ("sl", "supervised", "full model"),
+    "C": ("ssl", "BYOL (ours)", "full model"),
+    "D": ("sl", "supervised", "backbone frozen, classifier only"),
+    "E": ("ssl", "BYOL (ours)", "backbone frozen, classifier only"),
+}
+
+
+def setting_overrides(setting: str, backbone: str | None) -> list[str]:
+    """The config overrides that turn the shared fine-tuning recipe into setting A-E."""
+    source, _, tuning = SETTINGS[setting]
+    if source is not None and backbone is None:
+        raise DlcvError(f"setting {setting} needs a {'supervised' if source == 'sl' else 'BYOL'} backbone file "
+                        "(--backbone PATH, or --sl-backbone / --ssl-backbone for `ssl table`)")
+    frozen = tuning.startswith("backbone frozen")
+    return [f"model.weights={json.dumps(backbone) if source else 'null'}",
+            f"model.options.freeze_backbone={str(frozen).lower()}"]
+
+
+def finetune_config(recipe: dict, overrides: list[str], setting: str, backbone: str | None) -> dict:
+    return classify.SCHEMA.resolve(recipe, [*overrides, *setting_overrides(setting, backbone)])
+
+
+def write_table(rows: list[dict[str, Any]], out_dir: Path) -> str:
+    header = ["setting", "pre-training", "fine-tuning", "val_acc", "best_val_acc", "best_epoch", "run"]
+    labels_mod.write_csv(out_dir / "table.csv", header, [[r[h] for h in header] for r in rows])
+    lines = ["| setting | pre-training | fine-tuning | val accuracy (final) | best (epoch) |", "|---|---|---|---|---|"]
+    lines += [f"| {r['setting']} | {r['pre-training']} | {r['fine-tuning']} | {r['val_acc']:.4f} | "
+              f"{r['best_val_acc']:.4f} ({r['best_epoch']}) |" for r in rows]
+    text = "\n".join(lines) + "\n"
+    write_text(out_dir / "table.md", text)
+    return text
+
+
+def run_table(recipe: dict, overrides: list[str], sl_backbone: str | None, ssl_backbone: str | None,
+              out_dir: Path, settings: str = "ABCDE") -> str:
+    """Runs the settings one after another into OUT/setting_X and writes the report's table."""
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown or not settings:
+        raise DlcvError(f"--settings {settings!r}: use letters of ABCDE "
+                        f"(unknown: {', '.join(unknown) or 'none given'})")
+    with DirectoryLock(out_dir):  # one `ssl table` per folder at a time
+        rows = []
+        for setting in settings:
+            source, pretraining, tuning = SETTINGS[setting]
+            backbone = {"sl": sl_backbone, "ssl": ssl_backbone, None: None}[source]
+            cfg = finetune_config(recipe, overrides, setting, backbone)
+            log.info("== setting %s: %s pre-training, %s", setting, pretraining, tuning)
+            summary = fit_or_reuse(classify.ClassifyTask(cfg), cfg, out_dir / f"setting_{setting}")
+            rows.append({"setting": setting, "pre-training": pretraining + (f" ({backbone})" if backbone else ""),
+                         "fine-tuning": tuning, "val_acc": summary.final["val_acc"],
+                         "best_val_acc": summary.best_value, "best_epoch": summary.best_epoch,
+                         "run": str(out_dir / f"setting_{setting}")})
+        return write_table(rows, out_dir)
