@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import assert_runs_in_a_fresh_python, seg_cfg, small_classify_cfg
+from conftest import assert_runs_in_a_fresh_python, kill_after_epoch, seg_cfg, small_classify_cfg
 from dlcv.engine import checkpoint
 from dlcv.engine.trainer import Trainer, snapshot_epochs
 from dlcv.errors import DlcvError
@@ -303,16 +303,10 @@ def test_weight_ema_is_what_is_validated_saved_and_resumed_exactly(p1_root, tmp_
     best = checkpoint.load(tmp_path / "straight" / "checkpoints" / "best.pt")
     assert "train_model" not in best and set(best["model"]) == set(last["model"])
 
-    real_save_last = Trainer._save_last
-
-    def killed_after_first_epoch(self, *args, **kwargs):
-        real_save_last(self, *args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_save_last", killed_after_first_epoch)
+    revive = kill_after_epoch(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "resumed")
-    monkeypatch.undo()
+    revive()
     train(cfg, tmp_path / "resumed", resume=True)
     resumed = checkpoint.load(tmp_path / "resumed" / "checkpoints" / "last.pt")
     for key in ("model", "train_model"):
@@ -366,16 +360,10 @@ def test_cutmix_and_mixup_train_on_mixed_images_and_soft_labels_and_resume_exact
     assert torch.allclose(soft_targets.sum(1), torch.ones(50)) and (soft_targets.amax(1) < 1).any()
 
     train(cfg, tmp_path / "straight")
-    real_save_last = Trainer._save_last
-
-    def killed_after_first_epoch(self, *args, **kwargs):
-        real_save_last(self, *args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_save_last", killed_after_first_epoch)
+    revive = kill_after_epoch(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "resumed")
-    monkeypatch.undo()
+    revive()
     train(cfg, tmp_path / "resumed", resume=True)
     a = checkpoint.load(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
     b = checkpoint.load(tmp_path / "resumed" / "checkpoints" / "last.pt")["model"]
