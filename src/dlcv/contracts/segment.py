@@ -12,7 +12,7 @@ from dlcv.data.images import read_rgb
 from dlcv.data.masks import NUM_CLASSES, SAT_SUFFIXES, UNKNOWN, mask_name, read_mask, sat_images, write_mask
 from dlcv.engine import checkpoint
 from dlcv.errors import DlcvError
-from dlcv.inference.segment import WINDOW, Segmenter
+from dlcv.inference.segment import Segmenter, goes_whole
 from dlcv.metrics import confusion_of, course_iou
 
 
@@ -32,7 +32,7 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path,
     """`xxxx_mask.png` (RGB, course palette, the input's size) for every `xxxx_sat.jpg`, written atomically.
     Tiles go through the model as its run validated them (inference.segment.Segmenter), `batch_size` at a
     time (default: the run's train.eval_batch_size; one at a time where a batch mixes tile sizes, and an
-    image with a side over inference.segment.WINDOW alone, window by window, so memory stays bounded)."""
+    image too large to go whole (inference.segment.WINDOW) alone, window by window, so memory stays bounded)."""
     files = sat_images(image_dir)
     out_dir = Path(out_dir)
     _refuse_ground_truth_folder(Path(image_dir), out_dir)
@@ -41,7 +41,7 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path,
         chunk, small = files[start:start + segmenter.batch_size], []
         for f in chunk:  # a large image is predicted and written as soon as it is read: one in memory at a time
             array = read_rgb(f).transpose(2, 0, 1)
-            if max(array.shape[1:]) > WINDOW:
+            if not goes_whole(*array.shape[1:]):
                 _write_masks(out_dir, [f], _compiled_call(segmenter.masks, torch.from_numpy(np.stack([array]))))
             else:
                 small.append((f, array))

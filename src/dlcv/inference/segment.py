@@ -60,6 +60,11 @@ WINDOW = 1024
 WINDOW_MARGIN = 128
 
 
+def goes_whole(height: int, width: int) -> bool:
+    """Whether an image of this size goes through the model whole (else window by window)."""
+    return max(height, width) <= WINDOW
+
+
 def windows(size: int, window: int = WINDOW, margin: int = WINDOW_MARGIN) -> list[tuple[int, int, int, int]]:
     """Along one side of `size` pixels: (start, end) of each window and (keep_start, keep_end), the part of
     it whose prediction is kept. The kept parts partition 0..size and each lies at least `margin` inside its
@@ -112,7 +117,7 @@ class Segmenter:
         """N x H x W uint8 class indices of uint8 tiles N x 3 x H x W (one size); a tile with a side over
         WINDOW goes through window by window (see WINDOW), one at a time."""
         height, width = tiles.shape[-2:]
-        if max(height, width) <= WINDOW:
+        if goes_whole(height, width):
             return self.logits(tiles).argmax(1).to(torch.uint8).cpu()
         out = torch.empty((len(tiles), height, width), dtype=torch.uint8)
         for n in range(len(tiles)):
