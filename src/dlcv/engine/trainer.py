@@ -253,7 +253,7 @@ class Trainer:
         """(mean training loss, images per second, start time) over every process."""
         self.train_model.train()
         tic = time.time()
-        loss_sum, seen = self._train_epoch(epoch)
+        loss_sum, seen = self._run_epoch_steps(epoch)
         train_seconds = time.time() - tic
         totals = distributed.all_reduce_sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64,
                                                          device=self.device))
@@ -333,7 +333,7 @@ class Trainer:
                             "optim.lr or optim.weight_decay")
         return metrics
 
-    def _train_epoch(self, epoch: int) -> tuple[float, int]:
+    def _run_epoch_steps(self, epoch: int) -> tuple[float, int]:
         """This process's (loss sum, images) of one epoch's steps; progress.step counts them."""
         t, env, step = self.cfg["train"], self.env, self.progress.step
         gen = batches.epoch_generator(t["seed"], epoch, self.device)
