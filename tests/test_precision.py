@@ -5,6 +5,7 @@ import csv
 import math
 
 import pytest
+import torch
 
 from conftest import TINY_SSL, seg_cfg, small_classify_cfg, ssl_cfg
 from dlcv.contracts import classify as classify_contracts, segment as segment_contracts
@@ -97,3 +98,38 @@ def test_ssl_every_path_under(precision, synth_root, runs, tmp_path):
     assert is_count_over(summary.final["knn_acc"], n_val)
     assert summary.final["embed_std"] > 0.01  # not collapsed
     assert export_backbone(out / "checkpoints/last.pt", tmp_path / "b.pt") == TINY_SSL["model.name"]
+
+
+class NanGradientUnderBf16(torch.autograd.Function):
+    """Adds nothing to the loss; its gradient is nan when its forward ran under CPU bf16 autocast (as
+    oneDNN's faulty bf16 kernels gave: docs/performance.md) and zero otherwise."""
+
+    @staticmethod
+    def forward(ctx, weight):
+        ctx.poisoned, ctx.shape = torch.is_autocast_enabled("cpu"), weight.shape
+        return weight.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full(ctx.shape, math.nan) if ctx.poisoned else None
+
+
+def test_a_bf16_step_with_nonfinite_gradients_is_done_again_in_fp32(p1_root, tmp_path, monkeypatch, caplog):
+    """Every bf16 step's gradients nan: each step is redone in fp32 from the same state (CutMix draws, dropout,
+    BatchNorm statistics), so the weights are exactly an fp32 run's."""
+    plain_loss = classify.ClassifyTask.loss
+    monkeypatch.setattr(classify.ClassifyTask, "loss", lambda self, model, batch: plain_loss(self, model, batch)
+                        + NanGradientUnderBf16.apply(next(model.parameters())))
+    sets = {"train.max_steps": 3, "train.epochs": 1, "data.limit_train": 150,
+            "model.options": "{widths: [8, 16, 16]}", "mix.cutmix_alpha": 1.0, "train.channels_last": True}
+    weights = {}
+    for precision in ("fp32", "bf16"):
+        cfg = small_classify_cfg(p1_root, **sets, **{"train.precision": precision})
+        task = classify.ClassifyTask(cfg)
+        monkeypatch.setattr(task, "finish", lambda ctx, rows: None)
+        trainer = Trainer(task, cfg, tmp_path / precision)
+        trainer.fit()
+        weights[precision] = trainer.module.state_dict()
+    assert trainer.guard.redone == 3
+    assert all(torch.equal(weights["fp32"][k], weights["bf16"][k]) for k in weights["fp32"])
+    assert "step 1: bf16 gave inf/nan gradients" in caplog.text and "3 of its 3 steps" in caplog.text

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from dlcv.engine import batches, checkpoint, distributed, identity
 from dlcv.engine.budget import plan_epochs
+from dlcv.engine.guard import Bf16Guard, guards_gradients
 from dlcv.engine.optim import build_optimizer, build_scheduler, keep_config_hyperparameters, trainable_parameters
 from dlcv.engine.precision import PRECISIONS, autocast, resolve_channels_last, resolve_precision
 from dlcv.engine.run import RunDir, Summary, environment
@@ -183,6 +184,7 @@ class Trainer:
             self.module = self._sync_batchnorm(self.module)
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
+        self.guard = Bf16Guard(self.module) if guards_gradients(self.device, self.precision) else None
         # torch's own EMA (AveragedModel), BatchNorm statistics averaged too; it follows every optimizer step
         self.ema = None if t["ema_decay"] is None else AveragedModel(
             self.module, multi_avg_fn=get_ema_multi_avg_fn(t["ema_decay"]), use_buffers=True)
@@ -336,6 +338,7 @@ class Trainer:
     def _run_epoch_steps(self, epoch: int) -> tuple[float, int]:
         """This process's (loss sum, images) of one epoch's steps; progress.step counts them."""
         t, env, step = self.cfg["train"], self.env, self.progress.step
+        first_step = step
         gen = batches.epoch_generator(t["seed"], epoch, self.device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         seen, tic = 0, time.time()
@@ -347,6 +350,7 @@ class Trainer:
         bar = tqdm(total=total, desc=f"epoch {epoch}", disable=not env.is_main or plain, leave=False,
                    dynamic_ncols=True)
         next_line = tic + PLAIN_PROGRESS_S
+        redone_before = 0 if self.guard is None else self.guard.redone
         batch_iter: Iterator = batches.train_batches(self.task.num_train(), t["batch_size"], t["seed"], epoch,
                                                      env.rank, env.world_size)
         for i, (indices, offset) in enumerate(batch_iter):
@@ -369,14 +373,26 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen * env.world_size / (time.time() - tic):.1f}")
         bar.close()
         self._check_finite(loss_sum, epoch, step)
+        if self.guard is not None and self.guard.redone > redone_before:
+            log.warning("epoch %d: %d of its %d steps were done again in fp32 (bf16 gave inf/nan gradients)", epoch,
+                        self.guard.redone - redone_before, step - first_step)
         return loss_sum.item(), seen
 
     def _step(self, model, batch, step: int) -> torch.Tensor:
         """One optimizer step on `batch` (the `step`-th of the run); returns the loss."""
         optimizer, scaler = self.optimizer, self.scaler
+        if self.guard is not None:
+            self.guard.mark()
         with self.autocast():
             loss = self.task.loss(model, batch)
         scaler.scale(loss).backward()
+        if self.guard is not None and torch.isfinite(loss):
+            parameter = self.guard.first_nonfinite()
+            if parameter is not None:  # engine/guard.py: the step again, in fp32
+                optimizer.zero_grad(set_to_none=True)
+                self.guard.rewind(step, parameter)
+                loss = self.task.loss(model, batch)
+                loss.backward()
         if self.cfg["train"]["grad_clip"]:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg["train"]["grad_clip"])
