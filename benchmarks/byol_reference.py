@@ -52,7 +52,7 @@ def resolve(data: str, sets: list[str]) -> dict:
     from dlcv import config
     from dlcv.tasks import fill_model_defaults, ssl
     recipe = config.load_yaml(config.find_recipe("p2_byol"))
-    return fill_model_defaults(ssl.SCHEMA.resolve(recipe, [config.set_item("data.root", str(data)), *CPU_BUDGET, *sets]))
+    return fill_model_defaults(ssl.SCHEMA.resolve(config.with_root(recipe, data), [*CPU_BUDGET, *sets]))
 
 
 def run_ours(data: str, sets: list[str], seed: int, out: Path) -> list[dict]:

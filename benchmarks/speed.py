@@ -226,8 +226,9 @@ def worker(spec: dict) -> dict:
     return result
 
 
-def spawn(spec: dict) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+def spawn(spec: dict, script: str = __file__) -> dict:
+    """`script --worker SPEC` in a process of its own; its RESULT line, parsed."""
+    cmd = [sys.executable, str(Path(script).resolve()), "--worker", json.dumps(spec)]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # progress goes to our stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:

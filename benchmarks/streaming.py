@@ -83,16 +83,6 @@ def worker(spec: dict) -> dict:
     return result
 
 
-def spawn(spec: dict) -> dict:
-    import subprocess
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # progress goes to our stderr
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        return {"error": f"exit code {proc.returncode}", "output_tail": proc.stdout[-2000:]}
-    return json.loads(lines[-1][len("RESULT "):])
-
-
 def write_big_set(folder: Path, images: int, size: int, classes: int = 10, seed: int = 0) -> Path:
     """ROOT/train/<class>/*.jpg (+ a small val/): smooth random colour fields, a hue per class. Written once:
     an existing complete set of the same shape is reused."""
@@ -154,7 +144,7 @@ def main(argv=None) -> int:
                 budget = int(args.budget_gb * 2 ** 30)
                 spec = {**base, "root": str(root), "max_steps": None, "in_memory": "auto", "budget_bytes": budget,
                         "sets": {"data.image_size": args.big_size}, "run_dir": f"{scratch}/big_run"}
-                result = spawn(spec)
+                result = speed.spawn(spec, __file__)
                 decoded_gb = args.big_images * 3 * args.big_size ** 2 / 2 ** 30
                 speed.emit({"case": case, "variant": "auto", "images": args.big_images, "size": args.big_size,
                             "decoded_gb": round(decoded_gb, 2), "budget_gb": args.budget_gb, "batch": b, "warmup": w,
@@ -165,9 +155,9 @@ def main(argv=None) -> int:
             for variant, in_memory in VARIANTS.items():
                 print(f"[streaming] {case} {variant}: batch {b}, {w} warm-up + {s} timed steps", file=sys.stderr,
                       flush=True)
-                results[variant] = spawn({**base, "root": str(Path(args.data) / folder), "max_steps": w + s,
+                results[variant] = speed.spawn({**base, "root": str(Path(args.data) / folder), "max_steps": w + s,
                                           "in_memory": in_memory, "budget_bytes": None,
-                                          "run_dir": f"{scratch}/{case}_{variant}"})
+                                          "run_dir": f"{scratch}/{case}_{variant}"}, __file__)
                 speed.emit({"case": case, "variant": variant, "steps": s, **base, **results[variant]}, out)
             rates = {v: r.get("images_per_s") for v, r in results.items()}
             summary = {"images_per_s": rates}

@@ -240,9 +240,9 @@ def test_byol_reference_supervised_ceiling_learns_the_bank_labels(synth_root, tm
 def test_streaming_benchmark_prints_a_json_line_per_run_and_streams_what_exceeds_its_budget(synth_root, tmp_path):
     import streaming
     out = tmp_path / "streaming.jsonl"
-    assert streaming.main(["--data", str(synth_root), "--cases", "p1", "big", "--batch", "p1=8", "big=8", "--steps", "2",
-                           "--warmup", "1", "--workers", "1", "--big-images", "48", "--big-size", "32", "--big-dir",
-                           str(tmp_path / "big"), "--budget-gb", "0.0001", "--out", str(out)]) == 0
+    assert streaming.main(["--data", str(synth_root), "--cases", "p1", "big", "--batch", "p1=8", "big=8",
+                           "--steps", "2", "--warmup", "1", "--workers", "1", "--big-images", "48", "--big-size", "32",
+                           "--big-dir", str(tmp_path / "big"), "--budget-gb", "0.0001", "--out", str(out)]) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert lines[0]["environment"]["device"]
     runs = {(line["case"], line["variant"]): line for line in lines if "variant" in line}

@@ -184,14 +184,14 @@ def test_byol_reads_a_nested_folder_and_monitors_on_an_image_folder(tmp_path):
         folder.mkdir(parents=True, exist_ok=True)
         image(COLOURS[i % 3], rng, 32).save(folder / f"{i}.jpg")
     image_folder_tree(root / "labelled", per_class=(4, 2))
-    sets = [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TINY_SSL.items()]
     from dlcv import config
+    sets = [a for k, v in TINY_SSL.items() for a in ("--set", config.set_item(k, v))]
     recipe = config.load_yaml("p2_byol")
     recipe["data"] = {"root": str(root), "unlabeled_dir": "unlabeled"}
     recipe["knn"] = {"train_dir": "labelled/train", "train_csv": None, "val_dir": "labelled/val", "val_csv": None}
     run = tmp_path / "run"
-    assert main(["ssl", "pretrain", "-c", write_recipe(tmp_path / "r.yaml", recipe), *sum((["--set", s] for s in sets), []),
-                 "--set", "train.epochs=1", "--out", str(run)]) == 0
+    assert main(["ssl", "pretrain", "-c", write_recipe(tmp_path / "r.yaml", recipe), *sets, "--set", "train.epochs=1",
+                 "--out", str(run)]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["inputs"] == {**summary["inputs"], "train_samples": 40, "layout": "folder", "problem": "p2"}
     assert 0 <= summary["final"]["knn_acc"] <= 1 and (run / "backbone.pt").is_file()

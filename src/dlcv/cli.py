@@ -33,13 +33,15 @@ def _checkpoint_inputs(ckpt: str) -> list:
 
 def _training_inputs(cfg: dict, config_path: str | None) -> list:
     """The files and folders a training run reads: its recipe, data.root and the data folders and CSVs of
-    its config (relative to data.root), and a model.weights file."""
+    its config (relative to data.root; `auto`: every folder the search may pick), and a model.weights file."""
+    from dlcv.data import layouts
     root = cfg["data"]["root"]
     inputs = [config_path and config_mod.find_recipe(config_path), root, cfg["model"]["weights"]]
     for section in ("data", "knn"):
         for key, value in cfg.get(section, {}).items():
             if key.endswith(("_dir", "_csv")) and key != "cache_dir" and isinstance(value, str) and root:
-                inputs.append(Path(root) / value)
+                names = (*layouts.TRAIN_NAMES, *layouts.VAL_NAMES) if value == layouts.AUTO else (value,)
+                inputs += [Path(root) / name for name in names]
     return inputs
 
 
@@ -388,7 +390,8 @@ def _demo(args) -> int:
 
 # (group, command): what runs it; the tasks' training commands come from the task registry
 COMMANDS = {
-    ("data", "synth"): _data_synth, ("data", "check"): _data_check, ("models", None): _models, ("eval", "acc"): _eval_acc,
+    ("data", "synth"): _data_synth, ("data", "check"): _data_check, ("models", None): _models,
+    ("eval", "acc"): _eval_acc,
     ("classify", "predict"): _classify_predict, ("classify", "embed"): _classify_embed,
     ("ssl", "finetune"): _ssl_finetune, ("ssl", "export"): _ssl_export, ("ssl", "table"): _ssl_table,
     ("ssl", "predict"): _ssl_predict, ("segment", "miou"): _segment_miou, ("segment", "predict"): _segment_predict,

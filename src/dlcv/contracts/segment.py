@@ -12,7 +12,8 @@ import torch
 
 from dlcv.data.images import list_images, read_rgb
 from dlcv.data.masks import (COURSE, NUM_CLASSES, SAT_SUFFIXES, UNKNOWN, MaskClasses, check_prediction_files,
-                             classes_of_prediction, mask_name, sat_images, write_mask)
+                             check_prediction_targets, classes_of_prediction, course_tiles, mask_name, sat_images,
+                             write_mask)
 from dlcv.engine import checkpoint
 from dlcv.errors import DlcvError
 from dlcv.inference.segment import Segmenter, goes_whole
@@ -62,13 +63,15 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path,
     (inference.segment.Segmenter), `batch_size` at a time (default: the run's train.eval_batch_size; one at a
     time where a batch mixes tile sizes, and an image too large to go whole (inference.segment.WINDOW) alone,
     window by window, so memory stays bounded)."""
+    out_dir = Path(out_dir)
+    check_prediction_targets(out_dir, course_tiles(image_dir), "OUT_DIR")  # course masks: before reading the model
     state = read_checkpoint(ckpt, tta)
     table = mask_classes(state, str(ckpt))
     work = inputs_and_outputs(table, Path(image_dir))
-    out_dir = Path(out_dir)
-    check_prediction_files(out_dir, [name for _, name in work], "OUT_DIR")
     if table.course:
         _refuse_ground_truth_folder(Path(image_dir), out_dir)
+    else:
+        check_prediction_files(out_dir, [name for _, name in work], "OUT_DIR")
     segmenter = Segmenter.from_checkpoint(state, device, precision, batch_size, str(ckpt), compile_model)
     for start in range(0, len(work), segmenter.batch_size):
         chunk, small = work[start:start + segmenter.batch_size], []

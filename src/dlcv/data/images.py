@@ -109,6 +109,17 @@ def open_image(path: str | Path, what: str = "image") -> Iterator[Image.Image]:
         raise DlcvError(f"cannot read {what} {path}: {exc} (corrupt or truncated file?)") from None
 
 
+@contextlib.contextmanager
+def open_image_header(path: str | Path) -> Iterator[Image.Image]:
+    """An image opened for its size and mode only (no pixel decoded), a read error as one line."""
+    try:
+        im = Image.open(path)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DlcvError(f"cannot read image {path}: {exc}") from None
+    with im:
+        yield im
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """HxWx3 uint8 RGB. Grayscale, palette, RGBA and 16-bit images are converted; unreadable files
     (corrupt, truncated, not an image, too large) raise DlcvError naming the file."""
@@ -123,7 +134,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def _resize(img: np.ndarray, size: int | None, resample=Image.BILINEAR) -> np.ndarray:
+def resized(img: np.ndarray, size: int | None, resample=Image.BILINEAR) -> np.ndarray:
+    """An H x W (x C) uint8 array at size x size (PIL's bilinear, or `resample`); size None: as it is."""
     if size is None or img.shape[0] == size and img.shape[1] == size:
         return img
     return np.asarray(Image.fromarray(img).resize((size, size), resample))
@@ -132,7 +144,7 @@ def _resize(img: np.ndarray, size: int | None, resample=Image.BILINEAR) -> np.nd
 def decode_image(path: Path, size: int | None) -> np.ndarray:
     """3 x size x size uint8 (size None: the image's own): the one decoding of an image for a model, the
     same bytes whether a split is held in memory or streamed from disk by DataLoader workers."""
-    return _resize(read_rgb(path), size).transpose(2, 0, 1)
+    return resized(read_rgb(path), size).transpose(2, 0, 1)
 
 
 def cache_key(files: Sequence[Path], tag: str) -> str:

@@ -15,21 +15,19 @@ Split folders left at `auto` are found by name (TRAIN_NAMES, VAL_NAMES); with no
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.datasets.folder import find_classes, make_dataset
 
 from dlcv.data import labels as labels_mod
-from dlcv.data.images import cached, folder_entries, images_under, is_image, list_images
+from dlcv.data.images import cached, folder_entries, images_under, is_image, list_images, open_image_header
 from dlcv.data.masks import COURSE, IGNORE, INDEX_MODES, RGB_MODES, MaskClasses, check_class_count, pair_folder
 from dlcv.errors import DlcvError
 
@@ -409,17 +407,6 @@ def check_pairs(split: Split, table: MaskClasses, image_size: int | None) -> Non
         raise DlcvError(f"images of different sizes ({a} is {size_a[0]}x{size_a[1]}, {b} is {size_b[0]}x{size_b[1]}): "
                         "set data.image_size=N to resize every image and mask to N x N")
     mask_histograms(split, table)  # reads every mask: a value or colour of no class is refused, naming it
-
-
-@contextlib.contextmanager
-def open_image_header(path: Path) -> Iterator[Image.Image]:
-    """An image opened for its size and mode only (no pixel decoded), a read error as one line."""
-    try:
-        im = Image.open(path)
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DlcvError(f"cannot read image {path}: {exc}") from None
-    with im:
-        yield im
 
 
 # -- self-supervised -----------------------------------------------------------------------------------------

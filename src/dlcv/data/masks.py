@@ -99,8 +99,9 @@ class MaskClasses:
         ignored = values == self.ignore_value if self.ignore_value is not None else np.zeros(values.shape, bool)
         outside = (values >= len(self.names)) & ~ignored
         if outside.any():
+            none = "" if self.ignore_value is None else f", {self.ignore_value} is no class"
             raise DlcvError(f"mask {path}: value {int(values[outside][0])} is not a class (the classes are 0.."
-                            f"{len(self.names) - 1}{f', {self.ignore_value} is no class' if self.ignore_value is not None else ''})")
+                            f"{len(self.names) - 1}{none})")
         out = values.copy()
         out[ignored] = IGNORE
         return out, int(ignored.sum())
@@ -318,9 +319,14 @@ def warn_if_pairs_differ(gt_dir: str | Path, pred_dir: str | Path) -> None:
                     "names, first %s with %s (a renamed or missing file?)", len(differ), *differ[0])
 
 
+def course_tiles(folder: str | Path) -> list[Path]:
+    """The `xxxx_sat.jpg` files of a folder (`.JPG`, `.jpeg` too), sorted by name; maybe none."""
+    return sorted(_by_id(folder_entries(folder), SAT_SUFFIXES).values())
+
+
 def sat_images(folder: str | Path) -> list[Path]:
-    """The `xxxx_sat.jpg` files of a folder (for prediction; `.JPG`, `.jpeg` too), sorted by name."""
-    files = sorted(_by_id(folder_entries(folder), SAT_SUFFIXES).values())
+    """The `xxxx_sat.jpg` files of a folder (for prediction), sorted by name; none is an error."""
+    files = course_tiles(folder)
     if not files:
         raise DlcvError(f"no xxxx_sat.jpg images in {folder}")
     return files

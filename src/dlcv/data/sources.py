@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dlcv.data.images import _resize, cached, check_fits_in_memory, decode_image, fits_in_memory, load_images, read_rgb
+from dlcv.data.images import (cached, check_fits_in_memory, decode_image, fits_in_memory, load_images, open_image_header,
+                              read_rgb, resized)
 from dlcv.data.masks import MaskClasses
 from dlcv.errors import DlcvError
 
@@ -70,12 +71,11 @@ class Tiles:
         if mask.shape != img.shape[:2]:
             raise DlcvError(f"{self.masks[i]}: mask is {mask.shape[1]}x{mask.shape[0]}, "
                             f"its image {self.files[i].name} is {img.shape[1]}x{img.shape[0]}")
-        return _resize(img, self.size).transpose(2, 0, 1), _resize(mask, self.size, Image.NEAREST), ignored
+        return resized(img, self.size).transpose(2, 0, 1), resized(mask, self.size, Image.NEAREST), ignored
 
     def nbytes(self) -> int:
         if self.size is not None:
             return len(self) * 4 * self.size ** 2
-        from dlcv.data.layouts import open_image_header
         with open_image_header(self.files[0]) as im:
             return len(self) * 4 * im.width * im.height
 
@@ -133,8 +133,8 @@ class Source:
             nbytes = decoder.nbytes()
             in_memory = fits_in_memory(nbytes) and _fits_device(nbytes, device)
             if not in_memory:
-                log.info("%s: %d items, %.1f GiB decoded, do not fit in memory; streaming them from disk (%d DataLoader "
-                         "workers)", what, len(decoder), nbytes / 2 ** 30, self.workers)
+                log.info("%s: %d items, %.1f GiB decoded, do not fit in memory; streaming them from disk (%d "
+                         "DataLoader workers)", what, len(decoder), nbytes / 2 ** 30, self.workers)
         self.in_memory = bool(in_memory)
         self.tensors = tuple(t.to(device) for t in decoder.in_memory(cache_dir)) if self.in_memory else None
         self._planned: Iterator | None = None
@@ -161,14 +161,18 @@ class Source:
                             pin_memory=self.device.type == "cuda",
                             generator=torch.Generator())  # its seed draw must not move the global generator
         self._planned = zip([b.cpu() for b in index_batches], iter(loader))
+        self._left = len(index_batches)
 
     def batch(self, indices: torch.Tensor):
         """The items at `indices`: the next planned batch where they are its indices, else decoded now."""
         planned = next(self._planned, None) if self._planned is not None else None
-        if planned is not None and torch.equal(planned[0], indices.cpu()):
-            return self._to_device(planned[1])
-        self._planned = None  # asked for something else: the plan no longer holds
-        return self[indices]
+        if planned is None or not torch.equal(planned[0], indices.cpu()):
+            self._planned = None  # asked for something else: the plan no longer holds
+            return self[indices]
+        self._left -= 1
+        if not self._left:
+            self._planned = None  # the plan is done: its workers end now, not when the next one starts
+        return self._to_device(planned[1])
 
     def iterate(self, index_batches: Sequence[torch.Tensor]) -> Iterator[tuple[torch.Tensor, object]]:
         """(indices, items) for each of `index_batches`, in order (validation, snapshots)."""

@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from dlcv import config as config_mod
 from dlcv.data import augment, layouts
-from dlcv.data.layouts import open_image_header
+from dlcv.data.images import open_image_header
 from dlcv.data.masks import IGNORE, UNKNOWN
 from dlcv.data.preprocess import Preprocess
 from dlcv.data.sources import Tiles
@@ -161,10 +161,12 @@ class SegmentTask(ModelTask):
                 log.info("%s: %d pixels of no class, left out of the loss and the score", folder, ignored)
         if self.train_x.in_memory:
             masks = self.train_x.tensors[1]
-            unlabelled = [ident for ident, none in zip(self.data.train.ids, (masks == IGNORE).flatten(1).all(1)) if none]
+            empty = (masks == IGNORE).flatten(1).all(1)
+            unlabelled = [ident for ident, none in zip(self.data.train.ids, empty) if none]
             if unlabelled:
-                log.warning("%s: %d training tile(s) without a pixel of any class, e.g. %s: nothing of them is "
-                            "learned", self.data.train.folder, len(unlabelled), unlabelled[0])
+                what = "pure red everywhere" if self.table.course else "without a pixel of any class"
+                log.warning("%s: %d training tile(s) %s, e.g. %s: no pixel of them is learned from",
+                            self.data.train.folder, len(unlabelled), what, unlabelled[0])
 
     def build_model(self, ctx: Context) -> nn.Module:
         m = self.cfg["model"]
@@ -249,8 +251,9 @@ class SegmentTask(ModelTask):
         snaps = [checkpoint.load_snapshot(p, self.name) for p in sorted(ctx.run.snapshots.glob("masks_epoch_*.pt"))]
         if snaps:
             images, truths = self.val_x[torch.tensor(self._snapshot_indices())]
-            figures.mask_grid(images.cpu().numpy(), truths.cpu().numpy(), {s["epoch"]: s["masks"].numpy() for s in snaps},
-                              snaps[0]["ids"], fig_dir / "mask_grid.png", self.table.to_rgb)
+            figures.mask_grid(images.cpu().numpy(), truths.cpu().numpy(),
+                              {s["epoch"]: s["masks"].numpy() for s in snaps}, snaps[0]["ids"],
+                              fig_dir / "mask_grid.png", self.table.to_rgb)
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"classes": list(self.table.names), "masks": self.table.record(),

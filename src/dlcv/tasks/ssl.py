@@ -79,7 +79,8 @@ class SSLTask(ModelTask):
         self.views = ViewSpec.from_config(self.cfg["views"])
         if self.use_knn:
             kn, root = self.cfg["knn"], layouts.data_root(d)
-            splits = {split: layouts.labelled(root, kn[f"{split}_dir"], kn[f"{split}_csv"], f"knn.{split}_dir") for split in ("train", "val")}
+            splits = {split: layouts.labelled(root, kn[f"{split}_dir"], kn[f"{split}_csv"], f"knn.{split}_dir")
+                      for split in ("train", "val")}
             self.knn_classes = splits["train"].classes()
             self.knn_train, self.knn_val = (
                 (source_of(d, Images(split.files, d["image_size"]), device, f"k-NN {name} set"),
