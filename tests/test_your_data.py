@@ -50,7 +50,7 @@ def classify_recipe(root: Path, **data) -> dict:
                       "channels_last": False}}
 
 
-def test_an_image_folder_tree_trains_predicts_and_scores_with_its_class_names(tmp_path, capsys):
+def test_an_image_folder_tree_trains_predicts_and_scores_with_its_class_names(tmp_path, capsys, monkeypatch):
     root = image_folder_tree(tmp_path / "my data")
     assert main(["data", "check", str(root)]) == 0
     check = capsys.readouterr().out.splitlines()
@@ -76,6 +76,14 @@ def test_an_image_folder_tree_trains_predicts_and_scores_with_its_class_names(tm
     assert rows[0] == "filename,label" and len(rows) == 13
     assert rows[7] == f"{CLASSES[1]}/nested/001 x.png,{rows[7].rsplit(',', 1)[1]}"  # sub-folders kept, by path
     assert {r.rsplit(",", 1)[1] for r in rows[1:]} <= set(CLASSES)
+    from dlcv.viz import figures
+    drawn = []
+    monkeypatch.setattr(figures, "scatter_by_class", lambda *args: drawn.append(args))
+    assert main(["classify", "embed", "--ckpt", str(run / "checkpoints" / "best.pt"), str(root / "val"),
+                 "--out", str(tmp_path / "pca.png")]) == 0
+    (points, colours, title, _, classes), = drawn
+    assert "coloured by true class" in title and classes == list(CLASSES)  # the folders' labels, by name
+    assert list(colours) == [0] * 4 + [1] * 4 + [2] * 4 and len(points) == 12
     capsys.readouterr()
     assert main(["eval", "acc", str(root / "val"), str(pred)]) == 0  # the folder is the ground truth
     accuracy = float(capsys.readouterr().out.split()[1])
