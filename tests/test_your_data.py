@@ -343,6 +343,5 @@ def test_the_demo_merges_its_data_root_into_the_config(synth_root, tmp_path, mon
     monkeypatch.setattr(demo, "fit_or_reuse", fit)
     data = tmp_path / HOSTILE
     shutil.copytree(synth_root, data)
-    with pytest.raises(KeyboardInterrupt):
-        demo.run_demo(tmp_path / "out", data, "cpu")
+    assert main(["demo", "--out", str(tmp_path / "out"), "--data", str(data), "--device", "cpu"]) == 130
     assert seen == [str(data / "p1_data")]
