@@ -263,6 +263,9 @@ def _data_check(args) -> int:
     data = {"root": str(root), **({} if args.layout == "auto" else {"layout": args.layout})}
     cfg = task_registry.task(task).load().SCHEMA.resolve({"data": data})
     print("\n".join(layouts.describe(task, cfg["data"])))
+    if args.task == "auto" and task == "ssl":
+        print(f"(no training folder in {root}: read as unlabeled images; for a labelled dataset give the folder "
+              "that holds its train/ folder)")
     return 0
 
 

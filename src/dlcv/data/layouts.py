@@ -459,19 +459,16 @@ def describe(task: str, d: dict) -> list[str]:
             counts = Counter(split.targets)
             lines += [f"  {c}: {counts[i]}" for i, c in enumerate(data.classes)]
     if task == "segment":
-        lines.append("classes (pixels of train / val):")
-        shares = [_shares(mask_histograms(s, data.mask_classes)) for s in (data.train, data.val)]
+        lines.append("classes (share of the pixels of train / val):")
+        pixels = [mask_histograms(s, data.mask_classes).sum(0) for s in (data.train, data.val)]
+        shares = [p / max(p.sum(), 1) for p in pixels]
         for c, name in enumerate(data.classes):
             lines.append(f"  {c} {name}: {shares[0][c]:.2%} / {shares[1][c]:.2%}")
-        if shares[0][IGNORE] or shares[1][IGNORE]:
-            lines.append(f"  (no class, ignored): {shares[0][IGNORE]:.2%} / {shares[1][IGNORE]:.2%}")
+        if pixels[0][IGNORE] or pixels[1][IGNORE]:
+            what = "pure red: ignored in training, scored as unknown" if data.mask_classes.course else "ignored"
+            lines.append(f"  no class ({what}): {pixels[0][IGNORE]:,} / {pixels[1][IGNORE]:,} pixels")
     lines.append(_sizes_line(data.train.files + data.val.files))
     return lines + _skipped_lines(data.skipped)
-
-
-def _shares(histograms: np.ndarray) -> np.ndarray:
-    total = histograms.sum()
-    return histograms.sum(0) / max(total, 1)
 
 
 def _sizes_line(files: list[Path], shown: int = 5) -> str:
