@@ -28,7 +28,8 @@ from torchvision.datasets.folder import find_classes, make_dataset
 
 from dlcv.data import labels as labels_mod
 from dlcv.data.images import cached, folder_entries, images_under, is_image, list_images, open_image_header
-from dlcv.data.masks import COURSE, IGNORE, INDEX_MODES, RGB_MODES, MaskClasses, check_class_count, pair_folder
+from dlcv.data.masks import (COURSE, IGNORE, INDEX_MODES, RGB_MODES, MaskClasses, check_class_count, course_tiles,
+                             pair_folder)
 from dlcv.errors import DlcvError
 
 log = logging.getLogger("dlcv")
@@ -311,8 +312,7 @@ def segmentation(d: dict, seed: int, keep_ids: tuple[str, ...] = ()) -> Dataset:
 
 
 def _segment_layout(folder: Path) -> str:
-    entries = folder_entries(folder)
-    if any(p.name.lower().endswith(("_sat.jpg", "_sat.jpeg")) for p in entries):
+    if course_tiles(folder):
         return "course"
     if (folder / "images").is_dir() and (folder / "masks").is_dir():
         return "pairs"
