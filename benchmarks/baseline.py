@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,10 +14,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from dlcv.data import labels as labels_mod
-from dlcv.data.images import list_images
-from dlcv.data.masks import IGNORE, pair_folder, read_mask
-from dlcv.engine import batches
+from dlcv.data import layouts
+from dlcv.data.masks import IGNORE, read_mask
 from dlcv.engine.optim import build_optimizer, trainable_parameters
 from dlcv.models import create_model
 from dlcv.models.byol import BYOL, target_momentum
@@ -68,14 +65,6 @@ def tile(transform, flip: bool, rotate90: bool, item):
     return transform(image.copy()), torch.from_numpy(mask.astype(np.int64))
 
 
-def labelled_files(folder: Path, classes: list[str] | None = None):
-    """(files, class indices, classes) of a `{label}_{id}.png` folder; classes from the folder if not given."""
-    files = list_images(folder)
-    names = labels_mod.folder_labels(files)
-    classes = classes or labels_mod.sorted_classes(names)
-    return files, labels_mod.encode(names, classes, str(folder)), classes
-
-
 def byol_view(cfg, view: int):
     """The BYOL paper's view pipeline with v1 transforms, at the dlcv run's view size and probabilities."""
     v, size = cfg["views"], cfg["data"]["input_size"] or cfg["data"]["image_size"]
@@ -102,16 +91,14 @@ def model_for(case: str, cfg: dict, num_classes: int) -> torch.nn.Module:
 def build(case: str, cfg: dict, device: torch.device):
     """(model, dataset, loss(model, batch), after_step(step)) for one benchmark case."""
     d, seed = cfg["data"], cfg["train"]["seed"]
-    root = Path(d["root"])
     torch.manual_seed(seed)
-    if case == "p1":
-        files, targets, classes = labelled_files(root / d["train_dir"])
-        dataset = PerItem(list(zip(files, targets)), partial(labelled_image, _to_input(cfg)))
-        model = model_for(case, cfg, len(classes)).to(device)
+    if case == "p1":  # the files dlcv reads (data/layouts.py), each decoded per step
+        data = layouts.classification(d, seed)
+        dataset = PerItem(list(zip(data.train.files, data.train.targets)), partial(labelled_image, _to_input(cfg)))
+        model = model_for(case, cfg, len(data.classes)).to(device)
         return model, dataset, lambda net, b: F.cross_entropy(net(b[0]), b[1]), None
     if case == "byol":
-        files = list_images(root / d["unlabeled_dir"])
-        files = [files[i] for i in batches.seeded_subset(len(files), d["limit_train"], seed)]
+        files, _ = layouts.unlabeled(d, seed)
         dataset = PerItem(files, partial(two_views, byol_view(cfg, 0), byol_view(cfg, 1)))
         model, b = model_for(case, cfg, 1000).to(device), cfg["byol"]
 
@@ -120,8 +107,8 @@ def build(case: str, cfg: dict, device: torch.device):
                                                 b["final_momentum"]))
         return model, dataset, lambda net, views: net(*views), after_step
     if case == "seg":
-        pairs = pair_folder(root / d["train_dir"])
-        pairs = [pairs[i] for i in batches.seeded_subset(len(pairs), d["limit_train"], seed)]
+        train = layouts.segmentation(d, seed).train
+        pairs = list(zip(train.ids, train.files, train.masks))
         a = cfg["augment"]
         dataset = PerItem(pairs, partial(tile, _to_input(cfg), a["flip"], a["rotate90"]))
         model = model_for(case, cfg, 7).to(device)
@@ -167,11 +154,8 @@ def train(case: str, cfg: dict, device: torch.device, workers: int, sync) -> dic
 @torch.no_grad()
 def p1_val_accuracy(model, cfg: dict, device: torch.device) -> float:
     """Accuracy on the same seeded val subset the dlcv run scores (data.limit_val, train.seed)."""
-    d = cfg["data"]
-    _, _, classes = labelled_files(Path(d["root"]) / d["train_dir"])
-    files, targets, _ = labelled_files(Path(d["root"]) / d["val_dir"], classes)
-    keep = batches.seeded_subset(len(files), d["limit_val"], cfg["train"]["seed"])
-    items = [(files[i], targets[i]) for i in keep]
+    val = layouts.classification(cfg["data"], cfg["train"]["seed"]).val
+    items = list(zip(val.files, val.targets))
     loader = DataLoader(PerItem(items, partial(labelled_image, _to_input(cfg))), batch_size=256)
     model.eval()
     correct = sum((model(x.to(device)).argmax(1).cpu() == y).sum().item() for x, y in loader)

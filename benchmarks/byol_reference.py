@@ -52,13 +52,13 @@ def resolve(data: str, sets: list[str]) -> dict:
     from dlcv import config
     from dlcv.tasks import fill_model_defaults, ssl
     recipe = config.load_yaml(config.find_recipe("p2_byol"))
-    return fill_model_defaults(ssl.SCHEMA.resolve(recipe, [f"data.root={data}", *CPU_BUDGET, *sets]))
+    return fill_model_defaults(ssl.SCHEMA.resolve(config.with_root(recipe, data), [*CPU_BUDGET, *sets]))
 
 
 def run_ours(data: str, sets: list[str], seed: int, out: Path) -> list[dict]:
     from dlcv import config
     command = [sys.executable, "-m", "dlcv", "ssl", "pretrain", "-c", "p2_byol", "--out", str(out),
-               *config.set_args([f"data.root={data}", *CPU_BUDGET, *sets, f"train.seed={seed}"])]
+               *config.set_args([config.set_item("data.root", str(data)), *CPU_BUDGET, *sets, f"train.seed={seed}"])]
     # its log passes through as it runs (a stopped benchmark keeps the epochs done); the last line names a failure
     last = "?"
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
@@ -76,7 +76,7 @@ class Monitor:
     """dlcv's k-NN accuracy and embed_std, on the images the ssl task uses for them."""
 
     def __init__(self, cfg: dict, device: torch.device):
-        from dlcv.data import labels as labels_mod
+        from dlcv.data import labels as labels_mod, layouts
         from dlcv.data.images import list_images, load_images
         from dlcv.data.preprocess import Preprocess
         d, kn = cfg["data"], cfg["knn"]
@@ -84,12 +84,12 @@ class Monitor:
         self.input_size = d["input_size"] or d["image_size"]  # the views' and the k-NN's side, as in ssl
         self.preprocess = Preprocess({k: d[k] for k in ("input_size", "mean", "std")}, torch.device("cpu"))
         self.unlabeled = load_images(list_images(root / d["unlabeled_dir"]), d["image_size"], d["cache_dir"])
-        splits = {s: labels_mod.labelled_split(root / kn[f"{s}_dir"], labels_mod.resolve_path(root, kn[f"{s}_csv"]))
-                  for s in ("train", "val")}
-        self.classes = labels_mod.sorted_classes(splits["train"][1])
-        self.sets = {s: (load_images(f, d["image_size"], d["cache_dir"]),
-                         torch.tensor(labels_mod.encode(y, self.classes, s, unknown_as=-1 if s == "val" else None)))
-                     for s, (f, y) in splits.items()}
+        splits = {s: layouts.labelled(root, kn[f"{s}_dir"], kn[f"{s}_csv"], f"knn.{s}_dir") for s in ("train", "val")}
+        self.classes = splits["train"].classes()
+        self.sets = {s: (load_images(split.files, d["image_size"], d["cache_dir"]),
+                         torch.tensor(labels_mod.encode(split.labels, self.classes, s,
+                                                        unknown_as=-1 if s == "val" else None)))
+                     for s, split in splits.items()}
         self.k, self.temperature, self.embed_images = kn["k"], kn["temperature"], cfg["embed_std_images"]
         self.batch = cfg["train"]["eval_batch_size"]
 

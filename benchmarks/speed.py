@@ -71,14 +71,15 @@ def resolve_config(case: str, data: Path, device: str, batch: int, steps: int, e
     from dlcv.tasks import classify, fill_model_defaults, segment, ssl
     task, recipe, folder, _, sets = CASES[case]
     module = {"classify": classify, "ssl": ssl, "segment": segment}[task]
-    values = {"data.root": str(data / folder), "device": device, "train.batch_size": batch,
+    values = {"device": device, "train.batch_size": batch,
               "train.eval_batch_size": max(batch, 8), "train.max_steps": steps, "train.epochs": 10_000,
               "snapshot.epochs": [10_000], **sets, **extra}
     if case == "seg":
         values.setdefault("data.limit_train", SEG_TILES[device])
     overrides = [f"{k}={json.dumps(v) if isinstance(v, list) else 'null' if v is None else v}"
                  for k, v in values.items()]
-    return fill_model_defaults(module.SCHEMA.resolve(config.load_yaml(recipe), overrides))
+    return fill_model_defaults(module.SCHEMA.resolve(config.with_root(config.load_yaml(recipe), data / folder),
+                                                     overrides))
 
 
 def make_sync(device: torch.device):
@@ -163,12 +164,15 @@ def flops_per_image(case: str, cfg: dict) -> float:
 
 def inference(case: str, cfg: dict, run_dir: Path, device: torch.device, sync) -> dict:
     """The hw1_1.sh / hw1_3.sh code paths (decode files, batched forward, write outputs) on real files."""
+    from dlcv.data import layouts
     from dlcv.data.images import list_images
     from dlcv.data.masks import sat_images
     from dlcv.contracts import classify as classify_contracts, segment as segment_contracts
     script, full, counts = INFERENCE[case]
     list_inputs = list_images if case == "p1" else sat_images
-    files = list_inputs(Path(cfg["data"]["root"]) / cfg["data"]["val_dir"])[:counts[device.type]]
+    val_dir = layouts.find_split(Path(cfg["data"]["root"]), cfg["data"]["val_dir"], layouts.VAL_NAMES, "validation",
+                                 "data.val_dir", required=True)
+    files = list_inputs(val_dir)[:counts[device.type]]
     ckpt = run_dir / "checkpoints" / "last.pt"
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "in"
@@ -222,8 +226,9 @@ def worker(spec: dict) -> dict:
     return result
 
 
-def spawn(spec: dict) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+def spawn(spec: dict, script: str = __file__) -> dict:
+    """`script --worker SPEC` in a process of its own; its RESULT line, parsed."""
+    cmd = [sys.executable, str(Path(script).resolve()), "--worker", json.dumps(spec)]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # progress goes to our stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:

@@ -25,10 +25,10 @@ REPORT_ACCURACY = 0.2904  # the report's model A, after ~20 epochs
 
 
 def run_recipe(recipe: str, data: Path, seconds: float, sets: list[str], out: Path) -> dict:
-    from dlcv.config import set_args
+    from dlcv.config import set_args, set_item
     from dlcv.engine.run import read_summary
     command = [sys.executable, "-m", "dlcv", "classify", "train", "-c", recipe, "--out", str(out),
-               *set_args([f"data.root={data}", f"train.max_seconds={seconds}", *sets])]
+               *set_args([set_item("data.root", str(data)), f"train.max_seconds={seconds}", *sets])]
     tic = time.time()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.time() - tic

@@ -235,3 +235,23 @@ def test_byol_reference_supervised_ceiling_learns_the_bank_labels(synth_root, tm
     rows = json.loads(out.read_text())["runs"]["supervised seed 0"]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and all(0 <= r["knn_acc"] <= 1 for r in rows)
     assert rows[-1]["loss"] < rows[0]["loss"], rows  # it learns the labels
+
+
+def test_streaming_benchmark_prints_a_json_line_per_run_and_streams_what_exceeds_its_budget(synth_root, tmp_path):
+    import streaming
+    out = tmp_path / "streaming.jsonl"
+    assert streaming.main(["--data", str(synth_root), "--cases", "p1", "big", "--batch", "p1=8", "big=8",
+                           "--steps", "2", "--warmup", "1", "--workers", "1", "--big-images", "48", "--big-size", "32",
+                           "--big-dir", str(tmp_path / "big"), "--budget-gb", "0.0001", "--out", str(out)]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[0]["environment"]["device"]
+    runs = {(line["case"], line["variant"]): line for line in lines if "variant" in line}
+    assert runs[("p1", "memory")]["in_memory"] is True and runs[("p1", "stream")]["in_memory"] is False
+    for run in runs.values():
+        assert run["images_per_s"] > 0 and run["peak_rss_mb"] > 0, run
+    assert runs[("p1", "stream")]["steps_timed"] == 2 and "peak_worker_rss_mb" in runs[("p1", "stream")]
+    big = runs[("big", "auto")]  # 48 images of 32 px decode to 144 KiB, over the 107 KiB budget: streamed
+    assert big["in_memory"] is False and big["train_images"] == 48 and big["steps_timed"] == 48 // 8 - 1
+    summary = next(line["summary"] for line in lines if "summary" in line)
+    rates = summary["images_per_s"]
+    assert summary["ratio_stream_over_memory"] == pytest.approx(rates["stream"] / rates["memory"], rel=1e-2)

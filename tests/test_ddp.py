@@ -78,10 +78,11 @@ train: {{epochs: 2, batch_size: 100, eval_batch_size: 30, precision: fp32, seed:
 
 @pytest.mark.cross_path
 def test_segment_two_processes_match_one_process(synth_root, tmp_path):
-    # device-side flips, rotations and crops are drawn for the global batch and sliced per rank
+    # device-side flips, rotations and crops are drawn for the global batch and sliced per rank; the tiles
+    # stream from disk (data.in_memory: false): each rank's DataLoader decodes exactly its share
     train_both(tmp_path, "segment", f"""task: segment
 device: cpu
-data: {{root: {synth_root / 'p3_data'}, crop_size: 48, limit_train: 16, limit_val: 6}}
+data: {{root: {synth_root / 'p3_data'}, crop_size: 48, limit_train: 16, limit_val: 6, in_memory: false, workers: 1}}
 model: {{name: fcn_small, options: {{width: 16, norm: group}}}}
 augment: {{flip: true, rotate90: true, scale: [0.5, 1.0]}}
 optim: {{name: adam, lr: 0.003}}

@@ -57,7 +57,8 @@ def test_summary_is_one_typed_record_of_the_run_file(two_epoch_run, tmp_path):
     data = json.loads((out / "summary.json").read_text())
     assert list(data) == ["task", "status", "monitor", "best", "final", "per_class_acc", "seed", "wall_time_s",
                           "environment", "run_dir", "inputs"]  # the format: the task's extras after final
-    assert data["inputs"] == {"weights_sha256": None, "train_samples": 400, "classes": [str(c) for c in range(10)]}
+    assert data["inputs"] == {"weights_sha256": None, "train_samples": 400, "classes": [str(c) for c in range(10)],
+                              "layout": "course", "problem": "p1"}  # what the run read, as data/layouts.py says
     again = read_summary(out)
     assert again.to_json() == data and again.final == summary.final and again.best_value == summary.best_value
     assert (again.best_value, again.best_epoch) == (data["best"]["val_acc"], data["best"]["epoch"])

@@ -242,6 +242,13 @@ def set_args(overrides: list[str]) -> list[str]:
     return [x for o in overrides for x in ("--set", o)]
 
 
+def path_set(key: str, path: Path | str) -> str:
+    """A --set item of a path: dlcv reads --set values as YAML, and a JSON string is a YAML string of exactly
+    that text, so a folder named `hw1 #2` or `a: b` stays itself (unquoted, YAML would cut it at the comment or
+    read a mapping). The kit runs without dlcv imported: this is dlcv.config.set_item's rule."""
+    return f"{key}={json.dumps(str(path), ensure_ascii=False)}"
+
+
 def steps(problem: str, data: Path, work: Path, tiny: bool) -> list[dict]:
     """Each step: a name, its command (run from the repository root), `seconds` (what it is planned to take;
     training steps fit their schedule into `budget` seconds with train.epochs=auto and get
@@ -256,7 +263,7 @@ def steps(problem: str, data: Path, work: Path, tiny: bool) -> list[dict]:
         """`epochs`: auto (the most that fit `budget`), or the recipe's own (the budget is then a guard)."""
         epochs_set = ["--set", "train.epochs=auto"] if epochs == "auto" else []
         return {"name": name, "seconds": budget + COMMAND_OVERHEAD_S, "run": runs / name,
-                "cmd": dlcv + verb.split() + ["-c", recipe, "--set", f"data.root={data}/{problem}_data",
+                "cmd": dlcv + verb.split() + ["-c", recipe, "--set", path_set("data.root", data / f"{problem}_data"),
                                              *epochs_set, "--set", f"train.max_seconds={budget}",
                                              *set_args(sets + (tiny_sets if tiny else [])),
                                              "--out", str(runs / name)]}
@@ -275,7 +282,7 @@ def steps(problem: str, data: Path, work: Path, tiny: bool) -> list[dict]:
         # budget is a guard: ResNet-50 on 32 px maps at batch 32, ~3,000 img/s estimated, ~140 s)
         return [
             train("p1_lite2", "classify train", "p1_lite2_320", 180,
-                  [f"model.weights={weights / 'efficientnet_lite2.pth'}"],
+                  [path_set("model.weights", weights / "efficientnet_lite2.pth")],
                   ["train.epochs=1", "data.limit_train=64", "data.input_size=64", "train.batch_size=16"]),
             tool("hw1_1", 30, ["bash", "hw1_1.sh", str(data / "p1_data" / "val_50"), str(work / "p1_pred.csv")],
                  env={"DLCV_P1_CKPT": str(best), "DLCV_PYTHON": sys.executable}),
@@ -300,7 +307,7 @@ def steps(problem: str, data: Path, work: Path, tiny: bool) -> list[dict]:
             # recipe's 30 epochs do not fit 40 s: each setting sizes its whole schedule to its 40 s instead
             # of being cut mid-cosine
             tool("p2_table", 5 * (40 + 10),
-                 dlcv + ["ssl", "table", "-c", "p2_finetune", "--set", f"data.root={data}/p2_data",
+                 dlcv + ["ssl", "table", "-c", "p2_finetune", "--set", path_set("data.root", data / "p2_data"),
                          "--set", "train.epochs=auto", "--set", "train.max_seconds=40",
                          *set_args(small_resnet if tiny else []),
                          "--sl-backbone", str(sl_backbone), "--ssl-backbone", str(runs / "p2_byol" / "backbone.pt"),
@@ -310,7 +317,7 @@ def steps(problem: str, data: Path, work: Path, tiny: bool) -> list[dict]:
         # the p3_cpu design on full 512 px tiles: validation every 10 epochs and at the end
         train("p3_lite2", "segment train", "p3_cpu", 190,
               ["data.crop_size=512", "augment.scale=[0.5,1.0]", "train.eval_every=10",
-               f"model.weights={weights / 'efficientnet_lite2.pth'}"],
+               path_set("model.weights", weights / "efficientnet_lite2.pth")],
               ["data.crop_size=128", "train.epochs=1", "train.batch_size=4", "data.limit_train=8", "data.limit_val=4"]),
         tool("hw1_3", 60, ["bash", "hw1_3.sh", str(data / "p3_data" / "validation"), str(masks)],
              env={"DLCV_P3_CKPT": str(best), "DLCV_PYTHON": sys.executable}),

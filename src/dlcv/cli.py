@@ -33,13 +33,15 @@ def _checkpoint_inputs(ckpt: str) -> list:
 
 def _training_inputs(cfg: dict, config_path: str | None) -> list:
     """The files and folders a training run reads: its recipe, data.root and the data folders and CSVs of
-    its config (relative to data.root), and a model.weights file."""
+    its config (relative to data.root; `auto`: every folder the search may pick), and a model.weights file."""
+    from dlcv.data import layouts
     root = cfg["data"]["root"]
     inputs = [config_path and config_mod.find_recipe(config_path), root, cfg["model"]["weights"]]
     for section in ("data", "knn"):
         for key, value in cfg.get(section, {}).items():
             if key.endswith(("_dir", "_csv")) and key != "cache_dir" and isinstance(value, str) and root:
-                inputs.append(Path(root) / value)
+                names = (*layouts.TRAIN_NAMES, *layouts.VAL_NAMES) if value == layouts.AUTO else (value,)
+                inputs += [Path(root) / name for name in names]
     return inputs
 
 
@@ -110,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("out_dir")
     synth.add_argument("--seed", type=_whole_number(0), default=0)
     synth.add_argument("--force", action="store_true", help="replace an existing OUT_DIR/hw1_data")
+    check = data.add_parser("check", help="what training would read in a dataset folder: its layout, splits, "
+                                          "classes with their counts, image sizes and every file left out")
+    check.add_argument("root", help="the dataset folder (what data.root names)")
+    check.add_argument("--task", choices=("auto", *(entry.name for entry in task_registry.TASKS)), default="auto",
+                       help="the task that would read it (default: guessed from the tree)")
+    check.add_argument("--layout", default="auto", help="force a layout (classify: course, folders, csv; "
+                                                          "segment: course, pairs), as data.layout does")
     groups = _add_task_commands(sub)
     _add_classify_commands(groups["classify"])
     _add_ssl_commands(groups["ssl"])
@@ -174,7 +183,8 @@ def _add_segment_commands(segment) -> None:
 def _add_tool_commands(sub) -> None:
     ev = sub.add_parser("eval", help="score predictions").add_subparsers(dest="cmd", required=True)
     acc = ev.add_parser("acc", help="accuracy of a prediction CSV, matched to the ground truth by file name")
-    acc.add_argument("gt_csv")
+    acc.add_argument("gt_csv", metavar="GT", help="ground truth: a filename,label CSV, or a labelled folder (class "
+                                                  "folders, {label}_{id} names, or FOLDER.csv beside it)")
     acc.add_argument("pred_csv")
     sub.add_parser("models", help="list the registered models")
     report = sub.add_parser("report", help="the course report (HTML + Markdown twin) from run directories")
@@ -243,6 +253,19 @@ def _data_synth(args) -> int:
     from dlcv.data.synth import write_tree
     check_output(args.out_dir, "data synth OUT_DIR", folder=True)
     log.info("wrote %s", write_tree(args.out_dir, seed=args.seed, force=args.force))
+    return 0
+
+
+def _data_check(args) -> int:
+    from dlcv.data import layouts
+    root = layouts.data_root({"root": args.root})
+    task = layouts.guess_task(root) if args.task == "auto" else args.task
+    data = {"root": str(root), **({} if args.layout == "auto" else {"layout": args.layout})}
+    cfg = task_registry.task(task).load().SCHEMA.resolve({"data": data})
+    print("\n".join(layouts.describe(task, cfg["data"])))
+    if args.task == "auto" and task == "ssl":
+        print(f"(no training folder in {root}: read as unlabeled images; for a labelled dataset give the folder "
+              "that holds its train/ folder)")
     return 0
 
 
@@ -324,19 +347,17 @@ def _ssl_predict(args) -> int:
 
 
 def _segment_miou(args) -> int:
-    from dlcv.contracts.segment import format_scores, score_folders
+    from dlcv.contracts.segment import format_scores, prediction_classes, score_folders
     from dlcv.data.masks import warn_if_pairs_differ
     warn_if_pairs_differ(args.gt_dir, args.pred_dir)
-    print(format_scores(*score_folders(args.gt_dir, args.pred_dir)), end="")
+    print(format_scores(*score_folders(args.gt_dir, args.pred_dir), prediction_classes(args.pred_dir)), end="")
     return 0
 
 
 def _segment_predict(args) -> int:
     from dlcv.contracts.segment import predict_folder
-    from dlcv.data.masks import check_prediction_targets, sat_images
     from dlcv.engine.distributed import pick_device
     check_output(args.out_dir, "OUT_DIR", [*_checkpoint_inputs(args.ckpt), args.image_dir], folder=True)
-    check_prediction_targets(args.out_dir, sat_images(args.image_dir), "OUT_DIR")
     n = predict_folder(args.ckpt, args.image_dir, args.out_dir, pick_device(args.device), args.batch_size,
                        args.tta, args.compile, args.precision)
     log.info("wrote %d masks to %s", n, args.out_dir)
@@ -372,7 +393,8 @@ def _demo(args) -> int:
 
 # (group, command): what runs it; the tasks' training commands come from the task registry
 COMMANDS = {
-    ("data", "synth"): _data_synth, ("models", None): _models, ("eval", "acc"): _eval_acc,
+    ("data", "synth"): _data_synth, ("data", "check"): _data_check, ("models", None): _models,
+    ("eval", "acc"): _eval_acc,
     ("classify", "predict"): _classify_predict, ("classify", "embed"): _classify_embed,
     ("ssl", "finetune"): _ssl_finetune, ("ssl", "export"): _ssl_export, ("ssl", "table"): _ssl_table,
     ("ssl", "predict"): _ssl_predict, ("segment", "miou"): _segment_miou, ("segment", "predict"): _segment_predict,

@@ -7,9 +7,11 @@ accepts anything). Enumerated keys list their choices in CHOICES, so a bad value
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import re
+import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -66,7 +68,10 @@ class ConfigError(ValueError):
 COMMON_DEFAULTS: dict[str, Any] = {
     "task": "",
     "device": "auto",
-    "data": {"root": None},
+    # data.in_memory: each split decoded once into memory (auto: where it fits, else streamed from disk by
+    # data.workers DataLoader workers; null = as many as the cores allow), see data/sources.py
+    "data": {"root": None, "in_memory": "auto", "workers": None, "cache_dir": None, "limit_train": None,
+             "mean": None, "std": None},
     "model": {"name": "", "weights": None, "options": {}},
     "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9, "nesterov": False,
               "betas": [0.9, 0.999], "decay_norm_and_bias": True,
@@ -93,6 +98,7 @@ COMMON_CHOICES: dict[str, tuple] = {
     "sched.name": ("constant", "multistep", "cosine", "onecycle"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.channels_last": ("auto", True, False),
+    "data.in_memory": ("auto", True, False),
 }
 
 
@@ -103,6 +109,7 @@ AUTO_KEYS = {"train.epochs"}
 COMMON_NULLABLE_TYPES: dict[str, type] = {
     "data.root": str, "model.weights": str, "train.max_steps": int, "train.max_seconds": float, "train.grad_clip": float,
     "train.ema_decay": float, "snapshot.epochs": list, "data.mean": list, "data.std": list,
+    "data.workers": int, "data.cache_dir": str, "data.limit_train": int,
 }
 
 
@@ -153,6 +160,7 @@ COMMON_RANGES: dict[str, tuple] = {
     "optim.betas": (lambda v: len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                                   and 0 <= x < 1 for x in v), "[beta1, beta2], each in [0, 1)"),
     "data.limit_train": COUNT_OR_NULL,
+    "data.workers": (_non_negative, "a whole number >= 0 (0: decode in the training process; null: auto)"),
     "data.mean": (lambda v: len(v) == 3 and all(isinstance(x, (int, float)) for x in v), "3 numbers (R, G, B)"),
     "data.std": (lambda v: len(v) == 3 and all(isinstance(x, (int, float)) and x > 0 for x in v),
                  "3 numbers > 0 (R, G, B)"),
@@ -322,7 +330,18 @@ def set_args(overrides: Sequence[str]) -> list[str]:
 
 def set_flags(overrides: Sequence[str]) -> str:
     """["k=v", ...] -> "--set 'k=v' ..." for a printed command line."""
-    return " ".join(f"--set '{o}'" for o in overrides)
+    return " ".join(f"--set {shlex.quote(o)}" for o in overrides)
+
+
+def set_item(key: str, value: Any) -> str:
+    """A --set item that gives `key` exactly `value`: written as JSON, which YAML reads as the same value (a
+    path holding `#` or `: ` would otherwise be cut at a comment or read as a mapping)."""
+    return f"{key}={json.dumps(value, ensure_ascii=False)}"
+
+
+def with_root(recipe: dict, root: str | Path) -> dict:
+    """`recipe` with data.root set to `root`: a path merged as a value, never parsed as YAML text."""
+    return deep_merge(recipe, {"data": {"root": str(root)}})
 
 
 RECIPES = Path(__file__).parent / "configs"

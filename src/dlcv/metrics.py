@@ -9,12 +9,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dlcv.data.masks import NUM_CLASSES, SCORED
+from dlcv.data.masks import IGNORE, NUM_CLASSES, SCORED, MaskClasses
 
 
-def confusion_of(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    index = truth.astype(np.int64).ravel() * NUM_CLASSES + pred.astype(np.int64).ravel()
-    return np.bincount(index, minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, NUM_CLASSES)
+def confusion_of(truth: np.ndarray, pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """num_classes x num_classes pixel counts (rows: truth, columns: prediction); truth pixels of no class
+    (IGNORE) are left out."""
+    keep = truth.ravel() != IGNORE
+    index = truth.astype(np.int64).ravel()[keep] * num_classes + pred.astype(np.int64).ravel()[keep]
+    return np.bincount(index, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def _iou(confusion: np.ndarray, c: int) -> float:
+    tp = confusion[c, c]
+    denominator = confusion[:, c].sum() + confusion[c, :].sum() - tp
+    return float(tp / denominator) if denominator else math.nan
 
 
 def course_iou(confusion: np.ndarray) -> tuple[list[float], float]:
@@ -22,12 +31,23 @@ def course_iou(confusion: np.ndarray) -> tuple[list[float], float]:
     over the WHOLE set: IoU_c = TP / (TP + FP + FN) for c in 0..5, where FP and FN include pixels of
     unknown (6); mIoU = mean of the six. An empty class gives NaN, as in the official script."""
     confusion = np.asarray(confusion, dtype=np.float64)
-    ious = []
-    for c in range(SCORED):
-        tp = confusion[c, c]
-        denominator = confusion[:, c].sum() + confusion[c, :].sum() - tp
-        ious.append(float(tp / denominator) if denominator else math.nan)
+    ious = [_iou(confusion, c) for c in range(SCORED)]
     return ious, sum(ious) / SCORED
+
+
+def mean_iou(confusion: np.ndarray) -> tuple[list[float], float]:
+    """Per-class IoU over the whole set of a dataset's own classes and their mean over the classes present
+    in the truth or the predictions (an absent class is NaN and left out of the mean, as mmsegmentation's
+    mIoU); NaN when there is none."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    ious = [_iou(confusion, c) for c in range(len(confusion))]
+    present = [iou for iou in ious if not math.isnan(iou)]
+    return ious, sum(present) / len(present) if present else math.nan
+
+
+def segmentation_iou(confusion: np.ndarray, table: MaskClasses) -> tuple[list[float], float]:
+    """The mIoU a dataset's mask classes call for: the course's evaluator for P3, else mean_iou."""
+    return course_iou(confusion) if table.course else mean_iou(confusion)
 
 
 def accuracy_by_filename(truth_names: Sequence[str], truth_labels: Sequence[str], pred_names: Sequence[str],

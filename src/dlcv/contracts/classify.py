@@ -1,5 +1,6 @@
-"""P1 / P2's graded commands from a trained checkpoint: predictions for a folder (hw1_1.sh) or a CSV
-(hw1_2.sh), accuracy matched by file name (`eval acc`), and PCA / t-SNE of a checkpoint's features."""
+"""P1 / P2's graded commands from a trained checkpoint: predictions for a folder (hw1_1.sh; any folder of
+images, subfolders included) or a CSV (hw1_2.sh), accuracy matched by file name (`eval acc`, against a CSV
+or a labelled folder), and PCA / t-SNE of a checkpoint's features."""
 from __future__ import annotations
 
 import logging
@@ -10,8 +11,9 @@ import numpy as np
 import torch
 
 from dlcv import metrics
-from dlcv.data import labels as labels_mod
-from dlcv.data.images import list_images, load_images
+from dlcv.data import labels as labels_mod, layouts
+from dlcv.data.images import images_under, require_images
+from dlcv.data.sources import Images, Source
 from dlcv.engine import checkpoint
 from dlcv.errors import DlcvError
 from dlcv.inference.classify import Classifier
@@ -30,24 +32,25 @@ def load_classifier(ckpt_path: str | Path, device: torch.device, tta: bool = Tru
     return Classifier.from_checkpoint(state, device, precision, batch_size, str(ckpt_path)), state
 
 
-def warn_if_other_problem(ckpt: str | Path, state: dict[str, Any], expects_csv_labels: bool) -> None:
-    """P1 (hw1_1.sh, folder labels) and P2 (hw1_2.sh, CSV labels) models are both classifiers: a
-    checkpoint of the other problem runs, but its answers are another class set's."""
-    trained_on_csv = state["config"]["data"].get("train_csv") is not None
-    if trained_on_csv != expects_csv_labels:
+def warn_if_other_problem(ckpt: str | Path, state: dict[str, Any], problem: str) -> None:
+    """P1 (hw1_1.sh) and P2 (hw1_2.sh) models are both classifiers: a checkpoint its run recorded as the other
+    course problem's runs, but its answers are another class set's."""
+    recorded = state.get("inputs", {})
+    if recorded.get("problem") not in (None, problem):
         classes = state["classes"]
         shown = ", ".join(classes[:3]) + (f", ..., {classes[-1]}" if len(classes) > 3 else "")
         log.warning("%s was trained on %s (%d classes: %s): is it the other problem's model?", ckpt,
-                    "an id,filename,label CSV" if trained_on_csv else "a {label}_{id} image folder",
-                    len(classes), shown)
+                    layouts.DESCRIPTIONS[recorded["layout"]], len(classes), shown)
 
 
 def infer(classifier: Classifier, files: Sequence[Path],
           with_features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predicted class indices (and optionally features) for image files, in the given order."""
-    images = load_images(files, classifier.meta["image_size"], use_cache=False)
+    """Predicted class indices (and optionally features) for image files, in the given order, decoded by
+    DataLoader workers a batch at a time (a folder of any size)."""
+    images = Source(Images(files, classifier.meta["image_size"]), torch.device("cpu"), in_memory=False)
+    chunks = torch.arange(len(files)).split(classifier.batch_size)
     preds, feats = [], []
-    for chunk in images.split(classifier.batch_size):
+    for _, chunk in images.iterate(chunks):
         if with_features:
             feats.append(classifier.features(chunk))
         preds.append(classifier.logits(chunk).argmax(1).cpu())
@@ -56,14 +59,16 @@ def infer(classifier: Classifier, files: Sequence[Path],
 
 def predict_folder(ckpt: str | Path, image_dir: str | Path, out_csv: str | Path, device: torch.device,
                    batch_size: int | None = None, tta: bool = True, precision: str = "auto") -> int:
-    """Writes `filename,label` for every image of the folder, sorted by file name. Labels come from the
-    model only, never from file names; the matching of names to predictions is by construction."""
+    """Writes `filename,label` for every image under the folder (subfolders included: `cat/001.jpg`), sorted
+    by path, with the model's class names. Labels come from the model only, never from file names; the
+    matching of names to predictions is by construction."""
     classifier, state = load_classifier(ckpt, device, tta, precision, batch_size)
-    warn_if_other_problem(ckpt, state, expects_csv_labels=False)
-    files = list_images(image_dir)
+    warn_if_other_problem(ckpt, state, "p1")
+    files = require_images(images_under(image_dir)[0], image_dir)
     preds, _ = infer(classifier, files)
     classes = state["classes"]
-    labels_mod.write_csv(out_csv, ["filename", "label"], [(f.name, classes[p]) for f, p in zip(files, preds)])
+    names = layouts.relative_names(Path(image_dir), files)
+    labels_mod.write_csv(out_csv, ["filename", "label"], [(n, classes[p]) for n, p in zip(names, preds)])
     return len(files)
 
 
@@ -78,7 +83,7 @@ def predict_csv(ckpt: str | Path, in_csv: str | Path, image_dir: str | Path, out
     if missing:
         raise DlcvError(f"{in_csv}: {len(missing)} listed image(s) not found in {image_dir}, e.g. {missing[0]}")
     classifier, state = load_classifier(ckpt, device, tta, precision, batch_size)
-    warn_if_other_problem(ckpt, state, expects_csv_labels=True)
+    warn_if_other_problem(ckpt, state, "p2")
     preds, _ = infer(classifier, files)
     classes = state["classes"]
     labels_mod.write_csv(out_csv, ["id", "filename", "label"],
@@ -91,25 +96,38 @@ MIN_EMBED_IMAGES = 5  # fewer points make no PCA / t-SNE picture (t-SNE needs mo
 
 def embed_figure(ckpt: str | Path, image_dir: str | Path, method: str, out: str | Path,
                  device: torch.device, batch_size: int | None = None, precision: str = "auto") -> None:
-    """PCA / t-SNE of a checkpoint's features on a folder, coloured by the class in the file names
-    (`{label}_{id}.png`) or, for unlabelled folders, by the predicted class."""
-    files = list_images(image_dir)
+    """PCA / t-SNE of a checkpoint's features on a folder, coloured by true class where the folder is a
+    labelled split (data/layouts.py: class folders, `{label}_{id}` names, FOLDER.csv beside it) of the model's
+    classes, else by the predicted class."""
+    truth = layouts.labelled_folder(Path(image_dir))
+    files = truth.files if truth else require_images(images_under(image_dir)[0], image_dir)
     if len(files) < MIN_EMBED_IMAGES:
         raise DlcvError(f"{image_dir}: {len(files)} image(s); a {method.upper()} picture needs at least "
                         f"{MIN_EMBED_IMAGES}")
     classifier, state = load_classifier(ckpt, device, precision=precision, batch_size=batch_size)
     preds, feats = infer(classifier, files, with_features=True)
-    names = [labels_mod.label_from_filename(f) for f in files]
-    if all(n is not None for n in names) and set(names) <= set(state["classes"]):
-        colours, source = labels_mod.encode(names, state["classes"], str(image_dir)), "true"
+    if truth and set(truth.labels) <= set(state["classes"]):
+        colours, source = labels_mod.encode(truth.labels, state["classes"], str(image_dir)), "true"
     else:
         colours, source = preds, "predicted"
     points = figures.embed_2d(feats, method, state["config"]["train"]["seed"])
     figures.scatter_by_class(points, colours, f"{method.upper()} of {Path(image_dir).name} features "
-                             f"(epoch {state['epoch']}, coloured by {source} class)", out)
+                             f"(epoch {state['epoch']}, coloured by {source} class)", out, state["classes"])
 
 
-def accuracy_of_csvs(gt_csv: str | Path, pred_csv: str | Path) -> tuple[float, int, int, int]:
-    """`eval acc`: a predictions CSV scored against a ground-truth CSV (metrics.accuracy_by_filename)."""
-    return metrics.accuracy_by_filename(*labels_mod.read_labelled_csv(gt_csv),
-                                        *labels_mod.read_labelled_csv(pred_csv, allow_empty=True))
+def ground_truth(path: str | Path) -> tuple[list[str], list[str]]:
+    """(file names, labels) of a ground-truth CSV, or of a labelled folder (names as predict writes them)."""
+    path = Path(path)
+    if not path.is_dir():
+        return labels_mod.read_labelled_csv(path)
+    truth = layouts.labelled_folder(path)
+    if truth is None:
+        raise DlcvError(f"{path}: not a labelled folder (class folders, {{label}}_{{id}} file names, or "
+                        f"{path.name}.csv beside it)")
+    return layouts.relative_names(path, truth.files), [labels_mod.canonical(label) for label in truth.labels]
+
+
+def accuracy_of_csvs(gt: str | Path, pred_csv: str | Path) -> tuple[float, int, int, int]:
+    """`eval acc`: a predictions CSV scored against a ground-truth CSV or labelled folder
+    (metrics.accuracy_by_filename)."""
+    return metrics.accuracy_by_filename(*ground_truth(gt), *labels_mod.read_labelled_csv(pred_csv, allow_empty=True))

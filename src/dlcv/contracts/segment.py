@@ -1,5 +1,7 @@
 """P3's graded commands from a trained checkpoint: predicted masks for a folder of tiles (hw1_3.sh) and the
-course's evaluator (`segment miou`), exactly its semantics and printout."""
+course's evaluator (`segment miou`), exactly its semantics and printout; the same two for a model of a
+dataset's own classes (the pairs layout): masks in the form its training masks had (class indices, or the
+colours of its classes.csv), each carrying the class table, which `segment miou` then scores with."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,53 +10,88 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from dlcv.data.images import read_rgb
-from dlcv.data.masks import NUM_CLASSES, SAT_SUFFIXES, UNKNOWN, mask_name, read_mask, sat_images, write_mask
+from dlcv.data.images import list_images, read_rgb
+from dlcv.data.masks import (COURSE, NUM_CLASSES, SAT_SUFFIXES, UNKNOWN, MaskClasses, check_prediction_files,
+                             check_prediction_targets, classes_of_prediction, course_tiles, mask_name, sat_images,
+                             write_mask)
 from dlcv.engine import checkpoint
 from dlcv.errors import DlcvError
 from dlcv.inference.segment import Segmenter, goes_whole
-from dlcv.metrics import confusion_of, course_iou
+from dlcv.metrics import confusion_of, segmentation_iou
 
 
 def load_segmenter(ckpt_path: str | Path, device: torch.device, tta: bool = True, precision: str = "auto",
                    batch_size: int | None = None, compile_model: bool = False) -> tuple[Segmenter, dict[str, Any]]:
     """The checkpoint's model as its run validated it, and the checkpoint; `tta=False` drops the saved
     test-time augmentation (plain predictions); the rest: see Segmenter.from_checkpoint."""
+    state = read_checkpoint(ckpt_path, tta)
+    return Segmenter.from_checkpoint(state, device, precision, batch_size, str(ckpt_path), compile_model), state
+
+
+def read_checkpoint(ckpt_path: str | Path, tta: bool = True) -> dict[str, Any]:
     state = checkpoint.load(ckpt_path, "segment", require=("preprocess",))
     if not tta:
         state["preprocess"] = {**state["preprocess"], "tta": None}
-    return Segmenter.from_checkpoint(state, device, precision, batch_size, str(ckpt_path), compile_model), state
+    return state
+
+
+def mask_classes(state: dict[str, Any], where: str) -> MaskClasses:
+    """A segment checkpoint's mask classes (one of a dlcv before it recorded them: the course's)."""
+    return MaskClasses.from_record(state["masks"], where) if "masks" in state else COURSE
+
+
+def inputs_and_outputs(table: MaskClasses, image_dir: Path) -> list[tuple[Path, str]]:
+    """(image, mask file name) for every image predict reads: the course's `xxxx_sat.jpg` -> `xxxx_mask.png`,
+    else every image of the folder -> NAME.png (two images of one NAME are refused: one mask each)."""
+    if table.course:
+        return [(f, mask_name(f)) for f in sat_images(image_dir)]
+    pairs, seen = [], {}
+    for f in list_images(image_dir):
+        if f.stem in seen:
+            raise DlcvError(f"{f} and {seen[f.stem]} would both predict {f.stem}.png; rename one")
+        seen[f.stem] = f
+        pairs.append((f, f"{f.stem}.png"))
+    return pairs
 
 
 def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path, device: torch.device,
                    batch_size: int | None = None, tta: bool = True, compile_model: bool = False,
                    precision: str = "auto") -> int:
-    """`xxxx_mask.png` (RGB, course palette, the input's size) for every `xxxx_sat.jpg`, written atomically.
-    Tiles go through the model as its run validated them (inference.segment.Segmenter), `batch_size` at a
-    time (default: the run's train.eval_batch_size; one at a time where a batch mixes tile sizes, and an
-    image too large to go whole (inference.segment.WINDOW) alone, window by window, so memory stays bounded)."""
-    files = sat_images(image_dir)
+    """A mask (the input's size) for every tile, written atomically: for a P3 model `xxxx_mask.png` (RGB, course
+    palette) for every `xxxx_sat.jpg`; for a model of a dataset's own classes NAME.png for every image NAME.*
+    (see inputs_and_outputs, MaskClasses.image). Tiles go through the model as its run validated them
+    (inference.segment.Segmenter), `batch_size` at a time (default: the run's train.eval_batch_size; one at a
+    time where a batch mixes tile sizes, and an image too large to go whole (inference.segment.WINDOW) alone,
+    window by window, so memory stays bounded)."""
     out_dir = Path(out_dir)
-    _refuse_ground_truth_folder(Path(image_dir), out_dir)
-    segmenter, _ = load_segmenter(ckpt, device, tta, precision, batch_size, compile_model)
-    for start in range(0, len(files), segmenter.batch_size):
-        chunk, small = files[start:start + segmenter.batch_size], []
-        for f in chunk:  # a large image is predicted and written as soon as it is read: one in memory at a time
+    check_prediction_targets(out_dir, course_tiles(image_dir), "OUT_DIR")  # course masks: before reading the model
+    state = read_checkpoint(ckpt, tta)
+    table = mask_classes(state, str(ckpt))
+    work = inputs_and_outputs(table, Path(image_dir))
+    if table.course:
+        _refuse_ground_truth_folder(Path(image_dir), out_dir)
+    else:
+        check_prediction_files(out_dir, [name for _, name in work], "OUT_DIR")
+    segmenter = Segmenter.from_checkpoint(state, device, precision, batch_size, str(ckpt), compile_model)
+    for start in range(0, len(work), segmenter.batch_size):
+        chunk, small = work[start:start + segmenter.batch_size], []
+        for f, name in chunk:  # a large image is predicted and written as soon as it is read: one in memory at a time
             array = read_rgb(f).transpose(2, 0, 1)
             if not goes_whole(*array.shape[1:]):
-                _write_masks(out_dir, [f], _compiled_call(segmenter.masks, torch.from_numpy(np.stack([array]))))
+                _write_masks(out_dir, [name], _compiled_call(segmenter.masks, torch.from_numpy(np.stack([array]))),
+                             table)
             else:
-                small.append((f, array))
+                small.append((name, array))
         groups = [small] if len({a.shape for _, a in small}) == 1 else [[pair] for pair in small]
         for group in groups:
             tiles = torch.from_numpy(np.stack([a for _, a in group]))
-            _write_masks(out_dir, [f for f, _ in group], _compiled_call(segmenter.masks, tiles))
-    return len(files)
+            _write_masks(out_dir, [name for name, _ in group], _compiled_call(segmenter.masks, tiles), table)
+    return len(work)
 
 
-def _write_masks(out_dir: Path, files: list[Path], masks: torch.Tensor) -> None:
-    for f, mask in zip(files, masks):
-        write_mask(out_dir / mask_name(f), mask.numpy())
+def _write_masks(out_dir: Path, names: list[str], masks: torch.Tensor, table: MaskClasses) -> None:
+    for name, mask in zip(names, masks):
+        write_mask(out_dir / name, mask.numpy(), table)
 
 
 def _compiled_call(fn, *args):
@@ -82,25 +119,39 @@ def _refuse_ground_truth_folder(image_dir: Path, out_dir: Path) -> None:
                                 "predictions there would overwrite it; pick another output folder")
 
 
+def prediction_classes(pred_dir: str | Path) -> MaskClasses:
+    """The class table the predicted masks carry (a model of a dataset's own classes), else the course's."""
+    first = min(Path(pred_dir).glob("*.png"), default=None)
+    return (classes_of_prediction(first) if first else None) or COURSE
+
+
 def score_folders(gt_dir: str | Path, pred_dir: str | Path) -> tuple[list[float], float]:
-    """The official evaluator: the `.png` files of each folder, paired in sorted order, one confusion
-    matrix over all of them."""
+    """The official evaluator: the `.png` files of each folder, paired in sorted order, one confusion matrix
+    over all of them. Predictions that carry a class table (prediction_classes) are scored with it
+    (metrics.mean_iou, pixels of no class left out); the course's with the course's mIoU."""
     gt = sorted(Path(gt_dir).glob("*.png"))
     pred = sorted(Path(pred_dir).glob("*.png"))
     if not gt:
         raise DlcvError(f"no .png masks in {gt_dir}")
     if len(gt) != len(pred):
         raise DlcvError(f"{len(gt)} masks in {gt_dir} but {len(pred)} in {pred_dir}")
-    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    table = prediction_classes(pred_dir)
+    num_classes = NUM_CLASSES if table.course else len(table.names)
+    confusion = np.zeros((num_classes, num_classes), np.int64)
     for g, p in zip(gt, pred):
-        truth, _ = read_mask(g, UNKNOWN)
-        guess, _ = read_mask(p, UNKNOWN)
+        if (classes_of_prediction(p) or COURSE) != table:
+            raise DlcvError(f"{p} was predicted with other classes than {pred[0]}; score one model's masks at a time")
+        truth, _ = table.read(g, UNKNOWN)
+        guess, _ = table.read(p, UNKNOWN)
         if truth.shape != guess.shape:
             raise DlcvError(f"{p} is {guess.shape[1]}x{guess.shape[0]} but {g} is {truth.shape[1]}x{truth.shape[0]}")
-        confusion += confusion_of(truth, guess)
-    return course_iou(confusion)
+        confusion += confusion_of(truth, guess, num_classes)
+    return segmentation_iou(confusion, table)
 
 
-def format_scores(ious: Sequence[float], miou: float) -> str:
-    """Exactly the official evaluator's printout."""
-    return "".join(f"class #{c} : {iou:1.5f}\n" for c, iou in enumerate(ious)) + f"\nmean_iou: {miou:f}\n"
+def format_scores(ious: Sequence[float], miou: float, table: MaskClasses = COURSE) -> str:
+    """Exactly the official evaluator's printout; for a dataset's own classes, each line also names its class."""
+    if table.course:
+        return "".join(f"class #{c} : {iou:1.5f}\n" for c, iou in enumerate(ious)) + f"\nmean_iou: {miou:f}\n"
+    return "".join(f"class #{c} : {iou:1.5f}  {name}\n" for c, (iou, name) in enumerate(zip(ious, table.names))) \
+        + f"\nmean_iou: {miou:f}\n"

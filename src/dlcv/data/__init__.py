@@ -1,1 +1,2 @@
-"""Data: image files, label formats, tensor caches, synthetic data and device-side augmentation."""
+"""Data: dataset layouts, image files, label formats, splits held in memory or streamed, synthetic data and
+device-side augmentation."""

@@ -11,19 +11,47 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from dlcv.errors import DlcvError
 from dlcv.fileio import atomic_path, reading
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+def is_image(path: Path) -> bool:
+    """torchvision's ImageFolder rule: a file whose name ends in one of its image extensions (any case)."""
+    return has_file_allowed_extension(path.name, IMG_EXTENSIONS) and not path.is_dir()
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files (png/jpg) of a folder, sorted by name; a missing or empty folder is an error."""
-    files = sorted(p for p in folder_entries(folder) if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+    """The image files of one folder (not its subfolders), sorted by name; a missing or empty folder is
+    an error."""
+    return require_images(sorted(p for p in folder_entries(folder) if is_image(p)), folder)
+
+
+def require_images(files: list[Path], folder: str | Path) -> list[Path]:
     if not files:
-        raise DlcvError(f"no .png/.jpg images in {folder}")
+        raise DlcvError(f"no .png/.jpg images (nor {', '.join(IMG_EXTENSIONS[3:])}) in {folder}")
     return files
+
+
+def images_under(folder: str | Path) -> tuple[list[Path], list[str]]:
+    """Every image file under a folder, subfolders included, sorted by path (a flat folder: by name, as
+    list_images), and one line for each entry left out: other files, and hidden folders such as
+    .ipynb_checkpoints (copies, not data), which torchvision would read."""
+    files, skipped = [], []
+    for entry in sorted(folder_entries(folder)):
+        if entry.is_dir():
+            if entry.name.startswith("."):
+                skipped.append(f"{entry}: hidden folder, not read")
+            else:
+                more, more_skipped = images_under(entry)
+                files += more
+                skipped += more_skipped
+        elif is_image(entry):
+            files.append(entry)
+        else:
+            skipped.append(f"{entry}: not an image ({entry.suffix or 'no extension'})")
+    return files, skipped
 
 
 def folder_entries(folder: str | Path) -> list[Path]:
@@ -81,6 +109,17 @@ def open_image(path: str | Path, what: str = "image") -> Iterator[Image.Image]:
         raise DlcvError(f"cannot read {what} {path}: {exc} (corrupt or truncated file?)") from None
 
 
+@contextlib.contextmanager
+def open_image_header(path: str | Path) -> Iterator[Image.Image]:
+    """An image opened for its size and mode only (no pixel decoded), a read error as one line."""
+    try:
+        im = Image.open(path)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DlcvError(f"cannot read image {path}: {exc}") from None
+    with im:
+        yield im
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """HxWx3 uint8 RGB. Grayscale, palette, RGBA and 16-bit images are converted; unreadable files
     (corrupt, truncated, not an image, too large) raise DlcvError naming the file."""
@@ -95,10 +134,17 @@ def read_rgb(path: str | Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    if img.shape[0] == size and img.shape[1] == size:
+def resized(img: np.ndarray, size: int | None, resample=Image.BILINEAR) -> np.ndarray:
+    """An H x W (x C) uint8 array at size x size (PIL's bilinear, or `resample`); size None: as it is."""
+    if size is None or img.shape[0] == size and img.shape[1] == size:
         return img
-    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(img).resize((size, size), resample))
+
+
+def decode_image(path: Path, size: int | None) -> np.ndarray:
+    """3 x size x size uint8 (size None: the image's own): the one decoding of an image for a model, the
+    same bytes whether a split is held in memory or streamed from disk by DataLoader workers."""
+    return resized(read_rgb(path), size).transpose(2, 0, 1)
 
 
 def cache_key(files: Sequence[Path], tag: str) -> str:
@@ -145,11 +191,16 @@ def available_memory() -> int | None:
     return int(line.split()[1]) * 1024
 
 
+def fits_in_memory(nbytes: int) -> bool:
+    available = available_memory()
+    return available is None or nbytes <= available
+
+
 def check_fits_in_memory(nbytes: int, what: str, remedy: str) -> None:
     """Refuses, before allocating, data that would not fit in the memory available now (instead of the
     machine swapping or the kernel killing the process)."""
-    available = available_memory()
-    if available is not None and nbytes > available:
+    if not fits_in_memory(nbytes):
+        available = available_memory()
         raise DlcvError(f"{what} need {nbytes / 2 ** 30:.1f} GiB of memory, {available / 2 ** 30:.1f} GiB is "
                         f"available; {remedy}")
 
@@ -166,6 +217,6 @@ def load_images(files: Sequence[Path], size: int, cache_dir: str | Path | None =
                              "lower data.image_size or set data.limit_train")
         array = np.empty((len(files), 3, size, size), dtype=np.uint8)
         for i, f in enumerate(files):
-            array[i] = _resize(read_rgb(f), size).transpose(2, 0, 1)
+            array[i] = decode_image(f, size)
         return torch.from_numpy(array)
     return cached(files, f"images:{size}", build, cache_dir, use_cache)

@@ -1,4 +1,5 @@
-"""Label sources (folders of `{label}_{id}.png`, CSV files) and the class <-> index mapping."""
+"""Labels: the course's `{label}_{id}` file names (the one place that rule is read), CSV files of file names
+and labels, and the class <-> index mapping. Which of them a dataset uses is data/layouts.py's call."""
 from __future__ import annotations
 
 import csv
@@ -7,7 +8,6 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from dlcv.data.images import list_images
 from dlcv.errors import DlcvError
 from dlcv.fileio import atomic_path
 
@@ -170,17 +170,3 @@ def resolve_path(root: Path, name: str | None) -> Path | None:
         return None
     path = Path(name)
     return path if path.is_absolute() else root / path
-
-
-def labelled_split(folder: Path, csv_path: Path | None) -> tuple[list[Path], list[str]]:
-    """Image files and their label strings: from a CSV (`filename,label` or `id,filename,label`) when
-    given, else from `{label}_{id}` file names."""
-    if csv_path is None:
-        files = list_images(folder)
-        return files, folder_labels(files)
-    names, labels = read_labelled_csv(csv_path)
-    files = files_in(folder, names, csv_path)
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise DlcvError(f"{csv_path}: {len(missing)} listed file(s) not found, e.g. {missing[0]}")
-    return files, labels

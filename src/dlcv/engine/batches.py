@@ -1,4 +1,4 @@
-"""Index batches for in-memory datasets, split over DDP ranks.
+"""Index batches of a dataset (in memory or streamed: data/sources.py), split over DDP ranks.
 
 Training: one permutation per epoch from a generator seeded by (seed, epoch); each step takes the next
 `global_batch` indices and rank r keeps the r-th contiguous slice. Unlike DistributedSampler (which
@@ -42,11 +42,3 @@ def train_batches(num_items: int, global_batch: int, seed: int, epoch: int, rank
 def eval_batches(num_items: int, batch_size: int, rank: int, world: int) -> Iterator[torch.Tensor]:
     chunk = torch.arange(num_items).tensor_split(world)[rank]
     yield from chunk.split(batch_size)
-
-
-def seeded_subset(num_items: int, limit: int | None, seed: int) -> list[int]:
-    """Sorted indices of a random subset of `limit` items (all items when limit is None): smoke runs on
-    slices of a dataset."""
-    if limit is None or limit >= num_items:
-        return list(range(num_items))
-    return sorted(torch.randperm(num_items, generator=torch.Generator().manual_seed(seed))[:limit].tolist())

@@ -43,7 +43,7 @@ class Context:
 
 class Task:
     """What the loop calls, in order: `setup` once (read the data onto ctx.device), `build_model` once, then
-    per step `train_batch` -> `loss` (under autocast) -> backward/step -> `after_step`; per validated epoch
+    per epoch `plan_epoch` and per step `train_batch` -> `loss` (under autocast) -> backward/step -> `after_step`; per validated epoch
     `evaluate` (no grad, autocast), `snapshot` on the epochs chosen for figures, and `finish` at the end on
     the main process. `checkpoint_meta` adds what the task's predict command needs to every checkpoint."""
     name: str
@@ -63,6 +63,10 @@ class Task:
     def num_train(self) -> int:
         """Training samples per epoch (the loop draws the batches: the same on any number of processes)."""
         raise NotImplementedError
+
+    def plan_epoch(self, ctx: Context, epoch: int, index_batches: list[torch.Tensor]) -> None:
+        """Before an epoch's first step: the `indices` of each of its train_batch calls on this process, in
+        order (a task whose data streams from disk starts decoding them). The loop still draws them."""
 
     def train_batch(self, ctx: Context, indices: torch.Tensor, offset: int, gen: torch.Generator,
                     global_size: int, epoch: int) -> Any:

@@ -4,6 +4,7 @@ snapshots) lives here once."""
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import shutil
@@ -11,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -351,10 +352,9 @@ class Trainer:
                    dynamic_ncols=True)
         next_line = tic + PLAIN_PROGRESS_S
         redone_before = 0 if self.guard is None else self.guard.redone
-        batch_iter: Iterator = batches.train_batches(self.task.num_train(), t["batch_size"], t["seed"], epoch,
-                                                     env.rank, env.world_size)
-        for i, (indices, offset) in enumerate(batch_iter):
-            if i >= total or i > 0 and self._out_of_time(within_epoch=True):  # >= 1 step per epoch
+        plan = self._plan(epoch, total)
+        for i, (indices, offset) in enumerate(plan):
+            if i > 0 and self._out_of_time(within_epoch=True):  # >= 1 step per epoch
                 break
             batch = self.task.train_batch(self.ctx, indices, offset, gen, t["batch_size"], epoch)
             step += 1
@@ -377,6 +377,15 @@ class Trainer:
             log.warning("epoch %d: %d of its %d steps were done again in fp32 (bf16 gave inf/nan gradients)", epoch,
                         self.guard.redone - redone_before, step - first_step)
         return loss_sum.item(), seen
+
+    def _plan(self, epoch: int, steps: int) -> list[tuple[torch.Tensor, int]]:
+        """This process's (indices, offset) of the epoch's first `steps` global batches, told to the task
+        before its first step."""
+        t, env = self.cfg["train"], self.env
+        plan = list(itertools.islice(batches.train_batches(self.task.num_train(), t["batch_size"], t["seed"], epoch,
+                                                           env.rank, env.world_size), steps))
+        self.task.plan_epoch(self.ctx, epoch, [indices for indices, _ in plan])
+        return plan
 
     def _step(self, model, batch, step: int) -> torch.Tensor:
         """One optimizer step on `batch` (the `step`-th of the run); returns the loss."""
@@ -446,20 +455,17 @@ class Trainer:
 
     def _measure_steps(self) -> float:
         """Seconds per training step on 'epoch 0's batches, after MEASURE_WARMUP untimed ones."""
-        t, env, steps_per_epoch = self.cfg["train"], self.env, self.steps_per_epoch
+        t, steps_per_epoch = self.cfg["train"], self.steps_per_epoch
         self.ctx.total_steps = steps_per_epoch
         warm = min(MEASURE_WARMUP, steps_per_epoch - 1)
         timed = min(MEASURE_STEPS, steps_per_epoch - warm)
         gen = batches.epoch_generator(t["seed"], 0, self.device)
-        batch_iter = batches.train_batches(self.task.num_train(), t["batch_size"], t["seed"], 0, env.rank,
-                                           env.world_size)
+        plan = self._plan(0, warm + timed)
         self.train_model.train()
-        for i, (indices, offset) in enumerate(batch_iter):
+        for i, (indices, offset) in enumerate(plan):
             if i == warm:
                 self._sync()
                 start = time.perf_counter()
-            if i == warm + timed:
-                break
             batch = self.task.train_batch(self.ctx, indices, offset, gen, t["batch_size"], 0)
             self._step(self.train_model, batch, i + 1)
         self._sync()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlcv.data import augment
-from dlcv.data.masks import NUM_CLASSES
+from dlcv.data.masks import CLASS_NAMES
 from dlcv.data.preprocess import Preprocess
 from dlcv.engine.precision import Numerics
 from dlcv.inference import checkpoint_batch_size, checkpoint_numerics
@@ -98,7 +98,8 @@ class Segmenter:
         (benchmarks/fcn32s_cpu.py) but 1.02x on a 2-core AMX Xeon (end to end), after a few seconds of
         compiling per input shape: an option, not the default."""
         numerics = checkpoint_numerics(state, device, precision, where)
-        model = model_from_checkpoint(state, NUM_CLASSES).to(device).eval().to(memory_format=numerics.memory_format)
+        classes = state.get("classes", CLASS_NAMES)  # a checkpoint of a dlcv before segment recorded them: P3's
+        model = model_from_checkpoint(state, len(classes)).to(device).eval().to(memory_format=numerics.memory_format)
         if compile_model:
             # static shapes: a tile size and each test-time scale compile once instead of one slower dynamic
             # graph. No FX graph cache: in torch 2.14.1 a graph cached under one ATEN_CPU_CAPABILITY and

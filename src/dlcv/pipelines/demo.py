@@ -8,6 +8,7 @@ user's real run does.
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
 
 from dlcv import config as config_mod, task_registry
@@ -105,14 +106,15 @@ def _run_demo(out: Path, data: str | Path | None, device: str) -> list[dict]:
     results = []
     for task, problem, run_name, recipe, what, overrides in EXPERIMENTS:
         log.info("== %s: %s", run_name, what)
-        sets = [f"data.root={data / problem}", f"device={device}", *overrides]
+        sets = [f"device={device}", *overrides]
         if real:
             sets += REAL_DATA_SLICES.get(run_name, REAL_DATA_SLICES[problem])
         entry = task_registry.task(task)
         module = entry.load()
-        cfg = module.SCHEMA.resolve(config_mod.load_yaml(recipe), sets)
+        cfg = module.SCHEMA.resolve(config_mod.with_root(config_mod.load_yaml(recipe), data / problem), sets)
         summary = fit_or_reuse(module.TASK(cfg), cfg, out / "runs" / run_name)  # a rerun goes on where it stopped
-        command = f"dlcv {entry.command} -c configs/{recipe}.yaml {config_mod.set_flags(sets)}"
+        root_set = config_mod.set_item("data.root", str(data / problem))
+        command = f"dlcv {entry.command} -c configs/{recipe}.yaml {config_mod.set_flags([root_set, *sets])}"
         results.append({"run": run_name, "what": what, "metric": summary.monitor,
                         "value": summary.best_value, "wall_s": summary.wall_time_s,
                         "command": command})
@@ -145,12 +147,14 @@ def _transfer_table(out: Path, p2_root: Path, device: str, slices: list[str]) ->
     runs = out / "runs"
     sl_backbone = runs / "p2_supervised" / "sl_backbone.pt"
     export_backbone(runs / "p2_supervised" / "checkpoints" / "last.pt", sl_backbone)
-    sets = [f"data.root={p2_root}", f"device={device}", *TABLE_OVERRIDES, *slices]
+    sets = [f"device={device}", *TABLE_OVERRIDES, *slices]
     ssl_backbone = runs / "p2_byol" / "backbone.pt"
     log.info("== p2 settings A-E on the office set")
-    transfer.run_table(config_mod.load_yaml("p2_finetune"), sets, str(sl_backbone), str(ssl_backbone), runs / "p2_table")
-    command = (f"dlcv ssl table -c configs/p2_finetune.yaml --sl-backbone {sl_backbone} --ssl-backbone "
-               f"{ssl_backbone} --out {runs / 'p2_table'} {config_mod.set_flags(sets)}")
+    transfer.run_table(config_mod.with_root(config_mod.load_yaml("p2_finetune"), p2_root), sets, str(sl_backbone),
+                       str(ssl_backbone), runs / "p2_table")
+    command = (f"dlcv ssl table -c configs/p2_finetune.yaml --sl-backbone {shlex.quote(str(sl_backbone))} "
+               f"--ssl-backbone {shlex.quote(str(ssl_backbone))} --out {shlex.quote(str(runs / 'p2_table'))} "
+               f"{config_mod.set_flags([config_mod.set_item('data.root', str(p2_root)), *sets])}")
     results = []
     for setting, (_, pretraining, tuning) in transfer.SETTINGS.items():
         summary = read_summary(runs / "p2_table" / f"setting_{setting}")

@@ -192,6 +192,25 @@ def _p3(doc, runs: list[Run], arch_dir: Path) -> None:
             doc.figure(r.figures["training_curves"], f"model {r.role} ({r.model}), {r.path}")
 
 
+def _own_data(doc, runs: list[Run]) -> None:
+    """Runs on a dataset of the user's own (no course problem): results, each class by name, figures."""
+    mine = sorted((r for r in runs if r.problem is None), key=lambda r: str(r.path))
+    if not mine:
+        return
+    doc.heading(1, "Runs on datasets of your own")
+    for r in mine:
+        doc.heading(2, f"{r.path.name}: {r.task}, layout {r.summary.inputs.get('layout')}")
+        _results_table(doc, [r], r.monitor)
+        per_class = r.summary.extras.get("per_class_acc") or r.summary.extras.get("per_class_iou") or {}
+        if per_class:
+            doc.table(["class", f"{'accuracy' if r.task == 'classify' else 'IoU'} (final)"],
+                      [[name, fmt(value)] for name, value in per_class.items()])
+        _provenance(doc, [r])
+        for name in ("per_class_accuracy", "per_class_iou", "confusion_matrix", "mask_grid", "training_curves"):
+            if name in r.figures:
+                doc.figure(r.figures[name], f"{name.replace('_', ' ')}, {r.path}")
+
+
 TITLE = "DLCV homework 1: the report, reproduced by dlcv"
 
 
@@ -227,4 +246,5 @@ def build_report(paths: list[str | Path], out_html: str | Path) -> tuple[Path, P
         _p1(doc, runs, Path(arch_dir))
         _p2(doc, runs, tables)
         _p3(doc, runs, Path(arch_dir))
+        _own_data(doc, runs)
         return document.write(doc, out_html)

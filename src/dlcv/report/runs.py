@@ -35,11 +35,11 @@ class Run:
         return self.config["model"]["name"]
 
     @property
-    def problem(self) -> str:
-        """The task's problem (task_registry), except that a classification from `id,filename,label` CSVs
-        (the transfer settings and the supervised backbone) is P2's; P1 classifies `{label}_{id}` folders."""
-        if self.task == "classify" and self.config["data"].get("train_csv") is not None:
-            return "p2"
+    def problem(self) -> str | None:
+        """The course problem the run recorded it answers (data/layouts.py: from its data's layout; None: a
+        dataset of the user's own); a run of a dlcv before the record: its task's problem."""
+        if "problem" in self.summary.inputs:
+            return self.summary.inputs["problem"]
         return task_registry.task(self.task).problem
 
     @property

@@ -1,11 +1,13 @@
 """Tasks: classify, ssl, segment (registered in task_registry.py), each a thin layer over the engine (the
-contract: engine/task.py); ModelTask is their shared base and validate_classes their validation loop."""
+contract: engine/task.py); ModelTask is their shared base, source_of how they hold a split and
+validate_classes their validation loop."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dlcv.data.sources import Source
 from dlcv.engine import batches, distributed
 from dlcv.engine.task import Context, Task
 from dlcv.models import model_spec
@@ -21,16 +23,25 @@ def fill_model_defaults(cfg: dict) -> dict:
     return cfg
 
 
-def validate_classes(ctx: Context, confusion, predictor, images: torch.Tensor,
-                     targets: torch.Tensor) -> tuple[np.ndarray, float]:
+def source_of(d: dict, decoder, device: torch.device, what: str) -> Source:
+    """A split as the data settings `d` hold it: in memory or streamed (data.in_memory, data.workers),
+    cached under data.cache_dir."""
+    return Source(decoder, device, d["in_memory"], d["workers"], d["cache_dir"], what)
+
+
+def validate_classes(ctx: Context, confusion, predictor, source: Source, targets: torch.Tensor | None = None,
+                     ignore_index: int = -100) -> tuple[np.ndarray, float]:
     """Every process's share of the validation set through `predictor` (a Classifier or Segmenter): the
-    confusion matrix (torchmetrics sums it over DDP ranks) and the summed cross-entropy over all ranks."""
+    confusion matrix (torchmetrics sums it over DDP ranks) and the summed cross-entropy over all ranks.
+    `source` holds the images, and the targets unless `targets` are given (classification's labels);
+    target pixels of `ignore_index` count nowhere."""
     confusion.reset()
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    for idx in batches.eval_batches(len(targets), predictor.batch_size, ctx.rank, ctx.world_size):
-        idx = idx.to(ctx.device)
-        logits, y = predictor.logits(images[idx]), targets[idx].long()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+    chunks = list(batches.eval_batches(len(source), predictor.batch_size, ctx.rank, ctx.world_size))
+    for idx, items in source.iterate(chunks):
+        x, y = (items, targets[idx.to(ctx.device)]) if targets is not None else items
+        logits, y = predictor.logits(x), y.long()
+        loss_sum += F.cross_entropy(logits, y, ignore_index=ignore_index, reduction="sum").double()
         confusion.update(logits.argmax(1), y)
     return confusion.compute().cpu().numpy(), distributed.all_reduce_sum(loss_sum).item()
 

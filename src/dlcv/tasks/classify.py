@@ -1,9 +1,9 @@
-"""P1 image classification as a thin task over the engine: in-memory uint8 images on the device,
-batch augmentation there, cross-entropy, whole-set accuracy, feature snapshots for PCA / t-SNE."""
+"""Image classification (P1, P2's transfer runs, a dataset of the user's own) as a thin task over the
+engine: uint8 images held on the device or streamed from disk (data/sources.py), batch augmentation on the
+device, cross-entropy, whole-set accuracy, feature snapshots for PCA / t-SNE."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,16 +14,15 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.transforms import v2
 
 from dlcv import config as config_mod
-from dlcv.data import augment, labels as labels_mod
-from dlcv.data.images import load_images
+from dlcv.data import augment, layouts
 from dlcv.data.preprocess import Preprocess
-from dlcv.engine import batches, checkpoint
+from dlcv.data.sources import Images
+from dlcv.engine import checkpoint
 from dlcv.engine.task import Context
-from dlcv.errors import DlcvError
 from dlcv.inference.classify import Classifier
 from dlcv.models import create_model, list_models, model_spec
 from dlcv.task_registry import registered
-from dlcv.tasks import ModelTask, validate_classes
+from dlcv.tasks import ModelTask, source_of, validate_classes
 from dlcv.viz import figures
 
 log = logging.getLogger("dlcv")
@@ -32,9 +31,9 @@ ENTRY = registered(__name__)
 
 DEFAULTS: dict[str, Any] = {
     "task": ENTRY.name,
-    "data": {"root": None, "train_dir": "train_50", "val_dir": "val_50", "train_csv": None, "val_csv": None,
-             "image_size": 32, "input_size": None, "mean": None, "std": None,
-             "cache_dir": None, "limit_train": None, "limit_val": None, "val_fraction": 0.1},
+    # train_csv / val_csv: auto = FOLDER.csv beside the split's folder where it exists (data/layouts.py)
+    "data": {**layouts.SPLIT_DEFAULTS, "train_csv": layouts.AUTO, "val_csv": layouts.AUTO, "image_size": 32,
+             "input_size": None},
     "model": {"name": "resnet50_cifar"},
     "augment": config_mod.dataclass_defaults(augment.AugmentSpec),
     "loss": {"label_smoothing": 0.0},
@@ -45,19 +44,19 @@ DEFAULTS: dict[str, Any] = {
     "tta": {"flip": False, "translate": 0},
     "snapshot": {"tsne_perplexity": 30.0},
 }
-TYPES = {"augment.resized_crop_scale": list, "augment.color_jitter": list, "data.val_dir": str, "data.train_csv": str, "data.val_csv": str,
-         "data.input_size": int, "data.cache_dir": str,
-         "data.limit_train": int, "data.limit_val": int}
+TYPES = {"augment.resized_crop_scale": list, "augment.color_jitter": list, "data.train_csv": str, "data.val_csv": str,
+         "data.input_size": int, **layouts.SPLIT_TYPES}
 
 
 def choices() -> dict[str, tuple]:
-    return {"augment.pad_mode": ("zeros", "reflect", "replicate"), "model.name": tuple(list_models("classify"))}
+    return {"augment.pad_mode": ("zeros", "reflect", "replicate"), "model.name": tuple(list_models("classify")),
+            **layouts.layout_choices(ENTRY.name)}
 
 
 RANGES = {
     "data.image_size": config_mod.IMAGE_SIDE,
     "data.input_size": config_mod.IMAGE_SIDE_OR_NULL,
-    "data.limit_val": config_mod.COUNT_OR_NULL,
+    **layouts.SPLIT_RANGES,
     "loss.label_smoothing": config_mod.LABEL_SMOOTHING,
     "mix.cutmix_alpha": (lambda v: v >= 0, "a number >= 0 (0: off)"),
     "mix.mixup_alpha": (lambda v: v >= 0, "a number >= 0 (0: off)"),
@@ -83,23 +82,6 @@ def check_sizes_against_input(cfg: dict) -> None:
 SCHEMA = config_mod.Schema(DEFAULTS, choices, TYPES, RANGES, (check_sizes_against_input,))
 
 
-def _take(files: list[Path], labels: list[str], keep: list[int]):
-    return [files[i] for i in keep], [labels[i] for i in keep]
-
-
-def _subset(files: list[Path], labels: list[str], limit: int | None, seed: int):
-    return _take(files, labels, batches.seeded_subset(len(files), limit, seed))
-
-
-def _holdout(files: list[Path], labels: list[str], fraction: float, seed: int):
-    """(train files, train labels, val files, val labels): a seeded `fraction` of the files held out."""
-    if not 0 < fraction < 1:
-        raise DlcvError(f"data.val_fraction must be in (0, 1) when data.val_dir is null, got {fraction}")
-    val = batches.seeded_subset(len(files), max(1, round(fraction * len(files))), seed)
-    train = sorted(set(range(len(files))) - set(val))
-    return (*_take(files, labels, train), *_take(files, labels, val))
-
-
 def _mixer(mix: dict[str, float], num_classes: int):
     """torchvision's CutMix and/or MixUp on a training batch (images, labels) -> (mixed images, soft labels);
     None when both are off."""
@@ -113,26 +95,14 @@ class ClassifyTask(ModelTask):
     monitor = "val_acc"
 
     def setup(self, ctx: Context) -> None:
-        d, seed = self.cfg["data"], self.cfg["train"]["seed"]
-        root = Path(d["root"])
-        train_files, train_labels = labels_mod.labelled_split(root / d["train_dir"],
-                                                              labels_mod.resolve_path(root, d["train_csv"]))
-        if d["val_dir"] is None:  # no validation folder (mini-ImageNet): hold out a seeded fraction of train
-            train_files, train_labels, val_files, val_labels = _holdout(train_files, train_labels,
-                                                                        d["val_fraction"], seed)
-        else:
-            val_files, val_labels = labels_mod.labelled_split(root / d["val_dir"],
-                                                              labels_mod.resolve_path(root, d["val_csv"]))
-        train_files, train_labels = _subset(train_files, train_labels, d["limit_train"], seed)
-        val_files, val_labels = _subset(val_files, val_labels, d["limit_val"], seed)
-        self.classes = labels_mod.sorted_classes(train_labels)
-        self.val_files = val_files
-        device = ctx.device
-        self.train_x = load_images(train_files, d["image_size"], d["cache_dir"]).to(device)
-        self.train_y = torch.tensor(labels_mod.encode(train_labels, self.classes, "training set"), device=device)
-        self.val_x = load_images(val_files, d["image_size"], d["cache_dir"]).to(device)
-        val_source = f"validation set {d['val_dir'] or '(held out of the training set)'}"
-        self.val_y = torch.tensor(labels_mod.encode(val_labels, self.classes, val_source), device=device)
+        d, seed, device = self.cfg["data"], self.cfg["train"]["seed"], ctx.device
+        self.data = layouts.classification(d, seed)
+        train, val = self.data.train, self.data.val
+        self.classes = self.data.classes
+        self.train_x = source_of(d, Images(train.files, d["image_size"]), device, f"training set {train.folder}")
+        self.train_y = torch.tensor(train.targets, device=device)
+        self.val_x = source_of(d, Images(val.files, d["image_size"]), device, f"validation set {val.folder}")
+        self.val_y = torch.tensor(val.targets, device=device)
         self.meta = {"image_size": d["image_size"], "input_size": d["input_size"], "mean": d["mean"],
                      "std": d["std"], "tta": self.cfg["tta"]}
         self.preprocess = Preprocess(self.meta, device)
@@ -140,27 +110,30 @@ class ClassifyTask(ModelTask):
         self.aug = augment.AugmentSpec(**self.cfg["augment"])
         self.first_flip = torch.rand(len(self.train_y), generator=torch.Generator().manual_seed(seed)).lt(0.5).to(device)
         self.confusion = MulticlassConfusionMatrix(len(self.classes)).to(device)
-        log.info("classify: %d train / %d val images, %d classes, cache size %d px, model input %s px",
-                 len(train_files), len(val_files), len(self.classes), d["image_size"],
-                 d["input_size"] or d["image_size"])
+        log.info("classify: layout %s, %d train / %d val images%s, %d classes, cache size %d px, model input %s px",
+                 self.data.layout, len(train), len(val), " (held out of the training set)" if self.data.held_out
+                 else "", len(self.classes), d["image_size"], d["input_size"] or d["image_size"])
 
     def build_model(self, ctx: Context) -> nn.Module:
         m = self.cfg["model"]
         model = create_model(m["name"], num_classes=len(self.classes), weights=m["weights"], **m["options"])
         if model_spec(m["name"]).init_from_data:  # e.g. cifar_convnet's whitening stem: 5,000 images like
             every = max(1, len(self.train_x) // 5000)  # airbench, evenly spaced: every class is in (files sort by class)
-            model.init_from_data(self.preprocess(self.train_x[::every][:5000]).to(ctx.device))
+            model.init_from_data(self.preprocess(self.train_x[torch.arange(0, len(self.train_x), every)[:5000]]))
         return model
 
     def num_train(self) -> int:
         return len(self.train_y)
+
+    def plan_epoch(self, ctx: Context, epoch: int, index_batches: list[torch.Tensor]) -> None:
+        self.train_x.plan(index_batches)
 
     def train_batch(self, ctx, indices, offset, gen, global_size, epoch):
         idx = indices.to(ctx.device)
         flip = None
         if self.aug.alternate_flip:  # airbench: each image flipped in every other epoch, from a seeded start
             flip = self.first_flip[idx] ^ bool(epoch % 2 == 0)
-        x = self.preprocess(self.train_x[idx], self.aug, gen, global_size, offset, flip)
+        x = self.preprocess(self.train_x.batch(indices), self.aug, gen, global_size, offset, flip)
         return ctx.images(x), self.train_y[idx]
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
@@ -188,8 +161,8 @@ class ClassifyTask(ModelTask):
         if not ctx.is_main:
             return
         classifier = self._classifier(ctx, model)
-        chunks = torch.arange(len(self.val_y), device=ctx.device).split(classifier.batch_size)
-        feats = torch.cat([classifier.features(self.val_x[idx]) for idx in chunks])
+        chunks = torch.arange(len(self.val_y)).split(classifier.batch_size)
+        feats = torch.cat([classifier.features(x) for _, x in self.val_x.iterate(chunks)])
         checkpoint.save_snapshot(ctx.run.snapshots / f"features_epoch_{epoch:03d}.pt",
                                  {"task": self.name, "epoch": epoch,
                                   "features": feats.bfloat16(),  # half the size; float16 could overflow
@@ -211,15 +184,17 @@ class ClassifyTask(ModelTask):
             feats, labels_, epoch = state["features"].float().numpy(), state["labels"].numpy(), state["epoch"]
             if i == len(snaps) - 1:
                 figures.scatter_by_class(figures.embed_2d(feats, "pca", seed), labels_,
-                                         f"PCA of val features, epoch {epoch}", fig_dir / f"pca_epoch_{epoch:03d}.png")
+                                         f"PCA of val features, epoch {epoch}", fig_dir / f"pca_epoch_{epoch:03d}.png",
+                                         self.classes)
             figures.scatter_by_class(figures.embed_2d(feats, "tsne", seed, perplexity), labels_,
-                                     f"t-SNE of val features, epoch {epoch}", fig_dir / f"tsne_epoch_{epoch:03d}.png")
+                                     f"t-SNE of val features, epoch {epoch}", fig_dir / f"tsne_epoch_{epoch:03d}.png",
+                                     self.classes)
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"classes": self.classes, "preprocess": self.meta}
 
     def data_identity(self) -> dict[str, Any]:
-        return {**super().data_identity(), "classes": self.classes}
+        return {**super().data_identity(), "classes": self.classes, **self.data.identity()}
 
 
 TASK = ClassifyTask

@@ -1,31 +1,30 @@
-"""P3 semantic segmentation as a thin task over the engine: satellite tiles and masks decoded once into
-uint8 tensors on the device, joint image/mask augmentation on the device (per-sample flips, 90-degree rotations, crops),
-and validation scored with the course's exact mIoU."""
+"""Semantic segmentation (P3's satellite tiles, or image / mask pairs of the user's own classes) as a thin
+task over the engine: tiles and masks as uint8 tensors held on the device or streamed from disk
+(data/sources.py), joint image/mask augmentation on the device (per-sample flips, 90-degree rotations,
+crops), and validation scored as the dataset's classes say (the course's exact mIoU for P3)."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from dlcv import config as config_mod
-from dlcv.data import augment
-from dlcv.data.images import cached, check_fits_in_memory, read_rgb
-from dlcv.data.masks import CLASS_NAMES, IGNORE, NUM_CLASSES, SCORED, UNKNOWN, pair_folder, read_mask
+from dlcv.data import augment, layouts
+from dlcv.data.images import open_image_header
+from dlcv.data.masks import IGNORE, UNKNOWN
 from dlcv.data.preprocess import Preprocess
-from dlcv.engine import batches, checkpoint
+from dlcv.data.sources import Tiles
+from dlcv.engine import checkpoint
 from dlcv.engine.task import Context
-from dlcv.errors import DlcvError
 from dlcv.inference.segment import Segmenter
-from dlcv.metrics import course_iou
+from dlcv.metrics import segmentation_iou
 from dlcv.models import create_model, list_models
 from dlcv.task_registry import registered
-from dlcv.tasks import ModelTask, validate_classes
+from dlcv.tasks import ModelTask, source_of, validate_classes
 from dlcv.viz import figures
 
 log = logging.getLogger("dlcv")
@@ -36,10 +35,12 @@ ENTRY = registered(__name__)
 # augment.scale of the tile's area (square), resized to crop_size: scale [1, 1] is a plain resize.
 # data.infer_scale: validation and predict resize each tile by this factor for the model (the resolution
 # it trained at, e.g. 0.5 for crop_size 256 of whole 512 px tiles) and its logits back to the tile's size.
+# data.image_size: every tile and mask resized to this side when read (null: as they are, all of one size);
+# data.ignore_index: the value of pixels of no class in class-index masks (the pairs layout)
 DEFAULTS: dict[str, Any] = {
     "task": ENTRY.name,
-    "data": {"root": None, "train_dir": "train", "val_dir": "validation", "crop_size": None, "infer_scale": 1.0,
-             "mean": None, "std": None, "cache_dir": None, "limit_train": None, "limit_val": None},
+    "data": {**layouts.SPLIT_DEFAULTS, "crop_size": None, "infer_scale": 1.0, "image_size": None,
+             "ignore_index": IGNORE},
     "model": {"name": "fcn32s_vgg16"},
     # balanced: the fraction of crops centred on a pixel of a class drawn uniformly among the tile's classes
     "augment": {"flip": False, "rotate90": False, "scale": [1.0, 1.0], "balanced": 0.0},
@@ -50,17 +51,19 @@ DEFAULTS: dict[str, Any] = {
     "tta": {"flip": False, "rotate90": False, "scales": [1.0]},
     "snapshot": {"images": ["0013", "0062", "0104"]},
 }
-TYPES = {"data.crop_size": int, "data.cache_dir": str, "data.limit_train": int, "data.limit_val": int}
+TYPES = {"data.crop_size": int, "data.image_size": int, "data.ignore_index": int, **layouts.SPLIT_TYPES}
 
 
 def choices() -> dict[str, tuple]:
-    return {"model.name": tuple(list_models("segment"))}
+    return {"model.name": tuple(list_models("segment")), **layouts.layout_choices(ENTRY.name)}
 
 
 RANGES = {
     "data.crop_size": config_mod.IMAGE_SIDE_OR_NULL,
+    "data.image_size": config_mod.IMAGE_SIDE_OR_NULL,
+    "data.ignore_index": (lambda v: 0 <= v <= 255, "a pixel value in 0..255 (or null: none)"),
     "data.infer_scale": (lambda v: 0 < v <= 4, "a factor in (0, 4]"),
-    "data.limit_val": config_mod.COUNT_OR_NULL,
+    **layouts.SPLIT_RANGES,
     "loss.label_smoothing": config_mod.LABEL_SMOOTHING,
     "loss.dice_weight": config_mod.NON_NEGATIVE_WEIGHT,
     "loss.lovasz_weight": config_mod.NON_NEGATIVE_WEIGHT,
@@ -117,72 +120,57 @@ def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, stride: int = 4) 
     return (errors * gradient).sum(1).mean()
 
 
-def _decode_split(pairs, red_as: int, what: str):
-    """Images N x 3 x H x W and masks N x H x W (uint8); all tiles of a split must share one size."""
-    first = read_rgb(pairs[0][1])
-    n, (h, w) = len(pairs), first.shape[:2]
-    check_fits_in_memory(n * 4 * h * w, f"{n} {what} tiles of {w}x{h} px (image and mask)",
-                         f"set data.limit_{'train' if what == 'train' else 'val'}")
-    images = np.empty((n, 3, h, w), np.uint8)
-    masks = np.empty((n, h, w), np.uint8)
-    red = 0
-    for i, (_, sat, mask_file) in enumerate(pairs):
-        img = first if i == 0 else read_rgb(sat)
-        mask, n_red = read_mask(mask_file, red_as)
-        if img.shape[:2] != (h, w):
-            raise DlcvError(f"{sat}: {img.shape[1]}x{img.shape[0]}, but the {what} tiles are {w}x{h}")
-        if mask.shape != img.shape[:2]:
-            raise DlcvError(f"{mask_file}: mask is {mask.shape[1]}x{mask.shape[0]}, "
-                            f"its image {sat.name} is {img.shape[1]}x{img.shape[0]}")
-        images[i], masks[i] = img.transpose(2, 0, 1), mask
-        red += n_red
-    return {"images": torch.from_numpy(images), "masks": torch.from_numpy(masks), "red": torch.tensor(red)}
-
-
 class SegmentTask(ModelTask):
     name = ENTRY.name
     monitor = "val_miou"
 
     def setup(self, ctx: Context) -> None:
-        d, seed = self.cfg["data"], self.cfg["train"]["seed"]
-        root, device = Path(d["root"]), ctx.device
-        splits = {}
-        for split, folder, limit, red_as in (("train", d["train_dir"], d["limit_train"], IGNORE),
-                                             ("val", d["val_dir"], d["limit_val"], UNKNOWN)):
-            pairs = pair_folder(root / folder)
-            keep = batches.seeded_subset(len(pairs), limit, seed)
-            if split == "val":  # a limited val set still holds the report's snapshot tiles
-                snapshot_ids = set(self.cfg["snapshot"]["images"])
-                keep = sorted(set(keep) | {i for i, (ident, _, _) in enumerate(pairs) if ident in snapshot_ids})
-            pairs = [pairs[i] for i in keep]
-            files = [p for _, sat, mask in pairs for p in (sat, mask)]
-            data = cached(files, f"segment:{red_as}", lambda: _decode_split(pairs, red_as, split), d["cache_dir"])
-            if data["red"]:
-                treatment = "ignored by the loss" if split == "train" else f"scored as unknown ({UNKNOWN})"
-                log.warning("%s: %d pure-red pixels (code 4, not a class of the course): %s",
-                            root / folder, int(data["red"]), treatment)
-            if split == "train":
-                unlabelled = [ident for (ident, _, _), red in zip(pairs, (data["masks"] == IGNORE).flatten(1).all(1))
-                              if red]
-                if unlabelled:
-                    log.warning("%s: %d training tile(s) pure red everywhere, e.g. %s: no pixel of them is "
-                                "learned from", root / folder, len(unlabelled), unlabelled[0])
-            splits[split] = (pairs, data["images"].to(device), data["masks"].to(device))
-        (_, self.train_x, self.train_y), (self.val_pairs, self.val_x, self.val_y) = splits["train"], splits["val"]
+        d, seed, device = self.cfg["data"], self.cfg["train"]["seed"], ctx.device
+        self.data = layouts.segmentation(d, seed, tuple(self.cfg["snapshot"]["images"]))
+        self.table, train, val = self.data.mask_classes, self.data.train, self.data.val
+        # the course's pure red: ignored by the training loss, scored as unknown (its evaluator's reading)
+        self.train_x = source_of(d, Tiles(train.files, train.masks, self.table, IGNORE, d["image_size"], "train"),
+                                 device, f"training set {train.folder}")
+        self.val_x = source_of(d, Tiles(val.files, val.masks, self.table, UNKNOWN, d["image_size"], "val"),
+                               device, f"validation set {val.folder}")
+        self._warn_of_unlabelled_pixels()
         self.preprocess = Preprocess({"mean": d["mean"], "std": d["std"]}, device)
         a = self.cfg["augment"]
         self.geometry = {"flip": a["flip"], "rotate90": a["rotate90"], "scale": tuple(a["scale"]),
                          "balanced": a["balanced"]}
-        self.crop_size = d["crop_size"] or self.train_x.shape[-1]
+        with open_image_header(train.files[0]) as first:
+            self.tile_side = d["image_size"] or first.width
+        self.crop_size = d["crop_size"] or self.tile_side
         self.augmenting = a["flip"] or a["rotate90"] or self.geometry["scale"] != (1.0, 1.0) \
-            or self.crop_size != self.train_x.shape[-1]
-        self.confusion = MulticlassConfusionMatrix(NUM_CLASSES).to(device)
-        log.info("segment: %d train / %d val tiles of %dx%d px", len(self.train_x), len(self.val_x),
-                 self.train_x.shape[-1], self.train_x.shape[-2])
+            or self.crop_size != self.tile_side
+        ignore = None if self.table.course else IGNORE  # the course's truth has no such pixel in validation
+        self.confusion = MulticlassConfusionMatrix(len(self.table.names), ignore_index=ignore).to(device)
+        log.info("segment: layout %s, %d classes, %d train / %d val tiles%s", self.data.layout, len(self.table.names),
+                 len(train), len(val), " (held out of the training set)" if self.data.held_out else "")
+
+    def _warn_of_unlabelled_pixels(self) -> None:
+        """Pixels of no class (the course's pure red) of splits held in memory (their decoding counts them)."""
+        for split, source in (("train", self.train_x), ("val", self.val_x)):
+            ignored = getattr(source.decoder, "ignored", 0)
+            folder = getattr(self.data, split).folder
+            if ignored and self.table.course:
+                treatment = "ignored by the loss" if split == "train" else f"scored as unknown ({UNKNOWN})"
+                log.warning("%s: %d pure-red pixels (code 4, not a class of the course): %s", folder, ignored,
+                            treatment)
+            elif ignored:
+                log.info("%s: %d pixels of no class, left out of the loss and the score", folder, ignored)
+        if self.train_x.in_memory:
+            masks = self.train_x.tensors[1]
+            empty = (masks == IGNORE).flatten(1).all(1)
+            unlabelled = [ident for ident, none in zip(self.data.train.ids, empty) if none]
+            if unlabelled:
+                what = "pure red everywhere" if self.table.course else "without a pixel of any class"
+                log.warning("%s: %d training tile(s) %s, e.g. %s: no pixel of them is learned from",
+                            self.data.train.folder, len(unlabelled), what, unlabelled[0])
 
     def build_model(self, ctx: Context) -> nn.Module:
         m = self.cfg["model"]
-        return create_model(m["name"], num_classes=NUM_CLASSES, weights=m["weights"], **m["options"])
+        return create_model(m["name"], num_classes=len(self.table.names), weights=m["weights"], **m["options"])
 
     def num_train(self) -> int:
         return len(self.train_x)
@@ -191,12 +179,14 @@ class SegmentTask(ModelTask):
         """uint8 tiles, or floats in [0, 1], -> the model's normalised input."""
         return ctx.images(self.preprocess(x) if x.dtype == torch.uint8 else self.preprocess.normalize(x))
 
+    def plan_epoch(self, ctx: Context, epoch: int, index_batches: list[torch.Tensor]) -> None:
+        self.train_x.plan(index_batches)
+
     def train_batch(self, ctx, indices, offset, gen, global_size, epoch):
-        idx = indices.to(ctx.device)
-        x, y = self.train_x[idx], self.train_y[idx]
+        x, y = self.train_x.batch(indices)
         if self.augmenting:  # joint geometry on the device, per-sample parameters (data/augment.py)
-            draw = augment.GlobalDraw(gen, global_size, offset, len(idx), x.device)
-            x, y = augment.tile_geometry(x.float().div_(255), y, draw, self.crop_size, classes=SCORED,
+            draw = augment.GlobalDraw(gen, global_size, offset, len(indices), x.device)
+            x, y = augment.tile_geometry(x.float().div_(255), y, draw, self.crop_size, classes=self.table.scored,
                                          **self.geometry)
         return self.normalize(ctx, x), y.long()
 
@@ -220,16 +210,18 @@ class SegmentTask(ModelTask):
                          self.cfg["train"]["eval_batch_size"], ctx.device)
 
     def evaluate(self, ctx: Context, model: nn.Module) -> dict[str, Any]:
-        matrix, loss_sum = validate_classes(ctx, self.confusion, self._segmenter(ctx, model), self.val_x, self.val_y)
-        ious, miou = course_iou(matrix)
+        matrix, loss_sum = validate_classes(ctx, self.confusion, self._segmenter(ctx, model), self.val_x,
+                                            ignore_index=IGNORE)
+        ious, miou = segmentation_iou(matrix, self.table)
         self.last_ious = ious
+        names = self.table.names[:self.table.scored]
         return {"val_loss": loss_sum / matrix.sum(), "val_miou": miou,
-                **{f"iou_{CLASS_NAMES[c]}": ious[c] for c in range(SCORED)},
+                **{f"iou_{name}": iou for name, iou in zip(names, ious)},
                 "pixel_acc": float(matrix.trace() / matrix.sum()),
-                "per_class_iou": {CLASS_NAMES[c]: round(ious[c], 5) for c in range(SCORED)}}
+                "per_class_iou": {name: round(iou, 5) for name, iou in zip(names, ious)}}
 
     def _snapshot_indices(self) -> list[int]:
-        ids = [ident for ident, _, _ in self.val_pairs]
+        ids = self.data.val.ids
         wanted = [ids.index(i) for i in self.cfg["snapshot"]["images"] if i in ids]
         if not wanted:
             log.warning("snapshot images %s not in the validation set; using its first three",
@@ -242,11 +234,11 @@ class SegmentTask(ModelTask):
         test-time augmentation), for the mask grid figure."""
         if not ctx.is_main:
             return
-        idx = torch.tensor(self._snapshot_indices(), device=ctx.device)
-        pred = self._segmenter(ctx, model).logits(self.val_x[idx]).argmax(1).to(torch.uint8).cpu()
+        idx = torch.tensor(self._snapshot_indices())
+        pred = self._segmenter(ctx, model).logits(self.val_x[idx][0]).argmax(1).to(torch.uint8).cpu()
         checkpoint.save_snapshot(ctx.run.snapshots / f"masks_epoch_{epoch:03d}.pt",
                                  {"task": self.name, "epoch": epoch, "masks": pred,
-                                  "ids": [self.val_pairs[i][0] for i in idx.tolist()]})
+                                  "ids": [self.data.val.ids[i] for i in idx.tolist()]})
 
     def finish(self, ctx: Context, rows: list[dict[str, Any]]) -> None:
         fig_dir = ctx.run.figures
@@ -254,18 +246,22 @@ class SegmentTask(ModelTask):
             figures.training_curves([{k: v for k, v in r.items() if not k.startswith("iou_")} for r in rows],
                                     fig_dir / "training_curves.png")
         if getattr(self, "last_ious", None) is not None:
-            figures.per_class_bars(self.last_ious, list(CLASS_NAMES[:SCORED]), "per-class validation IoU",
-                                   fig_dir / "per_class_iou.png")
+            figures.per_class_bars(self.last_ious, list(self.table.names[:self.table.scored]),
+                                   "per-class validation IoU", fig_dir / "per_class_iou.png")
         snaps = [checkpoint.load_snapshot(p, self.name) for p in sorted(ctx.run.snapshots.glob("masks_epoch_*.pt"))]
         if snaps:
-            idx = self._snapshot_indices()
-            figures.mask_grid(self.val_x[idx].cpu().numpy(), self.val_y[idx].cpu().numpy(),
+            images, truths = self.val_x[torch.tensor(self._snapshot_indices())]
+            figures.mask_grid(images.cpu().numpy(), truths.cpu().numpy(),
                               {s["epoch"]: s["masks"].numpy() for s in snaps}, snaps[0]["ids"],
-                              fig_dir / "mask_grid.png")
+                              fig_dir / "mask_grid.png", self.table.to_rgb)
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {"preprocess": {"mean": self.cfg["data"]["mean"], "std": self.cfg["data"]["std"],
+        return {"classes": list(self.table.names), "masks": self.table.record(),
+                "preprocess": {"mean": self.cfg["data"]["mean"], "std": self.cfg["data"]["std"],
                                "tta": self.cfg["tta"], "infer_scale": self.cfg["data"]["infer_scale"]}}
+
+    def data_identity(self) -> dict[str, Any]:
+        return {**super().data_identity(), "classes": list(self.table.names), **self.data.identity()}
 
 
 TASK = SegmentTask

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,11 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlcv import config as config_mod
-from dlcv.data import labels as labels_mod
-from dlcv.data.images import list_images, load_images
+from dlcv.data import labels as labels_mod, layouts
 from dlcv.data.preprocess import Preprocess
+from dlcv.data.sources import Images, Source
 from dlcv.data.views import ViewSpec, two_views
-from dlcv.engine import batches
 from dlcv.engine.task import Context
 from dlcv.errors import DlcvError
 from dlcv.metrics import knn_accuracy
@@ -24,7 +22,7 @@ from dlcv.models import create_model
 from dlcv.models.byol import BACKBONES, BYOL, resnet_features, target_momentum
 from dlcv.statedict import save_state_dict
 from dlcv.task_registry import registered
-from dlcv.tasks import ModelTask
+from dlcv.tasks import ModelTask, source_of
 from dlcv.viz import figures
 
 log = logging.getLogger("dlcv")
@@ -33,8 +31,8 @@ ENTRY = registered(__name__)
 
 DEFAULTS: dict[str, Any] = {
     "task": ENTRY.name,
-    "data": {"root": None, "unlabeled_dir": "mini/train", "image_size": 128, "input_size": None,
-             "mean": None, "std": None, "cache_dir": None, "limit_train": None},
+    # every image under data.root / data.unlabeled_dir, searched recursively (data/layouts.py)
+    "data": {"unlabeled_dir": ".", "image_size": 128, "input_size": None},
     "model": {"name": "resnet50"},
     # separate_views: each view through each network on its own (BatchNorm statistics per view, as the paper,
     # lightly and solo-learn), not both in one batch: the higher k-NN accuracy at lightly's CIFAR budget on P1
@@ -42,14 +40,14 @@ DEFAULTS: dict[str, Any] = {
     "byol": {"projector_hidden": 4096, "projector_dim": 256, "base_momentum": 0.99, "final_momentum": 1.0,
              "separate_views": True},
     "views": config_mod.dataclass_defaults(ViewSpec),
-    # k-NN monitor on a labelled set (weighted vote of the k nearest train features, Wu et al. 2018);
-    # knn.train_dir=null turns it off, and best.pt then follows the lowest training loss.
+    # k-NN monitor on a labelled set in any classification layout (weighted vote of the k nearest train
+    # features, Wu et al. 2018); knn.train_dir=null turns it off, and best.pt then follows the lowest
+    # training loss.
     "knn": {"train_dir": "office/train", "train_csv": "office/train.csv", "val_dir": "office/val",
             "val_csv": "office/val.csv", "k": 20, "temperature": 0.07},
     "embed_std_images": 512,
 }
-TYPES = {"data.input_size": int, "data.cache_dir": str, "data.limit_train": int, "knn.train_dir": str,
-         "knn.train_csv": str, "knn.val_dir": str, "knn.val_csv": str}
+TYPES = {"data.input_size": int, "knn.train_dir": str, "knn.train_csv": str, "knn.val_dir": str, "knn.val_csv": str}
 
 
 def choices() -> dict[str, tuple]:
@@ -74,25 +72,21 @@ class SSLTask(ModelTask):
             raise DlcvError("train.ema_decay: BYOL already keeps a moving average of its weights (the target "
                             "network, byol.base_momentum); set train.ema_decay for classify or segment runs")
         d, device = self.cfg["data"], ctx.device
-        root = Path(d["root"])
-        files = list_images(root / d["unlabeled_dir"])
-        keep = batches.seeded_subset(len(files), d["limit_train"], self.cfg["train"]["seed"])
-        files = [files[i] for i in keep]
-        self.images = load_images(files, d["image_size"], d["cache_dir"]).to(device)
+        files, _ = layouts.unlabeled(d, self.cfg["train"]["seed"])
+        self.images = source_of(d, Images(files, d["image_size"]), device, f"images under {d['unlabeled_dir']}")
         self.input_size = d["input_size"] or d["image_size"]
         self.preprocess = Preprocess({k: d[k] for k in ("input_size", "mean", "std")}, device)
         self.views = ViewSpec.from_config(self.cfg["views"])
         if self.use_knn:
-            kn = self.cfg["knn"]
-            splits = {split: labels_mod.labelled_split(root / kn[f"{split}_dir"],
-                                                       labels_mod.resolve_path(root, kn[f"{split}_csv"]))
+            kn, root = self.cfg["knn"], layouts.data_root(d)
+            splits = {split: layouts.labelled(root, kn[f"{split}_dir"], kn[f"{split}_csv"], f"knn.{split}_dir")
                       for split in ("train", "val")}
-            self.knn_classes = labels_mod.sorted_classes(splits["train"][1])
+            self.knn_classes = splits["train"].classes()
             self.knn_train, self.knn_val = (
-                (load_images(split_files, d["image_size"], d["cache_dir"]).to(device),
-                 torch.tensor(labels_mod.encode(split_labels, self.knn_classes, f"k-NN {split} set",
-                                                unknown_as=-1 if split == "val" else None), device=device))
-                for split, (split_files, split_labels) in splits.items())
+                (source_of(d, Images(split.files, d["image_size"]), device, f"k-NN {name} set"),
+                 torch.tensor(labels_mod.encode(split.labels, self.knn_classes, f"k-NN {name} set",
+                                                unknown_as=-1 if name == "val" else None), device=device))
+                for name, split in splits.items())
         log.info("ssl: %d unlabeled images at %d px (views %d px)%s", len(files), d["image_size"], self.input_size,
                  f"; k-NN monitor on {len(self.knn_train[1])}/{len(self.knn_val[1])} labelled images"
                  if self.use_knn else "")
@@ -108,8 +102,11 @@ class SSLTask(ModelTask):
     def _prepare(self, ctx: Context, x_uint8: torch.Tensor) -> torch.Tensor:
         return ctx.images(self.preprocess(x_uint8))
 
+    def plan_epoch(self, ctx: Context, epoch: int, index_batches: list[torch.Tensor]) -> None:
+        self.images.plan(index_batches)
+
     def train_batch(self, ctx, indices, offset, gen, global_size, epoch):
-        x = self.images[indices.to(ctx.device)].float().div_(255)
+        x = self.images.batch(indices).float().div_(255)
         views = two_views(x, self.views, self.input_size, gen, global_size, offset)
         return tuple(ctx.images(self.preprocess.normalize(v)) for v in views)
 
@@ -120,10 +117,10 @@ class SSLTask(ModelTask):
         b = self.cfg["byol"]
         ctx.module.update_target(target_momentum(step, ctx.total_steps, b["base_momentum"], b["final_momentum"]))
 
-    def _features(self, ctx: Context, images: torch.Tensor) -> torch.Tensor:
+    def _features(self, ctx: Context, images: Source) -> torch.Tensor:
         net = ctx.eval_module.backbone
-        return torch.cat([resnet_features(net, self._prepare(ctx, chunk)).float()
-                          for chunk in images.split(self.cfg["train"]["eval_batch_size"])])
+        chunks = torch.arange(len(images)).split(self.cfg["train"]["eval_batch_size"])
+        return torch.cat([resnet_features(net, self._prepare(ctx, x)).float() for _, x in images.iterate(chunks)])
 
     def evaluate(self, ctx: Context, model: nn.Module) -> dict[str, Any]:
         """Every rank evaluates the same fixed images (small sets), so no reduction is needed.
@@ -131,9 +128,9 @@ class SSLTask(ModelTask):
         embed_std: per-dimension std of the L2-normalised online projections of un-augmented images,
         times sqrt(dim): about 1 for well-spread embeddings, 0 when BYOL has collapsed to a constant."""
         byol = ctx.eval_module  # for its parts (embed, backbone); train.ema_decay is refused, so the trained weights
-        sample = self.images[:self.cfg["embed_std_images"]]
-        z = torch.cat([F.normalize(byol.embed(self._prepare(ctx, c)).float(), dim=1)
-                       for c in sample.split(self.cfg["train"]["eval_batch_size"])])
+        sample = torch.arange(min(len(self.images), self.cfg["embed_std_images"]))
+        z = torch.cat([F.normalize(byol.embed(self._prepare(ctx, x)).float(), dim=1)
+                       for _, x in self.images.iterate(sample.split(self.cfg["train"]["eval_batch_size"]))])
         metrics = {"embed_std": (z.std(0).mean() * math.sqrt(z.shape[1])).item()}
         if self.use_knn:
             kn = self.cfg["knn"]
@@ -153,6 +150,9 @@ class SSLTask(ModelTask):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"backbone_arch": self.cfg["model"]["name"]}
+
+    def data_identity(self) -> dict[str, Any]:
+        return {**super().data_identity(), "layout": "folder", "problem": layouts.PROBLEMS[(ENTRY.name, "folder")]}
 
 
 TASK = SSLTask

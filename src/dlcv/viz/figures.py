@@ -89,21 +89,34 @@ def embed_2d(features: np.ndarray, method: str, seed: int = 0, perplexity: float
     raise ValueError(f"method must be pca or tsne, got {method!r}")
 
 
-def scatter_by_class(points: np.ndarray, labels: Sequence[int], title: str, path: str | Path) -> Path:
+def scatter_by_class(points: np.ndarray, labels: Sequence[int], title: str, path: str | Path,
+                     classes: Sequence[str] | None = None) -> Path:
+    """Points coloured by class index; with the class names, a legend names them (up to LEGEND_CLASSES;
+    more get a colour bar of indices)."""
     labels = np.asarray(labels)
     n_classes = int(labels.max()) + 1 if labels.size else 1
     fig, ax = plt.subplots(figsize=(6.4, 6))
     sc = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="nipy_spectral", s=5, alpha=0.8,
                     vmin=0, vmax=max(1, n_classes - 1))
     ax.set_title(title), ax.set_xticks([]), ax.set_yticks([])
-    fig.colorbar(sc, ax=ax, fraction=0.046, label="class")
+    if classes is not None and len(classes) <= LEGEND_CLASSES:
+        shown = sorted(set(labels.tolist()) - {-1})
+        handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i)), label=classes[i]) for i in shown]
+        ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    else:
+        fig.colorbar(sc, ax=ax, fraction=0.046, label="class")
     return save(fig, path)
 
 
+LEGEND_CLASSES = 20
+
+
 def mask_grid(images: np.ndarray, truths: np.ndarray, preds_by_epoch: dict[int, np.ndarray], ids: Sequence[str],
-              path: str | Path) -> Path:
-    """Rows: epochs; for each chosen image three panels: satellite image, ground truth, prediction."""
-    from dlcv.data.masks import class_to_rgb
+              path: str | Path, class_to_rgb=None) -> Path:
+    """Rows: epochs; for each chosen image three panels: satellite image, ground truth, prediction, in the
+    colours of `class_to_rgb` (default: the course's palette)."""
+    if class_to_rgb is None:
+        from dlcv.data.masks import class_to_rgb
 
     epochs = sorted(preds_by_epoch)
     cols = 3 * len(ids)
