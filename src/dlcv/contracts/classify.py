@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -12,77 +13,110 @@ import torch
 from dlcv import metrics
 from dlcv.data import labels as labels_mod
 from dlcv.data.images import list_images, load_images
-from dlcv.engine import checkpoint
 from dlcv.errors import DlcvError
-from dlcv.inference.classify import Classifier
+from dlcv.inference.classify import Classifier, read_checkpoint
+from dlcv.inference.exported import CHECKPOINT, check_run_options, model_format, open_exported
 from dlcv.viz import figures
 
 log = logging.getLogger("dlcv")
 
 
-def load_classifier(ckpt_path: str | Path, device: torch.device, tta: bool = True, precision: str = "auto",
-                    batch_size: int | None = None) -> tuple[Classifier, dict[str, Any]]:
-    """The checkpoint's model as its run validated it, and the checkpoint; `tta=False` drops the saved
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the commands read of a model file besides its predictions: its class names and where its training
+    labels came from (an `id,filename,label` CSV: P2, or `{label}_{id}` file names: P1)."""
+    classes: list[str]
+    trained_on_csv: bool | None  # None: unknown (an export without the record)
+
+
+def load_classifier(model_path: str | Path, device: torch.device, tta: bool = True, precision: str = "auto",
+                    batch_size: int | None = None, command: str = "classify predict"):
+    """A classify checkpoint's model as its run validated it (inference.classify.Classifier), or an exported
+    classifier (inference.exported.ExportedModel, fp32), and its ModelInfo. `tta=False` drops the saved
     test-time augmentation (plain predictions); `precision` and `batch_size`: see Classifier.from_checkpoint."""
-    state = checkpoint.load(ckpt_path, "classify", require=("classes", "preprocess"))
+    if model_format(model_path) != CHECKPOINT:
+        model = open_exported(model_path, "classify", command, device, batch_size)
+        check_run_options(model, tta, precision)
+        labels_from = model.metadata.get("labels_from")
+        return model, ModelInfo(model.classes, None if labels_from is None else labels_from == "csv")
+    state = read_checkpoint(model_path)
     if not tta:
         state["preprocess"] = {**state["preprocess"], "tta": None}
-    return Classifier.from_checkpoint(state, device, precision, batch_size, str(ckpt_path)), state
+    classifier = Classifier.from_checkpoint(state, device, precision, batch_size, str(model_path))
+    return classifier, ModelInfo(state["classes"], state["config"]["data"].get("train_csv") is not None)
 
 
-def warn_if_other_problem(ckpt: str | Path, state: dict[str, Any], expects_csv_labels: bool) -> None:
+def warn_if_other_problem(model_path: str | Path, info: ModelInfo, expects_csv_labels: bool) -> None:
     """P1 (hw1_1.sh, folder labels) and P2 (hw1_2.sh, CSV labels) models are both classifiers: a
-    checkpoint of the other problem runs, but its answers are another class set's."""
-    trained_on_csv = state["config"]["data"].get("train_csv") is not None
-    if trained_on_csv != expects_csv_labels:
-        classes = state["classes"]
+    model of the other problem runs, but its answers are another class set's."""
+    if info.trained_on_csv is not None and info.trained_on_csv != expects_csv_labels:
+        classes = info.classes
         shown = ", ".join(classes[:3]) + (f", ..., {classes[-1]}" if len(classes) > 3 else "")
-        log.warning("%s was trained on %s (%d classes: %s): is it the other problem's model?", ckpt,
-                    "an id,filename,label CSV" if trained_on_csv else "a {label}_{id} image folder",
+        log.warning("%s was trained on %s (%d classes: %s): is it the other problem's model?", model_path,
+                    "an id,filename,label CSV" if info.trained_on_csv else "a {label}_{id} image folder",
                     len(classes), shown)
 
 
-def infer(classifier: Classifier, files: Sequence[Path],
-          with_features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predicted class indices (and optionally features) for image files, in the given order."""
+def infer(classifier, files: Sequence[Path], with_features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """fp32 logits (and optionally features) of image files, in the given order."""
     images = load_images(files, classifier.meta["image_size"], use_cache=False)
-    preds, feats = [], []
+    logits, feats = [], []
     for chunk in images.split(classifier.batch_size):
         if with_features:
             feats.append(classifier.features(chunk))
-        preds.append(classifier.logits(chunk).argmax(1).cpu())
-    return torch.cat(preds).numpy(), torch.cat(feats).numpy() if with_features else None
+        logits.append(classifier.logits(chunk).cpu())
+    return torch.cat(logits).numpy(), torch.cat(feats).numpy() if with_features else None
 
 
-def predict_folder(ckpt: str | Path, image_dir: str | Path, out_csv: str | Path, device: torch.device,
-                   batch_size: int | None = None, tta: bool = True, precision: str = "auto") -> int:
-    """Writes `filename,label` for every image of the folder, sorted by file name. Labels come from the
-    model only, never from file names; the matching of names to predictions is by construction."""
-    classifier, state = load_classifier(ckpt, device, tta, precision, batch_size)
-    warn_if_other_problem(ckpt, state, expects_csv_labels=False)
+def topk_header(k: int) -> list[str]:
+    """`--topk K`'s columns after the graded ones: label_1, prob_1, ..., label_K, prob_K."""
+    return [column for i in range(1, k + 1) for column in (f"label_{i}", f"prob_{i}")]
+
+
+def _predictions(logits: np.ndarray, classes: Sequence[str], topk: int, where) -> list[list]:
+    """Per image: the predicted class name, then with `topk` K the K most probable class names with their
+    softmax probabilities (6 decimals)."""
+    if topk > len(classes):
+        raise DlcvError(f"--topk {topk}: {where} has only {len(classes)} classes")
+    rows = [[classes[i]] for i in logits.argmax(1)]
+    if topk:
+        probs = torch.from_numpy(logits).softmax(1)
+        top = probs.topk(topk, dim=1)
+        for row, p, idx in zip(rows, top.values.tolist(), top.indices.tolist()):
+            row.extend(v for c, q in zip(idx, p) for v in (classes[c], f"{q:.6f}"))
+    return rows
+
+
+def predict_folder(model_path: str | Path, image_dir: str | Path, out_csv: str | Path, device: torch.device,
+                   batch_size: int | None = None, tta: bool = True, precision: str = "auto", topk: int = 0) -> int:
+    """Writes `filename,label` for every image of the folder, sorted by file name (with `topk` K, then the K
+    most probable classes and their probabilities). Labels come from the model only, never from file names;
+    the matching of names to predictions is by construction."""
+    classifier, info = load_classifier(model_path, device, tta, precision, batch_size)
+    warn_if_other_problem(model_path, info, expects_csv_labels=False)
     files = list_images(image_dir)
-    preds, _ = infer(classifier, files)
-    classes = state["classes"]
-    labels_mod.write_csv(out_csv, ["filename", "label"], [(f.name, classes[p]) for f, p in zip(files, preds)])
+    logits, _ = infer(classifier, files)
+    rows = _predictions(logits, info.classes, topk, model_path)
+    labels_mod.write_csv(out_csv, ["filename", "label", *topk_header(topk)], [[f.name, *r] for f, r in zip(files, rows)])
     return len(files)
 
 
-def predict_csv(ckpt: str | Path, in_csv: str | Path, image_dir: str | Path, out_csv: str | Path,
+def predict_csv(model_path: str | Path, in_csv: str | Path, image_dir: str | Path, out_csv: str | Path,
                 device: torch.device, batch_size: int | None = None, tta: bool = True,
-                precision: str = "auto") -> int:
+                precision: str = "auto", topk: int = 0) -> int:
     """SPEC 4 (hw1_2.sh): `id,filename,label` with id and filename copied from IN_CSV in its order; the
-    input's label column, if any, is ignored (it may be `None`)."""
+    input's label column, if any, is ignored (it may be `None`). `topk`: as predict_folder."""
     rows = labels_mod.read_csv_rows(in_csv, ("id", "filename"))
     files = labels_mod.files_in(image_dir, [r["filename"] for r in rows], in_csv)
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise DlcvError(f"{in_csv}: {len(missing)} listed image(s) not found in {image_dir}, e.g. {missing[0]}")
-    classifier, state = load_classifier(ckpt, device, tta, precision, batch_size)
-    warn_if_other_problem(ckpt, state, expects_csv_labels=True)
-    preds, _ = infer(classifier, files)
-    classes = state["classes"]
-    labels_mod.write_csv(out_csv, ["id", "filename", "label"],
-                         [(r["id"], r["filename"], classes[p]) for r, p in zip(rows, preds)])
+    classifier, info = load_classifier(model_path, device, tta, precision, batch_size, "ssl predict")
+    warn_if_other_problem(model_path, info, expects_csv_labels=True)
+    logits, _ = infer(classifier, files)
+    predictions = _predictions(logits, info.classes, topk, model_path)
+    labels_mod.write_csv(out_csv, ["id", "filename", "label", *topk_header(topk)],
+                         [[r["id"], r["filename"], *p] for r, p in zip(rows, predictions)])
     return len(rows)
 
 
@@ -97,8 +131,10 @@ def embed_figure(ckpt: str | Path, image_dir: str | Path, method: str, out: str 
     if len(files) < MIN_EMBED_IMAGES:
         raise DlcvError(f"{image_dir}: {len(files)} image(s); a {method.upper()} picture needs at least "
                         f"{MIN_EMBED_IMAGES}")
-    classifier, state = load_classifier(ckpt, device, precision=precision, batch_size=batch_size)
-    preds, feats = infer(classifier, files, with_features=True)
+    state = read_checkpoint(ckpt)
+    classifier = Classifier.from_checkpoint(state, device, precision, batch_size, str(ckpt))
+    logits, feats = infer(classifier, files, with_features=True)
+    preds = logits.argmax(1)
     names = [labels_mod.label_from_filename(f) for f in files]
     if all(n is not None for n in names) and set(names) <= set(state["classes"]):
         colours, source = labels_mod.encode(names, state["classes"], str(image_dir)), "true"

@@ -3,30 +3,37 @@ course's evaluator (`segment miou`), exactly its semantics and printout."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from dlcv.data.images import read_rgb
 from dlcv.data.masks import NUM_CLASSES, SAT_SUFFIXES, UNKNOWN, mask_name, read_mask, sat_images, write_mask
-from dlcv.engine import checkpoint
 from dlcv.errors import DlcvError
-from dlcv.inference.segment import Segmenter, goes_whole
+from dlcv.inference.exported import CHECKPOINT, check_run_options, model_format, open_exported
+from dlcv.inference.segment import Segmenter, goes_whole, read_checkpoint
 from dlcv.metrics import confusion_of, course_iou
 
 
-def load_segmenter(ckpt_path: str | Path, device: torch.device, tta: bool = True, precision: str = "auto",
-                   batch_size: int | None = None, compile_model: bool = False) -> tuple[Segmenter, dict[str, Any]]:
-    """The checkpoint's model as its run validated it, and the checkpoint; `tta=False` drops the saved
-    test-time augmentation (plain predictions); the rest: see Segmenter.from_checkpoint."""
-    state = checkpoint.load(ckpt_path, "segment", require=("preprocess",))
+def load_segmenter(model_path: str | Path, device: torch.device, tta: bool = True, precision: str = "auto",
+                   batch_size: int | None = None, compile_model: bool = False):
+    """A segment checkpoint's model as its run validated it (inference.segment.Segmenter), or an exported
+    segmenter (inference.exported.ExportedModel, fp32). `tta=False` drops the saved test-time augmentation
+    (plain predictions); the rest: see Segmenter.from_checkpoint."""
+    if model_format(model_path) != CHECKPOINT:
+        model = open_exported(model_path, "segment", "segment predict", device, batch_size)
+        check_run_options(model, tta, precision)
+        if compile_model:
+            raise DlcvError(f"--compile applies to checkpoints; {model_path} is an exported model")
+        return model
+    state = read_checkpoint(model_path)
     if not tta:
         state["preprocess"] = {**state["preprocess"], "tta": None}
-    return Segmenter.from_checkpoint(state, device, precision, batch_size, str(ckpt_path), compile_model), state
+    return Segmenter.from_checkpoint(state, device, precision, batch_size, str(model_path), compile_model)
 
 
-def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path, device: torch.device,
+def predict_folder(model_path: str | Path, image_dir: str | Path, out_dir: str | Path, device: torch.device,
                    batch_size: int | None = None, tta: bool = True, compile_model: bool = False,
                    precision: str = "auto") -> int:
     """`xxxx_mask.png` (RGB, course palette, the input's size) for every `xxxx_sat.jpg`, written atomically.
@@ -36,7 +43,7 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path,
     files = sat_images(image_dir)
     out_dir = Path(out_dir)
     _refuse_ground_truth_folder(Path(image_dir), out_dir)
-    segmenter, _ = load_segmenter(ckpt, device, tta, precision, batch_size, compile_model)
+    segmenter = load_segmenter(model_path, device, tta, precision, batch_size, compile_model)
     for start in range(0, len(files), segmenter.batch_size):
         chunk, small = files[start:start + segmenter.batch_size], []
         for f in chunk:  # a large image is predicted and written as soon as it is read: one in memory at a time

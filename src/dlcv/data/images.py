@@ -85,17 +85,23 @@ def read_rgb(path: str | Path) -> np.ndarray:
     """HxWx3 uint8 RGB. Grayscale, palette, RGBA and 16-bit images are converted; unreadable files
     (corrupt, truncated, not an image, too large) raise DlcvError naming the file."""
     with open_image(path) as im:
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # PIL's convert("RGB") clips 16-bit values instead of scaling them.
-            gray = np.asarray(im, dtype=np.int64)
-            gray = (gray >> 8 if gray.max() > 255 else gray).clip(0, 255).astype(np.uint8)
-            return np.repeat(gray[:, :, None], 3, axis=2)
-        if im.mode in ("RGBA", "LA", "P", "PA"):
-            im = im.convert("RGBA")
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return rgb_array(im)
 
 
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
+def rgb_array(im: Image.Image) -> np.ndarray:
+    """A PIL image as HxWx3 uint8 RGB, as read_rgb converts every file."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # PIL's convert("RGB") clips 16-bit values instead of scaling them.
+        gray = np.asarray(im, dtype=np.int64)
+        gray = (gray >> 8 if gray.max() > 255 else gray).clip(0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "P", "PA"):
+        im = im.convert("RGBA")
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def resize_rgb(img: np.ndarray, size: int) -> np.ndarray:
+    """HxWx3 uint8 -> size x size, PIL's bilinear (what load_images decodes every image to)."""
     if img.shape[0] == size and img.shape[1] == size:
         return img
     return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
@@ -166,6 +172,6 @@ def load_images(files: Sequence[Path], size: int, cache_dir: str | Path | None =
                              "lower data.image_size or set data.limit_train")
         array = np.empty((len(files), 3, size, size), dtype=np.uint8)
         for i, f in enumerate(files):
-            array[i] = _resize(read_rgb(f), size).transpose(2, 0, 1)
+            array[i] = resize_rgb(read_rgb(f), size).transpose(2, 0, 1)
         return torch.from_numpy(array)
     return cached(files, f"images:{size}", build, cache_dir, use_cache)

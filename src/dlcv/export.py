@@ -1,0 +1,163 @@
+"""`dlcv export`: a checkpoint written as one ONNX or TorchScript file that computes what predict computes
+(normalisation, test-time views, fp32 logits; its task's inference module builds the graph), with what it
+expects in its metadata, verified against the checkpoint before it is kept.
+
+ONNX goes through torch.onnx's default exporter (torch.export, "dynamo"; the TorchScript-based one is
+deprecated), opset 18 by default (ONNX Runtime >= 1.14 runs it), weights inside the file, a dynamic batch
+axis (and height and width for segmentation), as timm's onnx_export does. TorchScript is torch.jit.trace
+(deprecated by PyTorch too, still what torch.jit.load and LibTorch read)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dlcv import task_registry
+from dlcv.engine import checkpoint
+from dlcv.errors import DlcvError
+from dlcv.fileio import atomic_path
+from dlcv.inference import Exportable
+from dlcv.inference.exported import CHECKPOINT, INPUT_NAME, ONNX, TORCHSCRIPT, ExportedModel, metadata_entries, model_format
+
+log = logging.getLogger("dlcv")
+
+FORMATS = (ONNX, TORCHSCRIPT)
+DEFAULT_OPSET = 18
+MIN_OPSET = 18  # torch.onnx's exporter writes opset 18 and newer
+SEGMENT_SIDE = 512  # segmentation graphs are traced and verified on the course's tile size, and on ODD_SIZE
+ODD_SIZE = (509, 381)  # an odd, non-square size: the graph must take any size, as predict does
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The exported file against the checkpoint (fp32) on synthetic images."""
+    images: int
+    max_diff: float  # largest absolute difference of the first output (logits; a backbone's features)
+    agree: int  # predictions the two agree on: labels of images, or of pixels; a backbone's feature vectors
+    total: int
+    unit: str  # "images", "pixels", or "feature vectors" (equal within FEATURE_TOLERANCE)
+
+    def line(self, runtime: str) -> str:
+        return (f"verified {runtime} against the checkpoint (fp32) on {self.images} synthetic images: largest "
+                f"difference {self.max_diff:.3g}, {self.unit} agree: {self.agree:,}/{self.total:,}")
+
+
+# a backbone has no labels to compare: its features agree where within this fraction of their largest magnitude
+FEATURE_TOLERANCE = 1e-3
+
+
+def exportable_of(ckpt: str | Path, tta: bool) -> tuple[dict, Exportable]:
+    """The checkpoint (read and checked by its task's inference module) and what its export computes."""
+    task = checkpoint.load(ckpt)["task"]
+    entry = next((e for e in task_registry.TASKS if e.name == task), None)
+    if entry is None or entry.inference is None:
+        raise DlcvError(f"{ckpt}: a checkpoint of task '{task}', which dlcv does not export")
+    module = entry.load_inference()
+    state = module.read_checkpoint(ckpt)
+    if not tta and not (state.get("preprocess") or {}).get("tta"):
+        log.info("%s has no test-time views: --no-tta changes nothing", ckpt)
+    return state, module.exportable(state, tta)
+
+
+def export_model(ckpt: str | Path, fmt: str, out: str | Path, tta: bool = True,
+                 opset: int = DEFAULT_OPSET) -> Verification:
+    """Writes `out` (atomically, only once verified: labels that differ from the checkpoint's refuse it)."""
+    if fmt not in FORMATS:
+        raise DlcvError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt == ONNX and opset < MIN_OPSET:
+        raise DlcvError(f"--opset {opset}: torch.onnx's exporter writes opset {MIN_OPSET} or newer")
+    state, ex = exportable_of(ckpt, tta)
+    name = state["config"]["model"]["name"]
+    metadata = metadata_entries(ex.metadata, state["task"], name, state["config"]["train"]["eval_batch_size"],
+                                ex.outputs, state.get("epoch"))
+    example = _images(2, *((ex.side, ex.side) if ex.side else (SEGMENT_SIDE, SEGMENT_SIDE)), seed=1).float() / 255
+    with atomic_path(out) as tmp:
+        with torch.no_grad():
+            if fmt == ONNX:
+                _write_onnx(ex, example, tmp, metadata, opset, name)
+            else:
+                _write_torchscript(ex, example, tmp, metadata)
+        result = verify(tmp, fmt, ex)
+        runtime = "ONNX Runtime" if fmt == ONNX else "TorchScript"
+        if result.agree != result.total:
+            raise DlcvError(f"{out}: not written: the exported model differs from the checkpoint ({result.line(runtime)})")
+        log.info(result.line(runtime))
+    return result
+
+
+def _write_onnx(ex: Exportable, example: torch.Tensor, path: Path, metadata: dict[str, str], opset: int,
+                name: str) -> None:
+    axes = {0: "batch"} if ex.side else {0: "batch", 2: "height", 3: "width"}
+    try:
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it; checked here for a clear message)
+    except ImportError:
+        raise DlcvError("ONNX export needs onnx and onnxscript: pip install 'dlcv[export]'") from None
+    try:  # its progress lines, log lines and warnings are torch's business, not the user's
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet("onnx_ir", "onnxscript"):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(ex.graph, (example,), None, dynamo=True, dynamic_shapes=(axes,),
+                                        input_names=[INPUT_NAME], output_names=list(ex.outputs),
+                                        opset_version=opset, external_data=False, verbose=False)
+    except Exception as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise DlcvError(f"torch.onnx could not export model '{name}': {first}") from None
+    program.model.metadata_props.update(metadata)
+    program.save(path, external_data=False)
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str):
+    """Only warnings and errors from these loggers while the block runs."""
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _write_torchscript(ex: Exportable, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation, and the tracer's warnings about Python ints
+        traced = torch.jit.trace(ex.graph, example, check_trace=False, _store_inputs=False)
+        torch.jit.save(traced, str(path), _extra_files=metadata)
+
+
+def _images(n: int, height: int, width: int, seed: int) -> torch.Tensor:
+    """Seeded synthetic uint8 images: smooth colour fields plus noise (varied predictions, not one class)."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 4, 4, generator=gen)
+    smooth = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    noise = torch.rand(n, 3, height, width, generator=gen) - 0.5
+    return (255 * (smooth + 0.3 * noise).clamp(0, 1)).round().to(torch.uint8)
+
+
+def verify(path: str | Path, fmt: str, ex: Exportable) -> Verification:
+    """The exported file and the checkpoint's predict path (fp32) on seeded synthetic images: 3 at the
+    graph's size and 1 more (segmentation: at ODD_SIZE, so a graph tied to one size shows)."""
+    model = ExportedModel(path, fmt=fmt)
+    sizes = [(3, ex.side, ex.side), (1, ex.side, ex.side)] if ex.side else \
+        [(2, SEGMENT_SIDE, SEGMENT_SIDE), (1, *ODD_SIZE)]
+    max_diff, agree, total = 0.0, 0, 0
+    for seed, (n, h, w) in enumerate(sizes):
+        images = _images(n, h, w, seed)
+        ours, theirs = model.run(images)[ex.outputs[0]], ex.reference(images).cpu()
+        if ours.shape != theirs.shape:
+            raise DlcvError(f"{path}: not written: the exported model's output is {tuple(ours.shape)} for "
+                            f"{n} x 3 x {h} x {w} images, the checkpoint's {tuple(theirs.shape)}")
+        diff = (ours - theirs).abs()
+        max_diff = max(max_diff, diff.max().item())
+        if ex.labels:
+            same = ours.argmax(1) == theirs.argmax(1)
+        else:
+            same = diff.flatten(1).amax(1) <= FEATURE_TOLERANCE * theirs.abs().max().clamp_min(1)
+        agree, total = agree + int(same.sum()), total + same.numel()
+    unit = ("images" if ex.side else "pixels") if ex.labels else "feature vectors"
+    return Verification(sum(n for n, _, _ in sizes), max_diff, agree, total, unit)
