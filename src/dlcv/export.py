@@ -53,6 +53,8 @@ FEATURE_TOLERANCE = 1e-3
 
 def exportable_of(ckpt: str | Path, tta: bool) -> tuple[dict, Exportable]:
     """The checkpoint (read and checked by its task's inference module) and what its export computes."""
+    if model_format(ckpt) != CHECKPOINT:
+        raise DlcvError(f"{ckpt} is an exported model already; export takes a dlcv checkpoint")
     task = checkpoint.load(ckpt)["task"]
     entry = next((e for e in task_registry.TASKS if e.name == task), None)
     if entry is None or entry.inference is None:
@@ -161,3 +163,18 @@ def verify(path: str | Path, fmt: str, ex: Exportable) -> Verification:
         agree, total = agree + int(same.sum()), total + same.numel()
     unit = ("images" if ex.side else "pixels") if ex.labels else "feature vectors"
     return Verification(sum(n for n, _, _ in sizes), max_diff, agree, total, unit)
+
+
+def check_replaceable(out: str | Path) -> None:
+    """An existing --out is replaced only when it is an exported model (exporting again); any other file
+    (a checkpoint, an image, a document) is never overwritten."""
+    out = Path(out)
+    if not out.is_file() or out.stat().st_size == 0:
+        return
+    try:
+        fmt = model_format(out)
+    except DlcvError:
+        fmt = None
+    if fmt not in FORMATS:
+        kind = "a dlcv checkpoint" if fmt == CHECKPOINT else "not an exported model"
+        raise DlcvError(f"--out {out} exists and is {kind}; pick another file")

@@ -57,7 +57,7 @@ def warn_if_other_problem(model_path: str | Path, info: ModelInfo, expects_csv_l
                     len(classes), shown)
 
 
-def infer(classifier, files: Sequence[Path], with_features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def infer_logits(classifier, files: Sequence[Path], with_features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """fp32 logits (and optionally features) of image files, in the given order."""
     images = load_images(files, classifier.meta["image_size"], use_cache=False)
     logits, feats = [], []
@@ -66,6 +66,12 @@ def infer(classifier, files: Sequence[Path], with_features: bool = False) -> tup
             feats.append(classifier.features(chunk))
         logits.append(classifier.logits(chunk).cpu())
     return torch.cat(logits).numpy(), torch.cat(feats).numpy() if with_features else None
+
+
+def infer(classifier, files: Sequence[Path], with_features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predicted class indices (and optionally features) for image files, in the given order."""
+    logits, feats = infer_logits(classifier, files, with_features)
+    return logits.argmax(1), feats
 
 
 def topk_header(k: int) -> list[str]:
@@ -95,7 +101,7 @@ def predict_folder(model_path: str | Path, image_dir: str | Path, out_csv: str |
     classifier, info = load_classifier(model_path, device, tta, precision, batch_size)
     warn_if_other_problem(model_path, info, expects_csv_labels=False)
     files = list_images(image_dir)
-    logits, _ = infer(classifier, files)
+    logits, _ = infer_logits(classifier, files)
     rows = _predictions(logits, info.classes, topk, model_path)
     labels_mod.write_csv(out_csv, ["filename", "label", *topk_header(topk)], [[f.name, *r] for f, r in zip(files, rows)])
     return len(files)
@@ -113,7 +119,7 @@ def predict_csv(model_path: str | Path, in_csv: str | Path, image_dir: str | Pat
         raise DlcvError(f"{in_csv}: {len(missing)} listed image(s) not found in {image_dir}, e.g. {missing[0]}")
     classifier, info = load_classifier(model_path, device, tta, precision, batch_size, "ssl predict")
     warn_if_other_problem(model_path, info, expects_csv_labels=True)
-    logits, _ = infer(classifier, files)
+    logits, _ = infer_logits(classifier, files)
     predictions = _predictions(logits, info.classes, topk, model_path)
     labels_mod.write_csv(out_csv, ["id", "filename", "label", *topk_header(topk)],
                          [[r["id"], r["filename"], *p] for r, p in zip(rows, predictions)])
@@ -133,8 +139,7 @@ def embed_figure(ckpt: str | Path, image_dir: str | Path, method: str, out: str 
                         f"{MIN_EMBED_IMAGES}")
     state = read_checkpoint(ckpt)
     classifier = Classifier.from_checkpoint(state, device, precision, batch_size, str(ckpt))
-    logits, feats = infer(classifier, files, with_features=True)
-    preds = logits.argmax(1)
+    preds, feats = infer(classifier, files, with_features=True)
     names = [labels_mod.label_from_filename(f) for f in files]
     if all(n is not None for n in names) and set(names) <= set(state["classes"]):
         colours, source = labels_mod.encode(names, state["classes"], str(image_dir)), "true"
