@@ -235,3 +235,25 @@ def test_byol_reference_supervised_ceiling_learns_the_bank_labels(synth_root, tm
     rows = json.loads(out.read_text())["runs"]["supervised seed 0"]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and all(0 <= r["knn_acc"] <= 1 for r in rows)
     assert rows[-1]["loss"] < rows[0]["loss"], rows  # it learns the labels
+
+
+def test_export_speed_prints_every_variant_and_hw1_3_with_both_models(synth_root, tmp_path, capsys):
+    """benchmarks/export_speed.py at tiny size: the hw1_3 case (its P3 model's case first) with a tiny model
+    without views (exports take seconds), one timed batch; no speed is asserted."""
+    import export_speed
+    out = tmp_path / "bench.jsonl"
+    tiny = ["p3:model.name=fcn_small", "p3:model.options={width: 4}", "p3:model.weights=null",
+            "p3:tta.rotate90=false", "p3:tta.scales=[1.0]"]
+    assert export_speed.main(["--data", str(synth_root), "--cases", "hw1_3", "--batch", "p3=1", "--out", str(out),
+                              *[a for s in tiny for a in ("--set", s)]]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == lines
+    assert lines[0]["machine"]["cpu"]
+    measured = {(line["case"], line["variant"]) for line in lines[1:] if "images_per_s" in line or "seconds" in line}
+    assert {("p3", v) for v in ("export_torchscript", "export_onnx", "eager_fp32", "torchscript", "onnxruntime")} \
+        <= measured and {("hw1_3", "checkpoint"), ("hw1_3", "onnx")} <= measured
+    exports = [line for line in lines if line.get("variant", "").startswith("export_")]
+    assert all(line["agree"] == line["total"] for line in exports)
+    summary = next(line["summary"] for line in lines if line.get("case") == "hw1_3" and "summary" in line)
+    tiles = len(list((synth_root / "p3_data" / "validation").glob("*_sat.jpg")))
+    assert summary == {"identical_masks": tiles, "masks": tiles}

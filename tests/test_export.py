@@ -376,3 +376,26 @@ def test_exported_metadata_is_json_per_key(exported):
     import onnx
     props = {p.key: p.value for p in onnx.load(str(exported("p1", "onnx"))).metadata_props}
     assert json.loads(props["classes"]) == [str(c) for c in range(10)] and json.loads(props["task"]) == "classify"
+
+
+def python_blocks(path):
+    """The ```python blocks of a Markdown file, in order."""
+    import re
+    return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), re.S)
+
+
+def test_the_documented_python_runs_as_written(exported, tmp_path):
+    """docs/usage.md: ONNX Runtime alone on an exported classifier, and the API example (after `dlcv data synth
+    synth`)."""
+    from dlcv.data.synth import write_tree
+    write_tree(tmp_path / "synth", seed=0)
+    shutil.copy(exported("p1", "onnx"), tmp_path / "p1.onnx")
+    onnx_example, api_example = python_blocks(REPO / "docs" / "usage.md")
+    done = [subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+            for code in (onnx_example, api_example)]
+    assert all(d.returncode == 0 for d in done), [d.stderr for d in done]
+    image = tmp_path / "synth/hw1_data/p1_data/val_50/0_450.png"
+    assert done[0].stdout.splitlines() == [dlcv.load(tmp_path / "p1.onnx").predict(image)]
+    lines = done[1].stdout.splitlines()
+    assert lines[1] == "dlcv.Model('runs/api_demo/checkpoints/best.pt', classify, 10 classes)"
+    assert len(lines) == 5 and lines[4] == "(256,)" and lines[2].count("'") == 4

@@ -60,9 +60,9 @@ def validation_labels(monkeypatch):
 
 
 def graded(command, ckpt, *args):
-    """What `bash hw1_N.sh ARGS` runs (scripts/hw1_common.sh: `python -m dlcv COMMAND --ckpt CKPT ARGS`), in
+    """What `bash hw1_N.sh ARGS` runs (scripts/hw1_common.sh: `python -m dlcv COMMAND --model CKPT ARGS`), in
     this process: the thread count of the training before it (kernels may split work by it)."""
-    assert main([*command.split(), "--ckpt", str(ckpt), *map(str, args)]) == 0
+    assert main([*command.split(), "--model", str(ckpt), *map(str, args)]) == 0
 
 
 def summary_json(run):

@@ -77,7 +77,7 @@ def export_model(ckpt: str | Path, fmt: str, out: str | Path, tta: bool = True,
     name = state["config"]["model"]["name"]
     metadata = metadata_entries(ex.metadata, state["task"], name, state["config"]["train"]["eval_batch_size"],
                                 ex.outputs, state.get("epoch"))
-    example = _images(2, *((ex.side, ex.side) if ex.side else (SEGMENT_SIDE, SEGMENT_SIDE)), seed=1).float() / 255
+    example = synthetic_images(2, *((ex.side, ex.side) if ex.side else (SEGMENT_SIDE, SEGMENT_SIDE)), seed=1).float() / 255
     with atomic_path(out) as tmp:
         with torch.no_grad():
             if fmt == ONNX:
@@ -132,7 +132,7 @@ def _write_torchscript(ex: Exportable, example: torch.Tensor, path: Path, metada
         torch.jit.save(traced, str(path), _extra_files=metadata)
 
 
-def _images(n: int, height: int, width: int, seed: int) -> torch.Tensor:
+def synthetic_images(n: int, height: int, width: int, seed: int) -> torch.Tensor:
     """Seeded synthetic uint8 images: smooth colour fields plus noise (varied predictions, not one class)."""
     gen = torch.Generator().manual_seed(seed)
     coarse = torch.rand(n, 3, 4, 4, generator=gen)
@@ -149,7 +149,7 @@ def verify(path: str | Path, fmt: str, ex: Exportable) -> Verification:
         [(2, SEGMENT_SIDE, SEGMENT_SIDE), (1, *ODD_SIZE)]
     max_diff, agree, total = 0.0, 0, 0
     for seed, (n, h, w) in enumerate(sizes):
-        images = _images(n, h, w, seed)
+        images = synthetic_images(n, h, w, seed)
         ours, theirs = model.run(images)[ex.outputs[0]], ex.reference(images).cpu()
         if ours.shape != theirs.shape:
             raise DlcvError(f"{path}: not written: the exported model's output is {tuple(ours.shape)} for "
