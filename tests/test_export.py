@@ -168,6 +168,12 @@ def test_the_graded_scripts_on_exported_models_write_what_the_checkpoints_write_
     masks = sorted(p.name for p in (tmp_path / "3_ckpt").iterdir())
     assert masks and masks == sorted(p.name for p in (tmp_path / "3_onnx").iterdir())
     assert all((tmp_path / "3_onnx" / m).read_bytes() == (tmp_path / "3_ckpt" / m).read_bytes() for m in masks)
+    # an ONNX model of another task: one line, exit code 2, nothing written
+    done = subprocess.run(["bash", str(REPO / "hw1_3.sh"), str(p3 / "validation"), str(tmp_path / "3_wrong")],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "DLCV_P3_CKPT": str(exported("p1", "onnx")), "DLCV_PYTHON": sys.executable})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and not (tmp_path / "3_wrong").exists()
+    assert "is an exported classify model, not a segment model for `dlcv segment predict`" in done.stderr
 
 
 def test_an_onnx_model_predicts_without_dlcvs_model_code(exported, synth_root, tmp_path):

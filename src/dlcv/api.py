@@ -14,9 +14,9 @@ from PIL import Image
 
 from dlcv import task_registry
 from dlcv.data.images import read_rgb, resize_rgb, rgb_array
-from dlcv.engine import checkpoint
 from dlcv.engine.run import Summary
 from dlcv.errors import DlcvError
+from dlcv.inference import read_any_checkpoint
 from dlcv.inference.exported import CHECKPOINT, ExportedModel, model_format
 
 
@@ -81,12 +81,8 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto", tta: b
         runner = ExportedModel(path, dev, batch_size)
         check_run_options(runner, tta, precision)
         return Model(path, runner.task, runner.classes, runner, runner.meta)
-    task = checkpoint.load(path)["task"]
-    entry = next((e for e in task_registry.TASKS if e.name == task), None)
-    if entry is None or entry.inference is None:
-        raise DlcvError(f"{path}: a checkpoint of task '{task}', which dlcv.load does not run")
-    module = entry.load_inference()
-    state = module.read_checkpoint(path)
+    state, module = read_any_checkpoint(path)
+    task = state["task"]
     if not tta and "preprocess" in state:
         state["preprocess"] = {**state["preprocess"], "tta": None}
     if task == "classify":

@@ -17,11 +17,9 @@ from pathlib import Path
 
 import torch
 
-from dlcv import task_registry
-from dlcv.engine import checkpoint
 from dlcv.errors import DlcvError
 from dlcv.fileio import atomic_path
-from dlcv.inference import Exportable
+from dlcv.inference import Exportable, read_any_checkpoint
 from dlcv.inference.exported import CHECKPOINT, INPUT_NAME, ONNX, TORCHSCRIPT, ExportedModel, metadata_entries, model_format
 
 log = logging.getLogger("dlcv")
@@ -29,7 +27,9 @@ log = logging.getLogger("dlcv")
 FORMATS = (ONNX, TORCHSCRIPT)
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # torch.onnx's exporter writes opset 18 and newer
-SEGMENT_SIDE = 512  # segmentation graphs are traced and verified on the course's tile size, and on ODD_SIZE
+# segmentation graphs are traced and verified on the course's tile size (smaller images can be too small for an
+# encoder's 5x5 convolutions at the smallest test-time scale), and on ODD_SIZE
+SEGMENT_SIDE = 512
 ODD_SIZE = (509, 381)  # an odd, non-square size: the graph must take any size, as predict does
 
 
@@ -55,12 +55,7 @@ def exportable_of(ckpt: str | Path, tta: bool) -> tuple[dict, Exportable]:
     """The checkpoint (read and checked by its task's inference module) and what its export computes."""
     if model_format(ckpt) != CHECKPOINT:
         raise DlcvError(f"{ckpt} is an exported model already; export takes a dlcv checkpoint")
-    task = checkpoint.load(ckpt)["task"]
-    entry = next((e for e in task_registry.TASKS if e.name == task), None)
-    if entry is None or entry.inference is None:
-        raise DlcvError(f"{ckpt}: a checkpoint of task '{task}', which dlcv does not export")
-    module = entry.load_inference()
-    state = module.read_checkpoint(ckpt)
+    state, module = read_any_checkpoint(ckpt)
     if not tta and not (state.get("preprocess") or {}).get("tta"):
         log.info("%s has no test-time views: --no-tta changes nothing", ckpt)
     return state, module.exportable(state, tta)

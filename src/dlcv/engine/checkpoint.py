@@ -84,7 +84,13 @@ def load(path: str | Path, task: str | None = None, require: Sequence[str] = (),
     `check`: the reading task's own look at what it reads besides the weights (inference/), returning
     what is wrong or None."""
     path = Path(path)
-    state = _read(path, CHECKPOINT)
+    return validated(_read(path, CHECKPOINT), path, task, require, check)
+
+
+def validated(state: dict[str, Any], path: Path, task: str | None = None, require: Sequence[str] = (),
+              check: Callable[[dict[str, Any]], str | None] | None = None) -> dict[str, Any]:
+    """`state`, read from `path`, checked as `load` checks it (a checkpoint read once, checked by its task's
+    module once its task is known)."""
     if task is not None and "task" in state and state["task"] != task:  # named before any key it lacks
         runs_it = next((e.predict for e in task_registry.TASKS if e.name == state["task"] and e.predict), None)
         raise DlcvError(f"{path} is a checkpoint of task '{state['task']}', not '{task}'"

@@ -8,15 +8,30 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from dlcv import task_registry
 from dlcv.config import MAX_SIDE
+from dlcv.engine import checkpoint
+from dlcv.errors import DlcvError
 from dlcv.engine.precision import Numerics, for_predict, resolve_channels_last, resolve_precision
 
 log = logging.getLogger("dlcv")
+
+
+def read_any_checkpoint(path) -> tuple[dict[str, Any], Any]:
+    """A checkpoint of any task that runs outside training (the registry names its inference module), checked
+    by that module (read once): (the checkpoint, the module)."""
+    state = checkpoint.load(path)
+    entry = next((e for e in task_registry.TASKS if e.name == state["task"]), None)
+    if entry is None or entry.inference is None:
+        raise DlcvError(f"{path}: a checkpoint of task '{state['task']}', which dlcv does not run outside training")
+    module = entry.load_inference()
+    return checkpoint.validated(state, Path(path), module.TASK, module.REQUIRE, module.checkpoint_problem), module
 
 
 def checkpoint_numerics(state: dict[str, Any], device: torch.device, requested: str, where: str) -> Numerics:

@@ -11,10 +11,10 @@ from torch import nn
 from dlcv.config import MAX_SIDE
 from dlcv.data import augment
 from dlcv.engine import checkpoint
-from dlcv.engine.precision import Numerics
 from dlcv.inference import MEAN, SIZE, STD, Exportable, checkpoint_batch_size, checkpoint_numerics, entries_problem, is_size
 
 TASK = "ssl"
+REQUIRE = ()  # besides the weights and the config (engine.checkpoint: CHECKPOINT_KEYS)
 
 PREPROCESS_CHECKS = {
     "image_size": SIZE,
@@ -31,7 +31,7 @@ def checkpoint_problem(state: dict[str, Any]) -> str | None:
 
 def read_checkpoint(path) -> dict[str, Any]:
     """An ssl checkpoint, checked (engine.checkpoint.load); anything else is one clear error."""
-    return checkpoint.load(path, TASK, (), checkpoint_problem)
+    return checkpoint.load(path, TASK, REQUIRE, checkpoint_problem)
 
 
 def preprocess_of(state: dict[str, Any]) -> dict[str, Any]:

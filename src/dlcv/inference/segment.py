@@ -191,12 +191,6 @@ def masks_of(logits, tiles: torch.Tensor) -> torch.Tensor:
     return out
 
 
-# The side of the images a segmenter's graph is exported and first verified with: the course's tiles (the
-# graph then takes any size; verification also runs an odd size). Smaller images can be too small for an
-# encoder's 5x5 convolutions at the smallest test-time scale.
-EXPORT_SIDE = 512
-
-
 def exportable(state: dict[str, Any], tta: bool = True) -> Exportable:
     """What `dlcv export` writes for a segment checkpoint: SegmenterGraph (fp32, on the CPU), and what
     predict computes to verify it against."""
