@@ -20,7 +20,8 @@ import torch
 from dlcv.errors import DlcvError
 from dlcv.fileio import atomic_path
 from dlcv.inference import Exportable, read_any_checkpoint
-from dlcv.inference.exported import CHECKPOINT, INPUT_NAME, ONNX, TORCHSCRIPT, ExportedModel, metadata_entries, model_format
+from dlcv.inference.exported import (CHECKPOINT, INPUT_NAME, ONNX, TORCHSCRIPT, ExportedModel, metadata_entries,
+                                     model_format)
 
 log = logging.getLogger("dlcv")
 
@@ -72,17 +73,19 @@ def export_model(ckpt: str | Path, fmt: str, out: str | Path, tta: bool = True,
     name = state["config"]["model"]["name"]
     metadata = metadata_entries(ex.metadata, state["task"], name, state["config"]["train"]["eval_batch_size"],
                                 ex.outputs, state.get("epoch"))
-    example = synthetic_images(2, *((ex.side, ex.side) if ex.side else (SEGMENT_SIDE, SEGMENT_SIDE)), seed=1).float() / 255
+    side = ex.side or SEGMENT_SIDE
+    example = synthetic_images(2, side, side, seed=1).float() / 255
     with atomic_path(out) as tmp:
         with torch.no_grad():
             if fmt == ONNX:
                 _write_onnx(ex, example, tmp, metadata, opset, name)
             else:
-                _write_torchscript(ex, example, tmp, metadata)
-        result = verify(tmp, fmt, ex)
+                _write_torchscript(ex, example, tmp, metadata, name)
+        result = verify(tmp, fmt, ex, out)
         runtime = "ONNX Runtime" if fmt == ONNX else "TorchScript"
         if result.agree != result.total:
-            raise DlcvError(f"{out}: not written: the exported model differs from the checkpoint ({result.line(runtime)})")
+            raise DlcvError(f"{out}: not written: the exported model differs from the checkpoint "
+                            f"({result.line(runtime)})")
         log.info(result.line(runtime))
     return result
 
@@ -120,10 +123,15 @@ def _quiet(*loggers: str):
             logging.getLogger(name).setLevel(level)
 
 
-def _write_torchscript(ex: Exportable, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
+def _write_torchscript(ex: Exportable, example: torch.Tensor, path: Path, metadata: dict[str, str],
+                       name: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation, and the tracer's warnings about Python ints
-        traced = torch.jit.trace(ex.graph, example, check_trace=False, _store_inputs=False)
+        try:
+            traced = torch.jit.trace(ex.graph, example, check_trace=False, _store_inputs=False)
+        except Exception as exc:
+            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise DlcvError(f"torch.jit.trace could not trace model '{name}': {first}") from None
         torch.jit.save(traced, str(path), _extra_files=metadata)
 
 
@@ -136,18 +144,26 @@ def synthetic_images(n: int, height: int, width: int, seed: int) -> torch.Tensor
     return (255 * (smooth + 0.3 * noise).clamp(0, 1)).round().to(torch.uint8)
 
 
-def verify(path: str | Path, fmt: str, ex: Exportable) -> Verification:
+def verify(path: str | Path, fmt: str, ex: Exportable, shown: str | Path | None = None) -> Verification:
     """The exported file and the checkpoint's predict path (fp32) on seeded synthetic images: 3 at the
-    graph's size and 1 more (segmentation: at ODD_SIZE, so a graph tied to one size shows)."""
+    graph's size and 1 more (segmentation: at ODD_SIZE, so a graph tied to one size shows). `shown`: the
+    file's name in messages (the one it is being written as)."""
+    shown = shown or path
     model = ExportedModel(path, fmt=fmt)
     sizes = [(3, ex.side, ex.side), (1, ex.side, ex.side)] if ex.side else \
         [(2, SEGMENT_SIDE, SEGMENT_SIDE), (1, *ODD_SIZE)]
     max_diff, agree, total = 0.0, 0, 0
     for seed, (n, h, w) in enumerate(sizes):
         images = synthetic_images(n, h, w, seed)
-        ours, theirs = model.run(images)[ex.outputs[0]], ex.reference(images).cpu()
+        try:
+            ours = model.run(images)[ex.outputs[0]]
+        except Exception as exc:  # a graph tied to the traced batch or size fails here, in its runtime's words
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DlcvError(f"{shown}: not written: the exported model fails on {n} x 3 x {h} x {w} images: "
+                            f"{first}") from None
+        theirs = ex.reference(images).cpu()
         if ours.shape != theirs.shape:
-            raise DlcvError(f"{path}: not written: the exported model's output is {tuple(ours.shape)} for "
+            raise DlcvError(f"{shown}: not written: the exported model's output is {tuple(ours.shape)} for "
                             f"{n} x 3 x {h} x {w} images, the checkpoint's {tuple(theirs.shape)}")
         diff = (ours - theirs).abs()
         max_diff = max(max_diff, diff.max().item())

@@ -57,7 +57,8 @@ def warn_if_other_problem(model_path: str | Path, info: ModelInfo, expects_csv_l
                     len(classes), shown)
 
 
-def infer_logits(classifier, files: Sequence[Path], with_features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def infer_logits(classifier, files: Sequence[Path],
+                 with_features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """fp32 logits (and optionally features) of image files, in the given order."""
     images = load_images(files, classifier.meta["image_size"], use_cache=False)
     logits, feats = [], []
@@ -103,7 +104,8 @@ def predict_folder(model_path: str | Path, image_dir: str | Path, out_csv: str |
     files = list_images(image_dir)
     logits, _ = infer_logits(classifier, files)
     rows = _predictions(logits, info.classes, topk, model_path)
-    labels_mod.write_csv(out_csv, ["filename", "label", *topk_header(topk)], [[f.name, *r] for f, r in zip(files, rows)])
+    labels_mod.write_csv(out_csv, ["filename", "label", *topk_header(topk)],
+                         [[f.name, *r] for f, r in zip(files, rows)])
     return len(files)
 
 

@@ -78,7 +78,8 @@ MEAN = (lambda v: are_numbers(v, 3), "3 numbers")
 STD = (lambda v: are_numbers(v, 3, lambda x: x > 0), "3 numbers > 0")
 
 
-def entries_problem(entries: dict[str, Any], checks: dict[str, tuple], where: str, required=("mean", "std")) -> str | None:
+def entries_problem(entries: dict[str, Any], checks: dict[str, tuple], where: str,
+                    required=("mean", "std")) -> str | None:
     """The first entry of `entries` (a checkpoint's "preprocess", an export's metadata) that fails its
     check (key: (ok, what is expected)); absent keys pass unless `required`."""
     if not isinstance(entries, dict):

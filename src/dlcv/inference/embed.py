@@ -11,7 +11,8 @@ from torch import nn
 from dlcv.config import MAX_SIDE
 from dlcv.data import augment
 from dlcv.engine import checkpoint
-from dlcv.inference import MEAN, SIZE, STD, Exportable, checkpoint_batch_size, checkpoint_numerics, entries_problem, is_size
+from dlcv.inference import (MEAN, SIZE, STD, Exportable, checkpoint_batch_size, checkpoint_numerics, entries_problem,
+                            is_size)
 
 TASK = "ssl"
 REQUIRE = ()  # besides the weights and the config (engine.checkpoint: CHECKPOINT_KEYS)
@@ -26,7 +27,8 @@ PREPROCESS_CHECKS = {
 
 def checkpoint_problem(state: dict[str, Any]) -> str | None:
     """What is wrong with an ssl checkpoint's preprocessing (its config's data section), or None."""
-    return entries_problem(state["config"]["data"], PREPROCESS_CHECKS, "config data", required=("image_size", "mean", "std"))
+    return entries_problem(state["config"]["data"], PREPROCESS_CHECKS, "config data",
+                           required=("image_size", "mean", "std"))
 
 
 def read_checkpoint(path) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from dlcv.data import augment
 from dlcv.data.masks import CLASS_NAMES
 from dlcv.engine import checkpoint
 from dlcv.engine.precision import Numerics
-from dlcv.inference import MEAN, STD, Exportable, are_numbers, checkpoint_batch_size, checkpoint_numerics, entries_problem
+from dlcv.inference import (MEAN, STD, Exportable, are_numbers, checkpoint_batch_size, checkpoint_numerics,
+                            entries_problem)
 
 TASK = "segment"
 # what predict reads besides the weights and the config (engine.checkpoint: CHECKPOINT_KEYS)
@@ -155,7 +156,8 @@ class Segmenter:
         compiling per input shape: an option, not the default."""
         from dlcv.models import model_from_checkpoint  # here: an exported model runs without dlcv's model code
         numerics = checkpoint_numerics(state, device, precision, where)
-        model = model_from_checkpoint(state, len(segment_classes(state))).to(device).eval().to(memory_format=numerics.memory_format)
+        model = model_from_checkpoint(state, len(segment_classes(state))).to(device).eval()
+        model = model.to(memory_format=numerics.memory_format)
         if compile_model:
             # static shapes: a tile size and each test-time scale compile once instead of one slower dynamic
             # graph. No FX graph cache: in torch 2.14.1 a graph cached under one ATEN_CPU_CAPABILITY and
