@@ -1,5 +1,6 @@
-"""P1 / P2's graded commands from a trained checkpoint: predictions for a folder (hw1_1.sh) or a CSV
-(hw1_2.sh), accuracy matched by file name (`eval acc`), and PCA / t-SNE of a checkpoint's features."""
+"""P1 / P2's graded commands from a trained model (a checkpoint, or an exported file): predictions for a
+folder (hw1_1.sh) or a CSV (hw1_2.sh), accuracy matched by file name (`eval acc`), and PCA / t-SNE of a
+checkpoint's features."""
 from __future__ import annotations
 
 import logging

@@ -1,5 +1,5 @@
-"""P3's graded commands from a trained checkpoint: predicted masks for a folder of tiles (hw1_3.sh) and the
-course's evaluator (`segment miou`), exactly its semantics and printout."""
+"""P3's graded commands from a trained model (a checkpoint, or an exported file): predicted masks for a
+folder of tiles (hw1_3.sh) and the course's evaluator (`segment miou`), exactly its semantics and printout."""
 from __future__ import annotations
 
 from pathlib import Path
