@@ -296,6 +296,7 @@ def test_an_unknown_format_is_a_usage_error(runs, tmp_path, capsys):
 
 
 def test_an_export_whose_labels_differ_is_refused_and_not_written(runs, tmp_path, monkeypatch, capsys):
+    from dlcv import export
     from dlcv.inference import classify
 
     real = classify.exportable
@@ -316,10 +317,14 @@ def test_an_export_whose_labels_differ_is_refused_and_not_written(runs, tmp_path
         return ex
 
     monkeypatch.setattr(classify, "exportable", wrong)
+    monkeypatch.setattr(export, "TIE", 0.0)  # the tiny model's top logits may be close: no label counts as a tie
     code = main(["export", "--ckpt", str(runs["p1"]), "--format", "torchscript", "--out", str(tmp_path / "m.pt")])
     err = capsys.readouterr().err
     assert code == 2 and "m.pt: not written: the exported model differs from the checkpoint" in err
     assert not list(tmp_path.iterdir())  # neither the file nor its temporary
+    # a label that differs where the checkpoint's two top logits tie (within TIE) is rounding's choice
+    assert not export.Verification(4, 1e-6, 3, 4, "images", ties=1).refused
+    assert export.Verification(4, 1e-6, 3, 4, "images").refused
 
 
 def test_an_ssl_checkpoint_exports_its_backbones_features(p2_root_for_ssl, tmp_path):
