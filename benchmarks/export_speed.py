@@ -114,7 +114,8 @@ def run_case(case: str, sets: list[str], folder: Path, batch: int, batches: int,
         tic = time.perf_counter()
         result = export_model(ckpt, fmt, files[fmt])
         emit({"case": case, "variant": f"export_{fmt}", "seconds": round(time.perf_counter() - tic, 1),
-              "max_diff": result.max_diff, "agree": result.agree, "total": result.total, "unit": result.unit}, out)
+              "max_diff": result.max_diff, "agree": result.agree, "ties": result.ties, "total": result.total,
+              "unit": result.unit}, out)
     side = cfg["data"]["image_size"] if cfg["task"] == "classify" else SEGMENT_SIDE
     images = synthetic_images(batch * (batches + 1), side, side, seed=0)
     read = Classifier if cfg["task"] == "classify" else Segmenter
@@ -133,7 +134,8 @@ def run_case(case: str, sets: list[str], folder: Path, batch: int, batches: int,
     for name, logits in variants.items():
         result = timed(logits, images, batch)
         speeds[name] = result["images_per_s"]
-        emit({"case": case, "variant": name, "model": cfg["model"]["name"], "side": side, **result}, out)
+        emit({"case": case, "variant": name, "model": cfg["model"]["name"], "side": side,
+              "model_input": cfg["data"].get("input_size") or side, **result}, out)
     emit({"case": case, "summary": {f"{name}_over_eager_fp32": round(v / speeds["eager_fp32"], 3)
                                     for name, v in speeds.items() if name != "eager_fp32"}}, out)
     return files
