@@ -115,7 +115,8 @@ def test_an_exported_segmenter_takes_any_size_and_predicts_the_checkpoints_pixel
     reference = Segmenter.from_checkpoint(state, CPU, "fp32")
     tiles = sorted((synth_root / "p3_data" / "validation").glob("*_sat.jpg"))
     odd = torch.from_numpy(np.array(Image.fromarray(read_rgb(tiles[0])).resize((380, 500)))).permute(2, 0, 1)
-    batches = [torch.stack([torch.from_numpy(read_rgb(t)).permute(2, 0, 1) for t in tiles[:n]]) for n in (1, 7)]
+    batches = [torch.stack([torch.from_numpy(read_rgb(t).copy()).permute(2, 0, 1) for t in tiles[:n]])
+               for n in (1, 7)]
     for images in [*batches, odd[None]]:  # batches of 1 and 7 tiles, and one image of 500 x 380
         ours, theirs = model.logits(images), reference.logits(images)
         assert ours.shape == theirs.shape == (len(images), 7, *images.shape[-2:])
@@ -135,7 +136,8 @@ def test_no_tta_leaves_the_views_out_and_a_views_graph_refuses_no_tta(problem, f
     state["preprocess"]["tta"] = None
     predictor = (Classifier if problem == "p1" else Segmenter).from_checkpoint(state, CPU, "fp32")
     images = (load_images(classify_images(synth_root, "p1", 7), 32, use_cache=False) if problem == "p1" else
-              torch.from_numpy(read_rgb(next((synth_root / "p3_data/validation").glob("*_sat.jpg")))).permute(2, 0, 1)[None])
+              torch.from_numpy(read_rgb(next((synth_root / "p3_data/validation").glob("*_sat.jpg"))).copy())
+              .permute(2, 0, 1)[None])
     assert (plain.logits(images) - predictor.logits(images)).abs().max() < TOLERANCE
     if problem == "p1":  # predict --no-tta with a graph that holds views: one line, nothing written
         code = main(["classify", "predict", "--model", str(exported("p1", fmt)), "--no-tta",
