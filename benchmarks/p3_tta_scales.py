@@ -38,9 +38,9 @@ def main(argv=None) -> int:
     p.add_argument("--out")
     args = p.parse_args(argv)
     device = torch.device("cpu")
-    segmenter, state = load_segmenter(args.ckpt, device, batch_size=args.batch_size)
+    segmenter, _ = load_segmenter(args.ckpt, device, batch_size=args.batch_size)
     views = {"flip": args.flip, "rotate90": args.rotate90}
-    at_scale = {s: Segmenter(segmenter.model, {**state["preprocess"], "tta": {**views, "scales": [s]}},
+    at_scale = {s: Segmenter(segmenter.model, {**segmenter.meta, "tta": {**views, "scales": [s]}},
                              segmenter.numerics, segmenter.batch_size, device) for s in args.scales}
     pairs = pair_folder(args.dir)
     subsets = [c for r in range(1, len(args.scales) + 1) for c in itertools.combinations(args.scales, r)]

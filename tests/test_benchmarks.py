@@ -255,3 +255,25 @@ def test_streaming_benchmark_prints_a_json_line_per_run_and_streams_what_exceeds
     summary = next(line["summary"] for line in lines if "summary" in line)
     rates = summary["images_per_s"]
     assert summary["ratio_stream_over_memory"] == pytest.approx(rates["stream"] / rates["memory"], rel=1e-2)
+
+
+def test_export_speed_prints_every_variant_and_hw1_3_with_both_models(synth_root, tmp_path, capsys):
+    """benchmarks/export_speed.py at tiny size: the hw1_3 case (its P3 model's case first) with a tiny model
+    without views (exports take seconds), one timed batch; no speed is asserted."""
+    import export_speed
+    out = tmp_path / "bench.jsonl"
+    tiny = ["p3:model.name=fcn_small", "p3:model.options={width: 4}", "p3:model.weights=null",
+            "p3:tta.rotate90=false", "p3:tta.scales=[1.0]"]
+    assert export_speed.main(["--data", str(synth_root), "--cases", "hw1_3", "--batch", "p3=1", "--out", str(out),
+                              *[a for s in tiny for a in ("--set", s)]]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == lines
+    assert lines[0]["machine"]["cpu"]
+    measured = {(line["case"], line["variant"]) for line in lines[1:] if "images_per_s" in line or "seconds" in line}
+    assert {("p3", v) for v in ("export_torchscript", "export_onnx", "eager_fp32", "torchscript", "onnxruntime")} \
+        <= measured and {("hw1_3", "checkpoint"), ("hw1_3", "onnx")} <= measured
+    exports = [line for line in lines if line.get("variant", "").startswith("export_")]
+    assert all(line["agree"] == line["total"] for line in exports)
+    summary = next(line["summary"] for line in lines if line.get("case") == "hw1_3" and "summary" in line)
+    tiles = len(list((synth_root / "p3_data" / "validation").glob("*_sat.jpg")))
+    assert summary == {"identical_masks": tiles, "masks": tiles}

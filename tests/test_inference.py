@@ -60,9 +60,9 @@ def validation_labels(monkeypatch):
 
 
 def graded(command, ckpt, *args):
-    """What `bash hw1_N.sh ARGS` runs (scripts/hw1_common.sh: `python -m dlcv COMMAND --ckpt CKPT ARGS`), in
+    """What `bash hw1_N.sh ARGS` runs (scripts/hw1_common.sh: `python -m dlcv COMMAND --model CKPT ARGS`), in
     this process: the thread count of the training before it (kernels may split work by it)."""
-    assert main([*command.split(), "--ckpt", str(ckpt), *map(str, args)]) == 0
+    assert main([*command.split(), "--model", str(ckpt), *map(str, args)]) == 0
 
 
 def summary_json(run):
@@ -252,15 +252,14 @@ def test_tta_is_the_same_in_validation_and_predict(p1_root, tmp_path):
 
     cfg = small_classify_cfg(p1_root, **{"tta.flip": True, "tta.translate": 2, "train.eval_batch_size": 99})
     summary = Trainer(ClassifyTask(cfg), cfg, tmp_path / "run").fit()
-    classifier, state = load_classifier(tmp_path / "run" / "checkpoints" / "last.pt", pick_device("cpu"),
-                                        batch_size=7)
-    assert state["preprocess"]["tta"] == {"flip": True, "translate": 2}
+    classifier, _ = load_classifier(tmp_path / "run" / "checkpoints" / "last.pt", pick_device("cpu"), batch_size=7)
+    assert classifier.meta["tta"] == {"flip": True, "translate": 2}
     files = list_images(p1_root / "val_50")
     preds, _ = infer(classifier, files)
     accuracy = sum(int(p) == int(f.name.split("_")[0]) for p, f in zip(preds, files)) / len(files)
     assert summary.final["val_acc"] == pytest.approx(accuracy, abs=1 / len(files) + 1e-9)  # see above
-    _, plain_state = load_classifier(tmp_path / "run" / "checkpoints" / "last.pt", pick_device("cpu"), tta=False)
-    assert plain_state["preprocess"]["tta"] is None  # `predict --no-tta`
+    plain, _ = load_classifier(tmp_path / "run" / "checkpoints" / "last.pt", pick_device("cpu"), tta=False)
+    assert plain.meta["tta"] is None  # `predict --no-tta`
 
 
 class _Counting(torch.nn.Module):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.metadata
 import logging
 import os
@@ -65,9 +66,14 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
 
 
-def _add_predict_args(p: argparse.ArgumentParser, *positionals: str, tta: bool = True) -> None:
-    """tta: the command applies the checkpoint's test-time augmentation, and --no-tta turns it off."""
-    p.add_argument("--ckpt", required=True)
+def _add_predict_args(p: argparse.ArgumentParser, *positionals: str, tta: bool = True, exported: bool = True) -> None:
+    """tta: the command applies the checkpoint's test-time augmentation, and --no-tta turns it off.
+    exported: --model takes an exported file (dlcv export) as well as a checkpoint (--ckpt: its other name)."""
+    if exported:
+        p.add_argument("--model", "--ckpt", dest="model", required=True,
+                       help="a dlcv checkpoint, or a model written by `dlcv export` (ONNX, TorchScript)")
+    else:
+        p.add_argument("--ckpt", dest="model", required=True, help="a dlcv checkpoint")
     for name in positionals:
         p.add_argument(name)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -142,8 +148,9 @@ def _add_task_commands(sub) -> dict[str, argparse._SubParsersAction]:
 def _add_classify_commands(classify) -> None:
     predict = classify.add_parser("predict", help="write filename,label for every image of a folder")
     _add_predict_args(predict, "image_dir", "out_csv")
+    _add_topk_arg(predict)
     embed = classify.add_parser("embed", help="PCA or t-SNE figure of a checkpoint's features on a folder")
-    _add_predict_args(embed, "image_dir", tta=False)
+    _add_predict_args(embed, "image_dir", tta=False, exported=False)
     embed.add_argument("--method", choices=("pca", "tsne"), default="pca")
     embed.add_argument("--out", required=True, help="figure file (.png or .svg)")
 
@@ -166,6 +173,13 @@ def _add_ssl_commands(ssl) -> None:
     table.add_argument("--out", default="runs/p2_table")
     ssl_predict = ssl.add_parser("predict", help="write id,filename,label for the rows of a CSV")
     _add_predict_args(ssl_predict, "in_csv", "image_dir", "out_csv")
+    _add_topk_arg(ssl_predict)
+
+
+def _add_topk_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--topk", type=_whole_number(1), default=0, metavar="K",
+                   help="also write the K most probable classes and their probabilities (columns label_1, prob_1, "
+                        "..., label_K, prob_K after the graded ones)")
 
 
 def _add_segment_commands(segment) -> None:
@@ -187,6 +201,14 @@ def _add_tool_commands(sub) -> None:
                                                   "folders, {label}_{id} names, or FOLDER.csv beside it)")
     acc.add_argument("pred_csv")
     sub.add_parser("models", help="list the registered models")
+    export = sub.add_parser("export", help="write a checkpoint as an ONNX or TorchScript file that predicts what "
+                                           "it predicts, verified against it")
+    export.add_argument("--ckpt", required=True, help="a dlcv checkpoint (classify, segment, or ssl: its backbone)")
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    export.add_argument("--out", required=True, help="the file to write (e.g. model.onnx)")
+    export.add_argument("--no-tta", dest="tta", action="store_false",
+                        help="leave the checkpoint's test-time views out of the graph (plain, faster predictions)")
+    export.add_argument("--opset", type=_whole_number(18), default=18, help="ONNX opset (default 18)")
     report = sub.add_parser("report", help="the course report (HTML + Markdown twin) from run directories")
     report.add_argument("runs", nargs="+", help="run directories, ssl table directories, or folders of them")
     report.add_argument("--out", default="report.html")
@@ -209,43 +231,55 @@ def _saved_config(run_dir: str | None) -> dict:
     return config_mod.load_yaml(saved) if run_dir and saved.is_file() else {}
 
 
-def _recipe(args) -> dict:
-    """The recipe a training command starts from: --resume's saved config.yaml, with -c's recipe over it."""
+def _recipe(config: str | dict | None, out: str | None, resume: bool) -> dict:
+    """The recipe a training command starts from: --resume's saved config.yaml, with -c's recipe (a file, a
+    shipped recipe's name, or, from Python, a mapping) over it."""
     recipe = {}
-    if args.resume:
-        if not args.out:
+    if resume:
+        if not out:
             raise DlcvError("--resume needs --out RUN_DIR (the run to continue)")
-        saved = Path(args.out) / "config.yaml"
+        saved = Path(out) / "config.yaml"
         if not saved.is_file():
             hint = ("it stopped before its run started: run the same command without --resume"
-                    if Path(args.out).is_dir() else "is it a run directory?")
+                    if Path(out).is_dir() else "is it a run directory?")
             raise DlcvError(f"--resume: {saved} not found; {hint}")
         recipe = config_mod.load_yaml(saved)
-    if args.config:
-        recipe = config_mod.deep_merge(recipe, config_mod.load_yaml(args.config))
-    elif not args.resume:
+    if config:
+        given = copy.deepcopy(config) if isinstance(config, dict) else config_mod.load_yaml(config)
+        recipe = config_mod.deep_merge(recipe, given)
+    elif not resume:
         raise DlcvError("a config is required: -c CONFIG (see configs/)")
     return recipe
 
 
-def _train(entry: task_registry.TaskEntry, args, extra_overrides: list[str] = ()) -> int:
+def training_run(entry: task_registry.TaskEntry, config: str | dict | None, overrides: list[str],
+                 out: str | None, resume: bool):
+    """A training command's run, checked and ready (its recipe, --set overrides and run folder), not yet
+    started: (Trainer, run folder). `dlcv.train` runs the same."""
     from dlcv.engine.run import default_run_dir
     from dlcv.engine.trainer import Trainer
 
-    recipe = _recipe(args)
+    recipe = _recipe(config, out, resume)
     if recipe.get("task", entry.name) != entry.name:
-        source = args.config or f"{args.out} (--resume)"
+        source = config if isinstance(config, str) else f"{out} (--resume)" if config is None else "the recipe"
         try:
             verb = task_registry.task(recipe["task"]).command
         except KeyError:
             verb = recipe["task"]
         raise DlcvError(f"{source} is a {recipe['task']} recipe: use dlcv {verb}")
     module = entry.load()
-    cfg = module.SCHEMA.resolve(recipe, [*args.overrides, *extra_overrides])
-    out = args.out = str(check_output(args.out or default_run_dir(args.config, cfg["task"]), "--out",
-                                      _training_inputs(cfg, args.config), folder=True))
-    summary = Trainer(module.TASK(cfg), cfg, out, resume=args.resume).fit()
-    log.info("best %s %s (epoch %s); run directory %s", summary.monitor, summary.best_value, summary.best_epoch, out)
+    cfg = module.SCHEMA.resolve(recipe, overrides)
+    config_path = config if isinstance(config, str) else None
+    out = str(check_output(out or default_run_dir(config_path, cfg["task"]), "--out",
+                           _training_inputs(cfg, config_path), folder=True))
+    return Trainer(module.TASK(cfg), cfg, out, resume=resume), out
+
+
+def _train(entry: task_registry.TaskEntry, args, extra_overrides: list[str] = ()) -> int:
+    trainer, args.out = training_run(entry, args.config, [*args.overrides, *extra_overrides], args.out, args.resume)
+    summary = trainer.fit()
+    log.info("best %s %s (epoch %s); run directory %s", summary.monitor, summary.best_value, summary.best_epoch,
+             args.out)
     return 0
 
 
@@ -285,13 +319,13 @@ def _eval_acc(args) -> int:
 
 
 def _classify_predict(args) -> int:
-    from dlcv.contracts.classify import predict_folder
+    from dlcv.contracts.classify import predict_folder, topk_header
     from dlcv.data.labels import check_replaceable_csv
     from dlcv.engine.distributed import pick_device
-    check_output(args.out_csv, "OUT_CSV", [*_checkpoint_inputs(args.ckpt), args.image_dir])
-    check_replaceable_csv(args.out_csv, ["filename", "label"], "OUT_CSV")
-    n = predict_folder(args.ckpt, args.image_dir, args.out_csv, pick_device(args.device), args.batch_size,
-                       args.tta, args.precision)
+    check_output(args.out_csv, "OUT_CSV", [*_checkpoint_inputs(args.model), args.image_dir])
+    check_replaceable_csv(args.out_csv, ["filename", "label", *topk_header(args.topk)], "OUT_CSV")
+    n = predict_folder(args.model, args.image_dir, args.out_csv, pick_device(args.device), args.batch_size,
+                       args.tta, args.precision, args.topk)
     log.info("wrote %d predictions to %s", n, args.out_csv)
     return 0
 
@@ -299,8 +333,8 @@ def _classify_predict(args) -> int:
 def _classify_embed(args) -> int:
     from dlcv.contracts.classify import embed_figure
     from dlcv.engine.distributed import pick_device
-    check_figure_path(args.out, "--out", [*_checkpoint_inputs(args.ckpt), args.image_dir])
-    embed_figure(args.ckpt, args.image_dir, args.method, args.out, pick_device(args.device), args.batch_size,
+    check_figure_path(args.out, "--out", [*_checkpoint_inputs(args.model), args.image_dir])
+    embed_figure(args.model, args.image_dir, args.method, args.out, pick_device(args.device), args.batch_size,
                  args.precision)
     log.info("wrote %s", args.out)
     return 0
@@ -335,13 +369,13 @@ def _ssl_table(args) -> int:
 
 
 def _ssl_predict(args) -> int:
-    from dlcv.contracts.classify import predict_csv
+    from dlcv.contracts.classify import predict_csv, topk_header
     from dlcv.data.labels import check_replaceable_csv
     from dlcv.engine.distributed import pick_device
-    check_output(args.out_csv, "OUT_CSV", [*_checkpoint_inputs(args.ckpt), args.in_csv, args.image_dir])
-    check_replaceable_csv(args.out_csv, ["id", "filename", "label"], "OUT_CSV")
-    n = predict_csv(args.ckpt, args.in_csv, args.image_dir, args.out_csv, pick_device(args.device),
-                    args.batch_size, args.tta, args.precision)
+    check_output(args.out_csv, "OUT_CSV", [*_checkpoint_inputs(args.model), args.in_csv, args.image_dir])
+    check_replaceable_csv(args.out_csv, ["id", "filename", "label", *topk_header(args.topk)], "OUT_CSV")
+    n = predict_csv(args.model, args.in_csv, args.image_dir, args.out_csv, pick_device(args.device),
+                    args.batch_size, args.tta, args.precision, args.topk)
     log.info("wrote %d predictions to %s", n, args.out_csv)
     return 0
 
@@ -357,10 +391,19 @@ def _segment_miou(args) -> int:
 def _segment_predict(args) -> int:
     from dlcv.contracts.segment import predict_folder
     from dlcv.engine.distributed import pick_device
-    check_output(args.out_dir, "OUT_DIR", [*_checkpoint_inputs(args.ckpt), args.image_dir], folder=True)
-    n = predict_folder(args.ckpt, args.image_dir, args.out_dir, pick_device(args.device), args.batch_size,
+    check_output(args.out_dir, "OUT_DIR", [*_checkpoint_inputs(args.model), args.image_dir], folder=True)
+    n = predict_folder(args.model, args.image_dir, args.out_dir, pick_device(args.device), args.batch_size,
                        args.tta, args.compile, args.precision)
     log.info("wrote %d masks to %s", n, args.out_dir)
+    return 0
+
+
+def _export(args) -> int:
+    from dlcv.export import check_replaceable, export_model
+    check_output(args.out, "--out", _checkpoint_inputs(args.ckpt))
+    check_replaceable(args.out)
+    export_model(args.ckpt, args.format, args.out, args.tta, args.opset)
+    log.info("wrote %s", args.out)
     return 0
 
 
@@ -398,7 +441,7 @@ COMMANDS = {
     ("classify", "predict"): _classify_predict, ("classify", "embed"): _classify_embed,
     ("ssl", "finetune"): _ssl_finetune, ("ssl", "export"): _ssl_export, ("ssl", "table"): _ssl_table,
     ("ssl", "predict"): _ssl_predict, ("segment", "miou"): _segment_miou, ("segment", "predict"): _segment_predict,
-    ("report", None): _report, ("viz", "arch"): _viz_arch, ("demo", None): _demo,
+    ("export", None): _export, ("report", None): _report, ("viz", "arch"): _viz_arch, ("demo", None): _demo,
 }
 
 

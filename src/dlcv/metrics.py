@@ -63,7 +63,7 @@ def accuracy_by_filename(truth_names: Sequence[str], truth_labels: Sequence[str]
 def knn_accuracy(train_feats: torch.Tensor, train_y: torch.Tensor, val_feats: torch.Tensor, val_y: torch.Tensor,
                  k: int, temperature: float, num_classes: int) -> float:
     """Cosine-similarity k-NN with exp(sim / T) weighted votes, in fp32 whatever autocast is active (the
-    monitor runs inside the engine's evaluation autocast; bf16 similarities would also blur the ranking)."""
+    monitor runs inside the evaluation's autocast; bf16 similarities would also blur the ranking)."""
     with torch.autocast(train_feats.device.type, enabled=False):
         train_feats, val_feats = F.normalize(train_feats.float(), dim=1), F.normalize(val_feats.float(), dim=1)
         k = min(k, len(train_y))

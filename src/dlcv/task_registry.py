@@ -20,6 +20,8 @@ class TaskEntry:
     group_help: str  # the help line of its command group
     module: str  # the module that declares SCHEMA and TASK
     problem: str  # the course problem its runs answer in the report (p1, p2, p3)
+    predict: str | None = None  # the `dlcv` command that runs its checkpoints ("GROUP VERB"), if any
+    inference: str | None = None  # the module that reads its checkpoints and builds what they compute (export, API)
 
     @property
     def group(self) -> str:
@@ -33,14 +35,22 @@ class TaskEntry:
         """The task's module (imports torch): SCHEMA, TASK."""
         return importlib.import_module(self.module)
 
+    def load_inference(self) -> ModuleType:
+        """The module that reads the task's checkpoints (imports torch): read_checkpoint, PREPROCESS_CHECKS,
+        exportable."""
+        return importlib.import_module(self.inference)
+
 
 TASKS: tuple[TaskEntry, ...] = (
     TaskEntry("classify", "classify train", "train a classifier", "P1 image classification",
-              "dlcv.tasks.classify", "p1"),
+              "dlcv.tasks.classify", "p1", "classify predict",
+              "dlcv.inference.classify"),
     TaskEntry("ssl", "ssl pretrain", "BYOL pre-training on an unlabeled image folder",
-              "P2 BYOL pre-training and transfer settings A-E", "dlcv.tasks.ssl", "p2"),
+              "P2 BYOL pre-training and transfer settings A-E", "dlcv.tasks.ssl", "p2", "ssl export",
+              "dlcv.inference.embed"),
     TaskEntry("segment", "segment train", "train a segmentation model", "P3 semantic segmentation",
-              "dlcv.tasks.segment", "p3"),
+              "dlcv.tasks.segment", "p3", "segment predict",
+              "dlcv.inference.segment"),
 )
 
 

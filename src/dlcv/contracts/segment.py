@@ -1,7 +1,8 @@
-"""P3's graded commands from a trained checkpoint: predicted masks for a folder of tiles (hw1_3.sh) and the
-course's evaluator (`segment miou`), exactly its semantics and printout; the same two for a model of a
-dataset's own classes (the pairs layout): masks in the form its training masks had (class indices, or the
-colours of its classes.csv), each carrying the class table, which `segment miou` then scores with."""
+"""P3's graded commands from a trained model (a checkpoint, or an exported file): predicted masks for a
+folder of tiles (hw1_3.sh) and the course's evaluator (`segment miou`), exactly its semantics and printout;
+the same two for a model of a dataset's own classes (the pairs layout): masks in the form its training masks
+had (class indices, or the colours of its classes.csv), each carrying the class table, which `segment miou`
+then scores with."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,30 +15,35 @@ from dlcv.data.images import list_images, read_rgb
 from dlcv.data.masks import (COURSE, NUM_CLASSES, SAT_SUFFIXES, UNKNOWN, MaskClasses, check_prediction_files,
                              check_prediction_targets, classes_of_prediction, course_tiles, mask_name, sat_images,
                              write_mask)
-from dlcv.engine import checkpoint
 from dlcv.errors import DlcvError
-from dlcv.inference.segment import Segmenter, goes_whole
+from dlcv.inference.exported import CHECKPOINT, check_run_options, model_format, open_exported
+from dlcv.inference.segment import Segmenter, goes_whole, read_checkpoint
 from dlcv.metrics import confusion_of, segmentation_iou
 
 
-def load_segmenter(ckpt_path: str | Path, device: torch.device, tta: bool = True, precision: str = "auto",
-                   batch_size: int | None = None, compile_model: bool = False) -> tuple[Segmenter, dict[str, Any]]:
-    """The checkpoint's model as its run validated it, and the checkpoint; `tta=False` drops the saved
-    test-time augmentation (plain predictions); the rest: see Segmenter.from_checkpoint."""
-    state = read_checkpoint(ckpt_path, tta)
-    return Segmenter.from_checkpoint(state, device, precision, batch_size, str(ckpt_path), compile_model), state
-
-
-def read_checkpoint(ckpt_path: str | Path, tta: bool = True) -> dict[str, Any]:
-    state = checkpoint.load(ckpt_path, "segment", require=("preprocess",))
+def load_segmenter(model_path: str | Path, device: torch.device, tta: bool = True, precision: str = "auto",
+                   batch_size: int | None = None, compile_model: bool = False):
+    """(model, its mask classes): a segment checkpoint's model as its run validated it
+    (inference.segment.Segmenter), or an exported segmenter (inference.exported.ExportedModel, fp32).
+    `tta=False` drops the saved test-time augmentation (plain predictions); the rest: see
+    Segmenter.from_checkpoint."""
+    if model_format(model_path) != CHECKPOINT:
+        model = open_exported(model_path, "segment", "segment predict", device, batch_size)
+        check_run_options(model, tta, precision)
+        if compile_model:
+            raise DlcvError(f"--compile applies to checkpoints; {model_path} is an exported model")
+        return model, mask_classes(model.metadata, str(model_path))
+    state = read_checkpoint(model_path)
     if not tta:
         state["preprocess"] = {**state["preprocess"], "tta": None}
-    return state
+    return (Segmenter.from_checkpoint(state, device, precision, batch_size, str(model_path), compile_model),
+            mask_classes(state, str(model_path)))
 
 
-def mask_classes(state: dict[str, Any], where: str) -> MaskClasses:
-    """A segment checkpoint's mask classes (one of a dlcv before it recorded them: the course's)."""
-    return MaskClasses.from_record(state["masks"], where) if "masks" in state else COURSE
+def mask_classes(record: dict[str, Any], where: str) -> MaskClasses:
+    """The mask classes a segment checkpoint (or an export's metadata) records; the course's where it records
+    none (a model of the course's data, or of a dlcv before the record)."""
+    return MaskClasses.from_record(record["masks"], where) if record.get("masks") else COURSE
 
 
 def inputs_and_outputs(table: MaskClasses, image_dir: Path) -> list[tuple[Path, str]]:
@@ -54,7 +60,7 @@ def inputs_and_outputs(table: MaskClasses, image_dir: Path) -> list[tuple[Path, 
     return pairs
 
 
-def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path, device: torch.device,
+def predict_folder(model_path: str | Path, image_dir: str | Path, out_dir: str | Path, device: torch.device,
                    batch_size: int | None = None, tta: bool = True, compile_model: bool = False,
                    precision: str = "auto") -> int:
     """A mask (the input's size) for every tile, written atomically: for a P3 model `xxxx_mask.png` (RGB, course
@@ -65,14 +71,12 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_dir: str | Path,
     window by window, so memory stays bounded)."""
     out_dir = Path(out_dir)
     check_prediction_targets(out_dir, course_tiles(image_dir), "OUT_DIR")  # course masks: before reading the model
-    state = read_checkpoint(ckpt, tta)
-    table = mask_classes(state, str(ckpt))
+    segmenter, table = load_segmenter(model_path, device, tta, precision, batch_size, compile_model)
     work = inputs_and_outputs(table, Path(image_dir))
     if table.course:
         _refuse_ground_truth_folder(Path(image_dir), out_dir)
     else:
         check_prediction_files(out_dir, [name for _, name in work], "OUT_DIR")
-    segmenter = Segmenter.from_checkpoint(state, device, precision, batch_size, str(ckpt), compile_model)
     for start in range(0, len(work), segmenter.batch_size):
         chunk, small = work[start:start + segmenter.batch_size], []
         for f, name in chunk:  # a large image is predicted and written as soon as it is read: one in memory at a time

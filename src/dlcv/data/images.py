@@ -124,14 +124,19 @@ def read_rgb(path: str | Path) -> np.ndarray:
     """HxWx3 uint8 RGB. Grayscale, palette, RGBA and 16-bit images are converted; unreadable files
     (corrupt, truncated, not an image, too large) raise DlcvError naming the file."""
     with open_image(path) as im:
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # PIL's convert("RGB") clips 16-bit values instead of scaling them.
-            gray = np.asarray(im, dtype=np.int64)
-            gray = (gray >> 8 if gray.max() > 255 else gray).clip(0, 255).astype(np.uint8)
-            return np.repeat(gray[:, :, None], 3, axis=2)
-        if im.mode in ("RGBA", "LA", "P", "PA"):
-            im = im.convert("RGBA")
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return rgb_array(im)
+
+
+def rgb_array(im: Image.Image) -> np.ndarray:
+    """A PIL image as HxWx3 uint8 RGB, as read_rgb converts every file."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # PIL's convert("RGB") clips 16-bit values instead of scaling them.
+        gray = np.asarray(im, dtype=np.int64)
+        gray = (gray >> 8 if gray.max() > 255 else gray).clip(0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "P", "PA"):
+        im = im.convert("RGBA")
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def resized(img: np.ndarray, size: int | None, resample=Image.BILINEAR) -> np.ndarray:

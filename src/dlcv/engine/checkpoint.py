@@ -6,22 +6,22 @@ Nothing is ever unpickled beyond tensors and plain Python types, so a crafted `.
 """
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from dlcv.config import MAX_SIDE
+from dlcv import task_registry
 from dlcv.errors import DlcvError
 from dlcv.fileio import atomic_path
 
 # 2: RNG states as tensors (weights_only), a `kind` per file, the epoch rows inside `last.pt`.
 FORMAT_VERSION = 2
 CHECKPOINT, SNAPSHOT = "checkpoint", "snapshot"
-# keys every checkpoint holds; a task names the extra ones it needs (classify: classes, preprocess)
+# keys every checkpoint holds; a task's inference module names the extra ones it reads (classify: classes,
+# preprocess) and checks them
 CHECKPOINT_KEYS = ("task", "model", "config", "epoch", "step")
 
 
@@ -77,77 +77,42 @@ def _read(path: Path, kind: str) -> dict[str, Any]:
     return state
 
 
-def load(path: str | Path, task: str | None = None, require: Sequence[str] = ()) -> dict[str, Any]:
+def load(path: str | Path, task: str | None = None, require: Sequence[str] = (),
+         check: Callable[[dict[str, Any]], str | None] | None = None) -> dict[str, Any]:
     """A dlcv checkpoint of `task` holding the common keys and `require`d ones; anything else (a plain
-    state_dict, a snapshot, a hand-made dict, another task's file, a newer format) is a clear error."""
+    state_dict, a snapshot, a hand-made dict, another task's file, a newer format) is a clear error.
+    `check`: the reading task's own look at what it reads besides the weights (inference/), returning
+    what is wrong or None."""
     path = Path(path)
-    state = _read(path, CHECKPOINT)
+    return validated(_read(path, CHECKPOINT), path, task, require, check)
+
+
+def validated(state: dict[str, Any], path: Path, task: str | None = None, require: Sequence[str] = (),
+              check: Callable[[dict[str, Any]], str | None] | None = None) -> dict[str, Any]:
+    """`state`, read from `path`, checked as `load` checks it (a checkpoint read once, checked by its task's
+    module once its task is known)."""
     if task is not None and "task" in state and state["task"] != task:  # named before any key it lacks
-        verb = TASK_COMMANDS.get(state["task"], "")
+        runs_it = next((e.predict for e in task_registry.TASKS if e.name == state["task"] and e.predict), None)
         raise DlcvError(f"{path} is a checkpoint of task '{state['task']}', not '{task}'"
-                        + (f" (a model for `dlcv {verb}`)" if verb else ""))
+                        + (f" (a model for `dlcv {runs_it}`)" if runs_it else ""))
     missing = [k for k in (*CHECKPOINT_KEYS, *require) if k not in state]
     if missing:
         raise DlcvError(f"{path} is not a complete dlcv checkpoint: missing {', '.join(missing)}")
     if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
         raise DlcvError(f"{path}: its 'model' entry is not a state_dict of tensors")
-    problem = _metadata_problem(state)
+    problem = _config_problem(state["config"]) or (check(state) if check else None)
     if problem:
         raise DlcvError(f"{path}: {problem} (a damaged or hand-edited checkpoint)")
     return state
 
 
-TASK_COMMANDS = {"classify": "classify predict", "segment": "segment predict", "ssl": "ssl export"}
-
-
-def _metadata_problem(state: dict[str, Any]) -> str | None:
-    """What the predict commands read besides the weights, checked: the model's name and options, the class
-    names, and the preprocessing's sizes, statistics and test-time augmentation."""
-    cfg = state["config"]
+def _config_problem(cfg: Any) -> str | None:
+    """What every reader of a checkpoint's config needs: the model's name and options, the data / train
+    sections."""
     if not (isinstance(cfg, dict) and all(isinstance(cfg.get(k), dict) for k in ("model", "data", "train"))
             and isinstance(cfg["model"].get("name"), str) and isinstance(cfg["model"].get("options", {}), dict)):
         return "its config lacks the model's name and options, or the data / train sections"
-    if "classes" in state:
-        classes = state["classes"]
-        if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c for c in classes)
-                and len(set(classes)) == len(classes)):
-            return f"its class list {str(classes)[:60]} is not a list of distinct class names"
-    if "preprocess" in state:
-        pre = state["preprocess"]
-        if not isinstance(pre, dict):
-            return "its preprocess entry is not a mapping"
-        for key, (ok, expected) in PREPROCESS_CHECKS.items():
-            if (key in pre or key in ("mean", "std")) and not ok(pre.get(key)):
-                return f"preprocess {key} {pre.get(key)!r} is not {expected}"
     return None
-
-
-def _size(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE
-
-
-def _numbers(v, n: int, ok) -> bool:
-    return isinstance(v, list) and len(v) == n and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and ok(x) for x in v)
-
-
-def _tta(v) -> bool:
-    if v is None:
-        return True
-    return isinstance(v, dict) and all(isinstance(v.get(k, False), bool) for k in ("flip", "rotate90")) \
-        and isinstance(v.get("translate", 0), int) and 0 <= v.get("translate", 0) < MAX_SIDE \
-        and _numbers(v.get("scales", [1.0]), len(v.get("scales", [1.0])) or -1, lambda x: 0 < x <= 4)
-
-
-PREPROCESS_CHECKS = {
-    "image_size": (_size, f"a size in 1..{MAX_SIDE} px"),
-    "input_size": (lambda v: v is None or _size(v), f"null or a size in 1..{MAX_SIDE} px"),
-    "mean": (lambda v: _numbers(v, 3, lambda x: True), "3 numbers"),
-    "std": (lambda v: _numbers(v, 3, lambda x: x > 0), "3 numbers > 0"),
-    "infer_scale": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 4,
-                    "a factor in (0, 4]"),
-    "tta": (_tta, "null or a test-time augmentation mapping (flip, rotate90, translate, scales)"),
-}
 
 
 def load_snapshot(path: str | Path, task: str) -> dict[str, Any]:

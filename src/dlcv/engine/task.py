@@ -20,16 +20,12 @@ class Context:
     rank: int
     world_size: int
     run: RunDir  # the run folder's paths (figures, snapshots) and files
-    channels_last: bool  # the memory layout the model runs in (train.channels_last, resolved)
-    precision: str  # the autocast precision it trains and validates in (train.precision, resolved)
+    # the precision it trains and validates in and its memory layout (train.precision and
+    # train.channels_last, resolved once by the loop); recorded in every checkpoint, for predict
+    numerics: Numerics
     module: nn.Module | None = None  # the weights being trained, unwrapped: no DDP, no compile
     eval_module: nn.Module | None = None  # what is validated, snapshotted and saved: the EMA, or `module`
     total_steps: int = 0  # optimizer steps of the whole run (schedules over the run, e.g. BYOL's target)
-
-    @property
-    def numerics(self) -> Numerics:
-        """What validation runs in, and predict after it (recorded in every checkpoint)."""
-        return Numerics(self.precision, self.channels_last)
 
     @property
     def is_main(self) -> bool:
@@ -38,14 +34,15 @@ class Context:
     def images(self, x: torch.Tensor) -> torch.Tensor:
         """A batch of model inputs on the device, in the run's memory layout."""
         x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+        return x.contiguous(memory_format=torch.channels_last) if self.numerics.channels_last and x.ndim == 4 else x
 
 
 class Task:
     """What the loop calls, in order: `setup` once (read the data onto ctx.device), `build_model` once, then
-    per epoch `plan_epoch` and per step `train_batch` -> `loss` (under autocast) -> backward/step -> `after_step`; per validated epoch
-    `evaluate` (no grad, autocast), `snapshot` on the epochs chosen for figures, and `finish` at the end on
-    the main process. `checkpoint_meta` adds what the task's predict command needs to every checkpoint."""
+    per epoch `plan_epoch` and per step `train_batch` -> `loss` (under autocast) -> backward/step -> `after_step`;
+    per validated epoch `evaluate` (no grad), `snapshot` on the epochs chosen for figures, and `finish` at the end
+    on the main process. Outside training steps the task autocasts itself, once, in `ctx.numerics` (inference/'s
+    Classifier and Segmenter do). `checkpoint_meta` adds what the task's predict command needs to every checkpoint."""
     name: str
     monitor: str  # the epoch row's metric (evaluate()'s scalars or train_loss) that selects best.pt
     monitor_mode = "max"  # or "min"

@@ -24,7 +24,7 @@ from dlcv.engine import batches, checkpoint, distributed, identity
 from dlcv.engine.budget import plan_epochs
 from dlcv.engine.guard import Bf16Guard, guards_gradients
 from dlcv.engine.optim import build_optimizer, build_scheduler, keep_config_hyperparameters, trainable_parameters
-from dlcv.engine.precision import PRECISIONS, autocast, resolve_channels_last, resolve_precision
+from dlcv.engine.precision import PRECISIONS, Numerics, resolve_channels_last, resolve_precision
 from dlcv.engine.run import RunDir, Summary, environment
 from dlcv.engine.task import Context, Task
 from dlcv.errors import DlcvError
@@ -72,17 +72,14 @@ class Trainer:
         self.ema: AveragedModel | None = None
         self.plan: dict[str, Any] | None = None  # train.epochs=auto: how the epochs were chosen
         t = cfg["train"]
-        self.precision = resolve_precision(t["precision"], self.device, task.cpu_bf16)
-        self.dtype = PRECISIONS[self.precision]
+        # the one precision / layout decision of the run: the loop trains in it, the task validates in it
+        self.numerics = Numerics(resolve_precision(t["precision"], self.device, task.cpu_bf16),
+                                 resolve_channels_last(t["channels_last"], self.device, task.cpu_channels_last))
+        self.dtype = PRECISIONS[self.numerics.precision]
         if self.dtype is torch.float16 and self.device.type == "cpu":
             log.warning("fp16 on CPU is slow (emulated); fp32 is usually fastest there")
-        self.channels_last = resolve_channels_last(t["channels_last"], self.device, task.cpu_channels_last)
         self.environment = environment(self.device, self.env.world_size)
-        self.ctx = Context(self.device, self.env.rank, self.env.world_size, self.run, self.channels_last,
-                           self.precision)
-
-    def autocast(self):
-        return autocast(self.device, self.precision)
+        self.ctx = Context(self.device, self.env.rank, self.env.world_size, self.run, self.numerics)
 
     def _sync_batchnorm(self, module: nn.Module) -> nn.Module:
         """BatchNorm statistics over the global batch instead of each process's share (BYOL and
@@ -183,9 +180,9 @@ class Trainer:
         self.module = self.task.build_model(ctx).to(self.device)
         if t["sync_batchnorm"] and self.env.distributed:
             self.module = self._sync_batchnorm(self.module)
-        if self.channels_last:
+        if self.numerics.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
-        self.guard = Bf16Guard(self.module) if guards_gradients(self.device, self.precision) else None
+        self.guard = Bf16Guard(self.module) if guards_gradients(self.device, self.numerics.precision) else None
         # torch's own EMA (AveragedModel), BatchNorm statistics averaged too; it follows every optimizer step
         self.ema = None if t["ema_decay"] is None else AveragedModel(
             self.module, multi_avg_fn=get_ema_multi_avg_fn(t["ema_decay"]), use_buffers=True)
@@ -271,7 +268,7 @@ class Trainer:
     def _snapshot_if_chosen(self, epoch: int, stopping: bool) -> None:
         if epoch in self.snapshots or (stopping and not self.cfg["snapshot"]["epochs"]):
             self.ctx.eval_module.eval()  # also on epochs train.eval_every skips: no batch statistics, no dropout
-            with torch.no_grad(), self.autocast():
+            with torch.no_grad():  # the task autocasts (ctx.numerics)
                 self.task.snapshot(self.ctx, self.ctx.eval_module, epoch)
             self._save_weights(self.run.checkpoints / f"epoch_{epoch:03d}.pt", epoch)
 
@@ -328,7 +325,7 @@ class Trainer:
         """The task's metrics; a non-finite validation loss means finite weights too large to use (they
         overflow), which no figure or checkpoint should be made of."""
         model.eval()
-        with torch.no_grad(), self.autocast():
+        with torch.no_grad():  # the task autocasts, once (ctx.numerics; inference/ does for classify and segment)
             metrics = self.task.evaluate(self.ctx, model)
         loss = metrics.get("val_loss")
         if isinstance(loss, float) and not math.isfinite(loss):
@@ -392,7 +389,7 @@ class Trainer:
         optimizer, scaler = self.optimizer, self.scaler
         if self.guard is not None:
             self.guard.mark()
-        with self.autocast():
+        with self.numerics.autocast(self.device):
             loss = self.task.loss(model, batch)
         scaler.scale(loss).backward()
         if self.guard is not None and torch.isfinite(loss):
@@ -553,7 +550,6 @@ class Trainer:
         return Summary(task=self.task.name, status=status, monitor=self.task.monitor,
                        best={self.task.monitor: best if math.isfinite(best) else None, "epoch": best_row.get("epoch")},
                        final=row, seed=self.cfg["train"]["seed"], wall_time_s=round(wall, 2),
-                       environment={**self.environment, "precision": self.precision,
-                                    "channels_last": self.channels_last,
+                       environment={**self.environment, **self.numerics.record(),
                                     **({} if self.plan is None else {"epoch_plan": self.plan})},
                        run_dir=str(self.run.path), extras=extras, inputs=self.inputs)

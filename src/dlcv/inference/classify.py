@@ -1,6 +1,6 @@
-"""A classifier as validation, feature snapshots, predict (hw1_1.sh, hw1_2.sh) and embed run it: uint8
-images -> the run's preprocessing -> its test-time views (mirror image, shifts), in its precision and
-memory layout."""
+"""A classifier as validation, feature snapshots, predict (hw1_1.sh, hw1_2.sh), embed and export run it:
+uint8 images -> the run's preprocessing -> its test-time views (mirror image, shifts), in its precision and
+memory layout; and what a classify checkpoint holds besides the weights, checked."""
 from __future__ import annotations
 
 import contextlib
@@ -10,11 +10,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlcv.config import MAX_SIDE
 from dlcv.data import augment
-from dlcv.data.preprocess import Preprocess
+from dlcv.engine import checkpoint
 from dlcv.engine.precision import Numerics
-from dlcv.inference import checkpoint_batch_size, checkpoint_numerics
-from dlcv.models import model_from_checkpoint, model_spec
+from dlcv.inference import (MEAN, SIZE, STD, Exportable, checkpoint_batch_size, checkpoint_numerics,
+                            class_list_problem, entries_problem, is_size)
+
+TASK = "classify"
+# what predict reads besides the weights and the config (engine.checkpoint: CHECKPOINT_KEYS)
+REQUIRE = ("classes", "preprocess")
+
+
+def _views_ok(v) -> bool:
+    return v is None or isinstance(v, dict) and isinstance(v.get("flip", False), bool) \
+        and isinstance(v.get("translate", 0), int) and not isinstance(v.get("translate", 0), bool) \
+        and 0 <= v.get("translate", 0) < MAX_SIDE
+
+
+PREPROCESS_CHECKS = {
+    "image_size": SIZE,
+    "input_size": (lambda v: v is None or is_size(v), f"null or a size in 1..{MAX_SIDE} px"),
+    "mean": MEAN,
+    "std": STD,
+    "tta": (_views_ok, "null or a test-time augmentation mapping (flip, translate)"),
+}
+
+
+def checkpoint_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong with a classify checkpoint's class names or preprocessing, or None."""
+    return class_list_problem(state["classes"]) or entries_problem(
+        state["preprocess"], PREPROCESS_CHECKS, "preprocess", required=("image_size", "mean", "std"))
+
+
+def read_checkpoint(path) -> dict[str, Any]:
+    """A classify checkpoint, checked (engine.checkpoint.load); anything else is one clear error."""
+    return checkpoint.load(path, TASK, REQUIRE, checkpoint_problem)
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None) -> torch.Tensor:
@@ -40,15 +71,47 @@ def tta_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None) ->
 
 
 @contextlib.contextmanager
-def capture_head_input(model: nn.Module, head: str):
-    """Collects the input of the final layer (the feature vector) of every forward pass."""
+def capture_head_input(model: nn.Module, head: str, to_cpu: bool = True):
+    """Collects the input of the final layer (the feature vector) of every forward pass, fp32 (on the CPU
+    with `to_cpu`)."""
     captured: list[torch.Tensor] = []
-    handle = model.get_submodule(head).register_forward_pre_hook(
-        lambda _m, args: captured.append(args[0].detach().float().flatten(1).cpu()))
+
+    def keep(_module, args):
+        features = args[0].detach().float().flatten(1)
+        captured.append(features.cpu() if to_cpu else features)
+
+    handle = model.get_submodule(head).register_forward_pre_hook(keep)
     try:
         yield captured
     finally:
         handle.remove()
+
+
+class ClassifierGraph(nn.Module):
+    """What predict computes, as one module: validation and predict run it, and `dlcv export` writes it out.
+    Float RGB in [0, 1], N x 3 x S x S (S: the checkpoint's image_size, the side every image is decoded
+    to) -> resized to the model's input side (data.input_size) -> normalised -> the test-time views
+    (tta_logits) -> fp32 logits; with `with_features` also the final layer's input of the plain images."""
+
+    def __init__(self, model: nn.Module, head: str, meta: dict[str, Any], with_features: bool = False):
+        super().__init__()
+        self.model, self.head, self.with_features = model, head, with_features
+        self.input_size, self.tta = meta.get("input_size"), meta.get("tta")
+        self.register_buffer("mean", torch.tensor(meta["mean"]), persistent=False)
+        self.register_buffer("std", torch.tensor(meta["std"]), persistent=False)
+        self.memory_format = torch.contiguous_format  # the layout the model runs in (Classifier sets it)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's input for the plain images."""
+        x = augment.normalize(augment.resize(x, self.input_size), self.mean, self.std)
+        return x.contiguous(memory_format=self.memory_format)
+
+    def forward(self, x: torch.Tensor):
+        if not self.with_features:
+            return tta_logits(self.model, self.inputs(x), self.tta)
+        with capture_head_input(self.model, self.head, to_cpu=False) as captured:
+            logits = tta_logits(self.model, self.inputs(x), self.tta)
+        return logits, captured[0]  # the first forward pass is the plain view's
 
 
 class Classifier:
@@ -58,31 +121,48 @@ class Classifier:
     def __init__(self, model: nn.Module, model_name: str, meta: dict[str, Any], numerics: Numerics,
                  batch_size: int, device: torch.device):
         self.model, self.meta, self.numerics, self.batch_size, self.device = model, meta, numerics, batch_size, device
+        from dlcv.models import model_spec  # here: an exported model runs without dlcv's model code
         self.head = model_spec(model_name).head
-        self.preprocess = Preprocess(meta, device)
+        self.graph = ClassifierGraph(model, self.head, meta).to(device)
+        self.graph.memory_format = numerics.memory_format
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any], device: torch.device, precision: str = "auto",
                         batch_size: int | None = None, where: str = "checkpoint") -> Classifier:
         """The model of a classify checkpoint, on the device, as its run validated it (`precision`:
         auto, or another for this device, see engine.precision.for_predict)."""
+        from dlcv.models import model_from_checkpoint
         numerics = checkpoint_numerics(state, device, precision, where)
         model = model_from_checkpoint(state, len(state["classes"])).to(device).eval()
         return cls(model.to(memory_format=numerics.memory_format), state["config"]["model"]["name"],
                    state["preprocess"], numerics, checkpoint_batch_size(state, batch_size), device)
 
-    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
-        return self.preprocess(images.to(self.device)).contiguous(memory_format=self.numerics.memory_format)
-
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """fp32 logits of uint8 images N x 3 x H x W, averaged over the test-time views."""
         with torch.no_grad(), self.numerics.autocast(self.device):
-            return tta_logits(self.model, self._inputs(images), self.meta.get("tta"))
+            return self.graph(images.to(self.device).float().div_(255))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The final layer's input (the feature vector) for the plain images, whatever the test-time
         views: fp32 on the CPU."""
         with torch.no_grad(), self.numerics.autocast(self.device), \
                 capture_head_input(self.model, self.head) as captured:
-            self.model(self._inputs(images))
+            self.model(self.graph.inputs(images.to(self.device).float().div_(255)))
         return torch.cat(captured)
+
+
+def exportable(state: dict[str, Any], tta: bool = True) -> Exportable:
+    """What `dlcv export` writes for a classify checkpoint: ClassifierGraph (fp32, on the CPU) with the
+    plain images' features as a second output, and what predict computes to verify it against."""
+    from dlcv.models import model_from_checkpoint, model_spec
+    meta = {**state["preprocess"], **({} if tta else {"tta": None})}
+    name = state["config"]["model"]["name"]
+    model = model_from_checkpoint(state, len(state["classes"])).eval()
+    graph = ClassifierGraph(model, model_spec(name).head, meta, with_features=True).eval()
+    reference = Classifier.from_checkpoint({**state, "preprocess": meta}, torch.device("cpu"), "fp32")
+    recorded = state.get("inputs", {})  # the course problem and layout its run recorded (data/layouts.py)
+    metadata = {"classes": state["classes"], "image_size": meta["image_size"],
+                "input_size": meta.get("input_size") or meta["image_size"], "mean": meta["mean"],
+                "std": meta["std"], "views": meta.get("tta"), "infer_scale": None,
+                "problem": recorded.get("problem"), "layout": recorded.get("layout")}
+    return Exportable(graph, ("logits", "features"), metadata, meta["image_size"], reference.logits)

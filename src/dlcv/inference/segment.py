@@ -1,6 +1,7 @@
-"""A segmenter as validation, the mask snapshots and predict (hw1_3.sh) run it: uint8 tiles -> the run's
-normalisation -> its resolution (data.infer_scale) and test-time views (mirror images, rotations, scales),
-in its precision and memory layout -> fp32 logits at the tiles' size."""
+"""A segmenter as validation, the mask snapshots, predict (hw1_3.sh) and export run it: uint8 tiles -> the
+run's normalisation -> its resolution (data.infer_scale) and test-time views (mirror images, rotations,
+scales), in its precision and memory layout -> fp32 logits at the tiles' size; and what a segment
+checkpoint holds besides the weights, checked."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,10 +12,41 @@ from torch import nn
 
 from dlcv.data import augment
 from dlcv.data.masks import CLASS_NAMES
-from dlcv.data.preprocess import Preprocess
+from dlcv.engine import checkpoint
 from dlcv.engine.precision import Numerics
-from dlcv.inference import checkpoint_batch_size, checkpoint_numerics
-from dlcv.models import model_from_checkpoint
+from dlcv.inference import (MEAN, STD, Exportable, are_numbers, checkpoint_batch_size, checkpoint_numerics,
+                            entries_problem)
+
+TASK = "segment"
+# what predict reads besides the weights and the config (engine.checkpoint: CHECKPOINT_KEYS)
+REQUIRE = ("preprocess",)
+
+
+def _factor(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 4
+
+
+def _views_ok(v) -> bool:
+    return v is None or isinstance(v, dict) and all(isinstance(v.get(k, False), bool) for k in ("flip", "rotate90")) \
+        and are_numbers(v.get("scales", [1.0]), None, lambda x: _factor(x))
+
+
+PREPROCESS_CHECKS = {
+    "mean": MEAN,
+    "std": STD,
+    "infer_scale": (_factor, "a factor in (0, 4]"),
+    "tta": (_views_ok, "null or a test-time augmentation mapping (flip, rotate90, scales)"),
+}
+
+
+def checkpoint_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong with a segment checkpoint's preprocessing, or None."""
+    return entries_problem(state["preprocess"], PREPROCESS_CHECKS, "preprocess")
+
+
+def read_checkpoint(path) -> dict[str, Any]:
+    """A segment checkpoint, checked (engine.checkpoint.load); anything else is one clear error."""
+    return checkpoint.load(path, TASK, REQUIRE, checkpoint_problem)
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None) -> torch.Tensor:
@@ -47,7 +79,8 @@ def _scaled_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None
     if scale == 1.0:
         return tta_logits(model, x, tta)
     size = x.shape[-2:]
-    small = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1)
+    small = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1,
+                          recompute_scale_factor=True)
     logits = tta_logits(model, small.contiguous(memory_format=augment.memory_format_of(x)), tta)
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
@@ -78,6 +111,29 @@ def windows(size: int, window: int = WINDOW, margin: int = WINDOW_MARGIN) -> lis
     return [(s, s + window, k0, k1) for s, k0, k1 in zip(starts, keep_starts, keep_ends)]
 
 
+def segment_classes(state: dict[str, Any]) -> list[str]:
+    """The class names of a segment checkpoint, in the order of its logits: the one place they are read (a
+    checkpoint of a dlcv before segment recorded them: the course's seven, data/masks.py)."""
+    return list(state.get("classes", CLASS_NAMES))
+
+
+class SegmenterGraph(nn.Module):
+    """What predict computes, as one module: validation and predict run it, and `dlcv export` writes it out.
+    Float RGB in [0, 1], N x 3 x H x W (any size) -> normalised -> the run's resolution (infer_scale) and
+    test-time views (tile_logits) -> fp32 logits N x C x H x W."""
+
+    def __init__(self, model: nn.Module, meta: dict[str, Any]):
+        super().__init__()
+        self.model, self.tta, self.scale = model, meta.get("tta"), meta.get("infer_scale", 1.0)
+        self.register_buffer("mean", torch.tensor(meta["mean"]), persistent=False)
+        self.register_buffer("std", torch.tensor(meta["std"]), persistent=False)
+        self.memory_format = torch.contiguous_format  # the layout the model runs in (Segmenter sets it)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = augment.normalize(x, self.mean, self.std).contiguous(memory_format=self.memory_format)
+        return tile_logits(self.model, x, self.tta, self.scale)
+
+
 class Segmenter:
     """`model` (in eval mode) with what its run validated with: `meta`, a segment checkpoint's
     "preprocess" (mean / std, test-time views, infer_scale), its numerics and evaluation batch size."""
@@ -85,7 +141,8 @@ class Segmenter:
     def __init__(self, model: nn.Module, meta: dict[str, Any], numerics: Numerics, batch_size: int,
                  device: torch.device):
         self.model, self.meta, self.numerics, self.batch_size, self.device = model, meta, numerics, batch_size, device
-        self.preprocess = Preprocess({"mean": meta["mean"], "std": meta["std"]}, device)
+        self.graph = SegmenterGraph(model, meta).to(device)
+        self.graph.memory_format = numerics.memory_format
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any], device: torch.device, precision: str = "auto",
@@ -97,9 +154,10 @@ class Segmenter:
         the same masks up to kernel noise, VGG16-FCN32s 1.59x the tiles/s on a 2-core Zen 5 CPU
         (benchmarks/fcn32s_cpu.py) but 1.02x on a 2-core AMX Xeon (end to end), after a few seconds of
         compiling per input shape: an option, not the default."""
+        from dlcv.models import model_from_checkpoint  # here: an exported model runs without dlcv's model code
         numerics = checkpoint_numerics(state, device, precision, where)
-        classes = state.get("classes", CLASS_NAMES)  # a checkpoint of a dlcv before segment recorded them: P3's
-        model = model_from_checkpoint(state, len(classes)).to(device).eval().to(memory_format=numerics.memory_format)
+        model = model_from_checkpoint(state, len(segment_classes(state))).to(device).eval()
+        model = model.to(memory_format=numerics.memory_format)
         if compile_model:
             # static shapes: a tile size and each test-time scale compile once instead of one slower dynamic
             # graph. No FX graph cache: in torch 2.14.1 a graph cached under one ATEN_CPU_CAPABILITY and
@@ -111,20 +169,38 @@ class Segmenter:
     def logits(self, tiles: torch.Tensor) -> torch.Tensor:
         """fp32 logits N x C x H x W of uint8 tiles N x 3 x H x W (one size), averaged over the views."""
         with torch.no_grad(), self.numerics.autocast(self.device):
-            x = self.preprocess(tiles.to(self.device)).contiguous(memory_format=self.numerics.memory_format)
-            return tile_logits(self.model, x, self.meta.get("tta"), self.meta.get("infer_scale", 1.0))
+            return self.graph(tiles.to(self.device).float().div_(255))
 
     def masks(self, tiles: torch.Tensor) -> torch.Tensor:
-        """N x H x W uint8 class indices of uint8 tiles N x 3 x H x W (one size); a tile with a side over
-        WINDOW goes through window by window (see WINDOW), one at a time."""
-        height, width = tiles.shape[-2:]
-        if goes_whole(height, width):
-            return self.logits(tiles).argmax(1).to(torch.uint8).cpu()
-        out = torch.empty((len(tiles), height, width), dtype=torch.uint8)
-        for n in range(len(tiles)):
-            for y0, y1, ky0, ky1 in windows(height):
-                for x0, x1, kx0, kx1 in windows(width):
-                    logits = self.logits(tiles[n:n + 1, :, y0:y1, x0:x1])[0]
-                    kept = logits[:, ky0 - y0:ky1 - y0, kx0 - x0:kx1 - x0]
-                    out[n, ky0:ky1, kx0:kx1] = kept.argmax(0).to(torch.uint8).cpu()
-        return out
+        """N x H x W uint8 class indices of uint8 tiles N x 3 x H x W (one size); see masks_of."""
+        return masks_of(self.logits, tiles)
+
+
+def masks_of(logits, tiles: torch.Tensor) -> torch.Tensor:
+    """N x H x W uint8 class indices of uint8 tiles N x 3 x H x W (one size) from `logits` (uint8 tiles ->
+    fp32 logits: a Segmenter's, or an exported model's); a tile with a side over WINDOW goes through window
+    by window (see WINDOW), one at a time."""
+    height, width = tiles.shape[-2:]
+    if goes_whole(height, width):
+        return logits(tiles).argmax(1).to(torch.uint8).cpu()
+    out = torch.empty((len(tiles), height, width), dtype=torch.uint8)
+    for n in range(len(tiles)):
+        for y0, y1, ky0, ky1 in windows(height):
+            for x0, x1, kx0, kx1 in windows(width):
+                window_logits = logits(tiles[n:n + 1, :, y0:y1, x0:x1])[0]
+                kept = window_logits[:, ky0 - y0:ky1 - y0, kx0 - x0:kx1 - x0]
+                out[n, ky0:ky1, kx0:kx1] = kept.argmax(0).to(torch.uint8).cpu()
+    return out
+
+
+def exportable(state: dict[str, Any], tta: bool = True) -> Exportable:
+    """What `dlcv export` writes for a segment checkpoint: SegmenterGraph (fp32, on the CPU), and what
+    predict computes to verify it against."""
+    from dlcv.models import model_from_checkpoint
+    meta = {**state["preprocess"], **({} if tta else {"tta": None})}
+    graph = SegmenterGraph(model_from_checkpoint(state, len(segment_classes(state))).eval(), meta).eval()
+    reference = Segmenter.from_checkpoint({**state, "preprocess": meta}, torch.device("cpu"), "fp32")
+    metadata = {"classes": segment_classes(state), "image_size": None, "input_size": None, "mean": meta["mean"],
+                "std": meta["std"], "views": meta.get("tta"), "infer_scale": meta.get("infer_scale", 1.0),
+                **({"masks": state["masks"]} if state.get("masks") else {})}  # a dataset's own mask classes
+    return Exportable(graph, ("logits",), metadata, None, reference.logits)

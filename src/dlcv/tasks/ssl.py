@@ -129,14 +129,15 @@ class SSLTask(ModelTask):
         times sqrt(dim): about 1 for well-spread embeddings, 0 when BYOL has collapsed to a constant."""
         byol = ctx.eval_module  # for its parts (embed, backbone); train.ema_decay is refused, so the trained weights
         sample = torch.arange(min(len(self.images), self.cfg["embed_std_images"]))
-        z = torch.cat([F.normalize(byol.embed(self._prepare(ctx, x)).float(), dim=1)
-                       for _, x in self.images.iterate(sample.split(self.cfg["train"]["eval_batch_size"]))])
-        metrics = {"embed_std": (z.std(0).mean() * math.sqrt(z.shape[1])).item()}
-        if self.use_knn:
-            kn = self.cfg["knn"]
-            metrics["knn_acc"] = knn_accuracy(self._features(ctx, self.knn_train[0]), self.knn_train[1],
-                                              self._features(ctx, self.knn_val[0]), self.knn_val[1], kn["k"],
-                                              kn["temperature"], len(self.knn_classes))
+        with ctx.numerics.autocast(ctx.device):
+            z = torch.cat([F.normalize(byol.embed(self._prepare(ctx, x)).float(), dim=1)
+                           for _, x in self.images.iterate(sample.split(self.cfg["train"]["eval_batch_size"]))])
+            metrics = {"embed_std": (z.std(0).mean() * math.sqrt(z.shape[1])).item()}
+            if self.use_knn:
+                kn = self.cfg["knn"]
+                metrics["knn_acc"] = knn_accuracy(self._features(ctx, self.knn_train[0]), self.knn_train[1],
+                                                  self._features(ctx, self.knn_val[0]), self.knn_val[1], kn["k"],
+                                                  kn["temperature"], len(self.knn_classes))
         return metrics
 
     def finish(self, ctx: Context, rows: list[dict[str, Any]]) -> None:
