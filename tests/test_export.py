@@ -184,7 +184,7 @@ def test_an_onnx_model_predicts_without_dlcvs_model_code(exported, synth_root, t
         "import sys; from dlcv.cli import main; "
         f"assert main(['classify', 'predict', '--model', {str(exported('p1', 'onnx'))!r}, "
         f"{str(synth_root / 'p1_data/val_50')!r}, {str(tmp_path / 'o.csv')!r}]) == 0; "
-        "assert 'dlcv.models' not in sys.modules and 'torchvision.models' not in sys.modules, 'model code imported'")
+        "assert 'dlcv.models' not in sys.modules, 'model code imported'")  # (torchvision is, for its image-file rules)
 
 
 def test_topk_adds_the_most_probable_classes_and_the_graded_columns_stay(runs, exported, synth_root, tmp_path):
