@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dlcv import config as config_mod, task_registry
 from dlcv.errors import DlcvError
-from dlcv.fileio import check_output, run_folder_of
+from dlcv.fileio import check_output, check_replaceable, run_folder_of
 from dlcv.malloc import reexec_with_settings
 
 log = logging.getLogger("dlcv")
@@ -263,10 +263,9 @@ def _eval_acc(args) -> int:
 
 def _classify_predict(args) -> int:
     from dlcv.contracts.classify import predict_folder
-    from dlcv.data.labels import check_replaceable_csv
     from dlcv.engine.distributed import pick_device
     check_output(args.out_csv, "OUT_CSV", [*_checkpoint_inputs(args.ckpt), args.image_dir])
-    check_replaceable_csv(args.out_csv, ["filename", "label"], "OUT_CSV")
+    check_replaceable(args.out_csv, "OUT_CSV")
     n = predict_folder(args.ckpt, args.image_dir, args.out_csv, pick_device(args.device), args.batch_size,
                        args.tta, args.precision)
     log.info("wrote %d predictions to %s", n, args.out_csv)
@@ -313,10 +312,9 @@ def _ssl_table(args) -> int:
 
 def _ssl_predict(args) -> int:
     from dlcv.contracts.classify import predict_csv
-    from dlcv.data.labels import check_replaceable_csv
     from dlcv.engine.distributed import pick_device
     check_output(args.out_csv, "OUT_CSV", [*_checkpoint_inputs(args.ckpt), args.in_csv, args.image_dir])
-    check_replaceable_csv(args.out_csv, ["id", "filename", "label"], "OUT_CSV")
+    check_replaceable(args.out_csv, "OUT_CSV")
     n = predict_csv(args.ckpt, args.in_csv, args.image_dir, args.out_csv, pick_device(args.device),
                     args.batch_size, args.tta, args.precision)
     log.info("wrote %d predictions to %s", n, args.out_csv)

@@ -63,7 +63,8 @@ def predict_folder(ckpt: str | Path, image_dir: str | Path, out_csv: str | Path,
     files = list_images(image_dir)
     preds, _ = infer(classifier, files)
     classes = state["classes"]
-    labels_mod.write_csv(out_csv, ["filename", "label"], [(f.name, classes[p]) for f, p in zip(files, preds)])
+    labels_mod.write_csv(out_csv, ["filename", "label"], [(f.name, classes[p]) for f, p in zip(files, preds)],
+                         predictions=True)
     return len(files)
 
 
@@ -82,11 +83,8 @@ def predict_csv(ckpt: str | Path, in_csv: str | Path, image_dir: str | Path, out
     preds, _ = infer(classifier, files)
     classes = state["classes"]
     labels_mod.write_csv(out_csv, ["id", "filename", "label"],
-                         [(r["id"], r["filename"], classes[p]) for r, p in zip(rows, preds)])
+                         [(r["id"], r["filename"], classes[p]) for r, p in zip(rows, preds)], predictions=True)
     return len(rows)
-
-
-MIN_EMBED_IMAGES = 5  # fewer points make no PCA / t-SNE picture (t-SNE needs more points than 3 x perplexity 2)
 
 
 def embed_figure(ckpt: str | Path, image_dir: str | Path, method: str, out: str | Path,
@@ -94,9 +92,9 @@ def embed_figure(ckpt: str | Path, image_dir: str | Path, method: str, out: str 
     """PCA / t-SNE of a checkpoint's features on a folder, coloured by the class in the file names
     (`{label}_{id}.png`) or, for unlabelled folders, by the predicted class."""
     files = list_images(image_dir)
-    if len(files) < MIN_EMBED_IMAGES:
+    if len(files) < figures.MIN_EMBED_POINTS:
         raise DlcvError(f"{image_dir}: {len(files)} image(s); a {method.upper()} picture needs at least "
-                        f"{MIN_EMBED_IMAGES}")
+                        f"{figures.MIN_EMBED_POINTS}")
     classifier, state = load_classifier(ckpt, device, precision=precision, batch_size=batch_size)
     preds, feats = infer(classifier, files, with_features=True)
     names = [labels_mod.label_from_filename(f) for f in files]

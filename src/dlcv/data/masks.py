@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from dlcv.data.images import folder_entries, open_image
+from dlcv.data.images import folder_entries, open_image, refuse_special_input
 from dlcv.errors import DlcvError
 from dlcv.fileio import atomic_path, refuse_special_file
 
@@ -93,6 +93,7 @@ def _by_id(entries: list[Path], suffixes: tuple[str, ...]) -> dict[str, Path]:
         lower = p.name.lower()
         suffix = next((s for s in suffixes if lower.endswith(s)), None)
         if suffix is not None and not p.is_dir():
+            refuse_special_input(p, "image" if suffix in SAT_SUFFIXES else "mask")
             found[p.name[:-len(suffix)]] = p
     return found
 

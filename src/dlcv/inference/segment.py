@@ -47,7 +47,11 @@ def _scaled_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None
     if scale == 1.0:
         return tta_logits(model, x, tta)
     size = x.shape[-2:]
-    small = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1)
+    if min(size) * scale >= 1:
+        small = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1)
+    else:  # a side would shrink to no pixel (a 3 px strip at scale 0.25): keep one
+        small = F.interpolate(x, size=[max(1, round(side * scale)) for side in size], mode="bilinear",
+                              align_corners=False, antialias=scale < 1)
     logits = tta_logits(model, small.contiguous(memory_format=augment.memory_format_of(x)), tta)
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
@@ -58,6 +62,12 @@ def _scaled_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None
 # 512 px tiles, and anything validation sees, go whole.
 WINDOW = 1024
 WINDOW_MARGIN = 128
+
+
+# A batch size counts tiles of the course's side, 512 px: a batch of larger tiles holds proportionally fewer
+# (at least one), so its memory stays what the run's batch of such tiles takes, whatever the tiles' size
+# (8 tiles of 1024 px in one batch of 8 took 4.2 GB on a CPU, more than a 4000x4000 image in windows).
+BATCH_TILE_PIXELS = 512 * 512
 
 
 def goes_whole(height: int, width: int) -> bool:
@@ -107,23 +117,32 @@ class Segmenter:
             model = torch.compile(model, options={"freezing": True, "fx_graph_cache": False}, dynamic=False)
         return cls(model, state["preprocess"], numerics, checkpoint_batch_size(state, batch_size), device)
 
+    def tiles_per_pass(self, height: int, width: int) -> int:
+        """Tiles of this size that go through the model at once: batch_size, fewer for tiles over 512 px
+        (BATCH_TILE_PIXELS)."""
+        return max(1, min(self.batch_size, self.batch_size * BATCH_TILE_PIXELS // (height * width)))
+
     def logits(self, tiles: torch.Tensor) -> torch.Tensor:
         """fp32 logits N x C x H x W of uint8 tiles N x 3 x H x W (one size), averaged over the views."""
+        return torch.cat([self._logits(chunk) for chunk in tiles.split(self.tiles_per_pass(*tiles.shape[-2:]))])
+
+    def _logits(self, tiles: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), self.numerics.autocast(self.device):
             x = self.preprocess(tiles.to(self.device)).contiguous(memory_format=self.numerics.memory_format)
             return tile_logits(self.model, x, self.meta.get("tta"), self.meta.get("infer_scale", 1.0))
 
     def masks(self, tiles: torch.Tensor) -> torch.Tensor:
-        """N x H x W uint8 class indices of uint8 tiles N x 3 x H x W (one size); a tile with a side over
-        WINDOW goes through window by window (see WINDOW), one at a time."""
+        """N x H x W uint8 class indices of uint8 tiles N x 3 x H x W (one size), at most tiles_per_pass
+        at a time; a tile with a side over WINDOW goes through window by window (see WINDOW), one at a time."""
         height, width = tiles.shape[-2:]
         if goes_whole(height, width):
-            return self.logits(tiles).argmax(1).to(torch.uint8).cpu()
+            return torch.cat([self._logits(chunk).argmax(1).to(torch.uint8).cpu()
+                              for chunk in tiles.split(self.tiles_per_pass(height, width))])
         out = torch.empty((len(tiles), height, width), dtype=torch.uint8)
         for n in range(len(tiles)):
             for y0, y1, ky0, ky1 in windows(height):
                 for x0, x1, kx0, kx1 in windows(width):
-                    logits = self.logits(tiles[n:n + 1, :, y0:y1, x0:x1])[0]
+                    logits = self._logits(tiles[n:n + 1, :, y0:y1, x0:x1])[0]
                     kept = logits[:, ky0 - y0:ky1 - y0, kx0 - x0:kx1 - x0]
                     out[n, ky0:ky1, kx0:kx1] = kept.argmax(0).to(torch.uint8).cpu()
         return out
