@@ -43,7 +43,8 @@ def _training_inputs(cfg: dict, config_path: str | None) -> list:
     return inputs
 
 
-def _whole_number(minimum: int):
+def _whole_number(minimum: int, maximum: int = config_mod.INT64_MAX):
+    """An argument's whole number in minimum..maximum (torch's sizes and counts are 64-bit)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -51,6 +52,8 @@ def _whole_number(minimum: int):
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
         return value
     return parse
 
@@ -184,7 +187,8 @@ def _add_tool_commands(sub) -> None:
     arch = viz.add_parser("arch", help="architecture diagram of a registered model (blocks with output shapes)")
     arch.add_argument("model")
     arch.add_argument("--out", required=True, help="figure file (.png or .svg)")
-    arch.add_argument("--input-size", type=_whole_number(1), help="input side (default: the model's usual one)")
+    arch.add_argument("--input-size", type=_whole_number(1, config_mod.MAX_SIDE),
+                      help="input side (default: the model's usual one)")
     arch.add_argument("--num-classes", type=_whole_number(1))
     arch.add_argument("--options", default="{}", help="model options as YAML, e.g. '{widths: [32, 64, 128]}'")
     demo = sub.add_parser("demo", help="run the report's experiments, scaled down, on built-in data")

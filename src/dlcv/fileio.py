@@ -116,8 +116,11 @@ def _sha256(path: str | Path) -> str:
 
 def _recorded(path: Path) -> list[str]:
     """The sha256 digests the authorship record of `path` lists ([] without a readable record)."""
+    record = authorship_record(path)
+    if not record.is_file():  # nor a FIFO: reading one would wait forever
+        return []
     try:
-        data = json.loads(authorship_record(path).read_text(encoding="utf-8"))
+        data = json.loads(record.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     digests = data.get("sha256") if isinstance(data, dict) else None
@@ -148,6 +151,16 @@ def check_replaceable(path: str | Path, what: str) -> None:
         "dlcv did not write it (ground truth, or a file of yours?)"
     raise DlcvError(f"{what} {path} exists and {reason}: it is never replaced; pick another file name, or "
                     "delete it first")
+
+
+def starts_with(path: str | Path, text: str) -> bool:
+    """Whether a regular file begins with `text` (how dlcv recognises the outputs whose format it alone
+    writes: a report, an `ssl table`)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(text.encode())) == text.encode()
+    except OSError:
+        return False
 
 
 def run_folder_of(ckpt: str | Path | None) -> Path | None:

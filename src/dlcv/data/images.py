@@ -131,12 +131,12 @@ def cache_key(files: Sequence[Path], tag: str) -> str:
 def default_cache_dir() -> Path:
     """$DLCV_CACHE, else ~/.cache/dlcv; set but empty counts as not set (as XDG's variables), never as the
     working folder."""
-    return Path(os.environ.get("DLCV_CACHE") or Path.home() / ".cache" / "dlcv")
+    return Path((os.environ.get("DLCV_CACHE") or "").strip() or Path.home() / ".cache" / "dlcv")
 
 
 def cached(files: Sequence[Path], tag: str, build, cache_dir: str | Path | None = None, use_cache: bool = True):
     """`build()` (tensors decoded from `files`), memoised on disk under a key of the files and `tag`."""
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_dir = Path(cache_dir) if cache_dir and str(cache_dir).strip() else default_cache_dir()
     cache_file = cache_dir / f"{tag.split(':')[0]}-{cache_key(files, tag)}.pt" if use_cache else None
     if cache_file is not None and cache_file.is_file():
         try:

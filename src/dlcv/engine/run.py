@@ -21,7 +21,7 @@ import torch
 import dlcv
 from dlcv import config as config_mod
 from dlcv.errors import DlcvError
-from dlcv.fileio import DirectoryLock, write_text
+from dlcv.fileio import DirectoryLock, refuse_special_file, write_text
 from dlcv.malloc import settings_in_effect
 
 log = logging.getLogger("dlcv")
@@ -153,7 +153,6 @@ def read_summary(run_dir: str | Path) -> Summary:
 # folder holding anything else is not a run: dlcv neither writes into it nor cleans it.
 RUN_ENTRIES = frozenset({"config.yaml", "metrics.csv", "summary.json", "train.log", ".lock", "checkpoints",
                          "figures", "snapshots", "tensorboard", "backbone.pt", "sl_backbone.pt"})
-RUN_FOLDERS = ("checkpoints", "figures", "snapshots")
 
 
 def is_temporary(name: str, targets: Iterable[str] | None = None) -> bool:
@@ -185,14 +184,19 @@ class RunDir:
         self._lock.acquire()
         for folder in (self.checkpoints, self.figures, self.snapshots):
             folder.mkdir(parents=True, exist_ok=True)
-        # left by a process killed inside an atomic write (or while measuring train.epochs=auto's saves): only
-        # in the run's own folders, never in a folder the user keeps in it
+        self._attach_log_file()
+
+    def remove_stale_temporaries(self) -> None:
+        """Files a process killed inside an atomic write (or while measuring train.epochs=auto's saves) left:
+        only the run's own, in its own folders (never in a folder the user keeps in it). Called once the run
+        is known to go on: a refused command leaves the folder as it found it."""
+        if not self.is_main:
+            return
         for folder in (self.path, self.checkpoints, self.figures, self.snapshots):
             targets = RUN_ENTRIES if folder == self.path else None
             for stale in [p for p in folder.iterdir() if is_temporary(p.name, targets) and p.is_file()]:
                 stale.unlink(missing_ok=True)
         (self.checkpoints / "measure.pt.tmp").unlink(missing_ok=True)
-        self._attach_log_file()
 
     def started(self) -> bool:
         """Whether a run was started here (its config is written before any data is read)."""
@@ -202,14 +206,16 @@ class RunDir:
         """Refusals that need only a look at the folder, before anything is written to it: a folder holding
         files a run does not write (never written into, nor cleaned), a run without --resume, and on --resume
         a run whose last.pt is gone although it saved epochs (starting it over would replace them)."""
+        for name in RUN_ENTRIES:  # opening a FIFO named train.log or .lock would wait forever
+            refuse_special_file(self.path / name, "run file")
+        if not resume and self.started():
+            raise DlcvError(f"{self.path} already holds a run; continue it with --resume or pick another --out")
         if resume and self.last.is_file():
             return  # a run to continue, whatever else its owner keeps in its folder
         foreign = self.foreign_entries()
         if foreign:
             raise DlcvError(f"{self.path} holds files a dlcv run does not write ({', '.join(foreign[:3])}"
                             f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder")
-        if not resume and self.started():
-            raise DlcvError(f"{self.path} already holds a run; continue it with --resume or pick another --out")
         progressed = self.progressed() if resume else []
         if progressed:
             raise DlcvError(f"--resume: {self.last} is missing, but the run saved epochs ({', '.join(progressed)}): "

@@ -200,6 +200,7 @@ class Trainer:
             # config.yaml changes only once the resume is known to work (same inputs, the state loaded into this
             # config's model and optimizer): a refused --resume leaves the run as it was
             self.run.write_config(self.cfg)
+        self.run.remove_stale_temporaries()
 
     def _restore(self, state: dict[str, Any]) -> None:
         where = f"{self.run.last} (resumed with another model config?)"

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from dlcv.data import labels as labels_mod
+from dlcv.engine import identity
 from dlcv.engine.run import RunDir, is_temporary
 from dlcv.errors import DlcvError
-from dlcv.fileio import DirectoryLock, write_text
+from dlcv.fileio import DirectoryLock, refuse_special_file, starts_with, write_text
 from dlcv.pipelines import fit_or_reuse
-from dlcv.tasks import classify
+from dlcv.tasks import classify, fill_model_defaults
 
 log = logging.getLogger("dlcv")
 
@@ -57,19 +58,12 @@ def check_table_folder(out: Path, settings: str) -> None:
         raise DlcvError(f"--out {out} holds files `ssl table` does not write ({', '.join(foreign[:3])}"
                         f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder")
     for name, first in (("table.md", MD_HEADER), ("table.csv", ",".join(CSV_HEADER))):
-        if (out / name).exists() and not _starts_with(out / name, first + "\n"):
+        refuse_special_file(out / name, "--out's")
+        if (out / name).exists() and not starts_with(out / name, first + "\n"):
             raise DlcvError(f"--out {out} holds a {name} that `ssl table` did not write: it would be replaced; give "
                             "a new or empty folder")
     for setting in settings:
         RunDir(out / f"setting_{setting}", True).check(resume=True)
-
-
-def _starts_with(path: Path, text: str) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(len(text.encode())) == text.encode()
-    except OSError:
-        return False
 
 
 def write_table(rows: list[dict[str, Any]], out_dir: Path) -> str:
@@ -90,12 +84,17 @@ def run_table(recipe: dict, overrides: list[str], sl_backbone: str | None, ssl_b
         raise DlcvError(f"--settings {settings!r}: use letters of ABCDE "
                         f"(unknown: {', '.join(unknown) or 'none given'})")
     check_table_folder(out_dir, settings)
+    backbones = {setting: {"sl": sl_backbone, "ssl": ssl_backbone, None: None}[SETTINGS[setting][0]]
+                 for setting in settings}
+    cfgs = {setting: fill_model_defaults(finetune_config(recipe, overrides, setting, backbones[setting]))
+            for setting in settings}  # as the task fills them in: the runs' config.yaml hold the model's mean / std
+    for setting, cfg in cfgs.items():  # every setting's refusal (a missing backbone, another run's folder)
+        identity.check_pipeline_run(out_dir / f"setting_{setting}", cfg)  # before any of them trains
     with DirectoryLock(out_dir):  # one `ssl table` per folder at a time
         rows = []
-        for setting in settings:
-            source, pretraining, tuning = SETTINGS[setting]
-            backbone = {"sl": sl_backbone, "ssl": ssl_backbone, None: None}[source]
-            cfg = finetune_config(recipe, overrides, setting, backbone)
+        for setting, cfg in cfgs.items():
+            _, pretraining, tuning = SETTINGS[setting]
+            backbone = backbones[setting]
             log.info("== setting %s: %s pre-training, %s", setting, pretraining, tuning)
             summary = fit_or_reuse(classify.ClassifyTask(cfg), cfg, out_dir / f"setting_{setting}")
             rows.append({"setting": setting, "pre-training": pretraining + (f" ({backbone})" if backbone else ""),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dlcv import task_registry
 from dlcv.errors import DlcvError
-from dlcv.fileio import check_output
+from dlcv.fileio import check_output, starts_with
 from dlcv.report import document
 from dlcv.report.runs import REPORT_MODELS, Run, Table, collect
 from dlcv.viz.arch import architecture_figure
@@ -212,8 +212,8 @@ TITLE = "DLCV homework 1: the report, reproduced by dlcv"
 
 def check_report_paths(paths: list[str | Path], out_html: str | Path) -> None:
     """Before any work: `--out` is an .html file (its Markdown twin, the same name with .md, is written
-    beside it), neither file is a file of a run it reads, and the twin replaces no file that is not an
-    earlier report (the user named the .html, not the .md)."""
+    beside it), neither file is a file of a run it reads, and neither replaces a file that is not an earlier
+    report."""
     out_html = check_output(out_html, "--out")
     if out_html.suffix.lower() not in (".html", ".htm"):
         raise DlcvError(f"--out {out_html}: the report is an .html file (its Markdown twin gets the same name "
@@ -223,14 +223,13 @@ def check_report_paths(paths: list[str | Path], out_html: str | Path) -> None:
     check_output(out_html, "--out", inputs)
     twin = out_html.with_suffix(".md")
     check_output(twin, "--out's Markdown twin", inputs)
-    if twin.is_file() and not _starts_with(twin, f"# {TITLE}\n"):
+    head = document.to_html(document.Document(TITLE)).split("<style>")[0]  # what every report begins with
+    if out_html.is_file() and not starts_with(out_html, head):
+        raise DlcvError(f"--out {out_html} exists and is not a dlcv report: it would be overwritten; pick another "
+                        "--out name")
+    if twin.is_file() and not starts_with(twin, f"# {TITLE}\n"):
         raise DlcvError(f"--out's Markdown twin {twin} exists and is not a dlcv report: it would be overwritten; "
                         "pick another --out name")
-
-
-def _starts_with(path: Path, text: str) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(len(text.encode())) == text.encode()
 
 
 def build_report(paths: list[str | Path], out_html: str | Path) -> tuple[Path, Path]:
