@@ -84,13 +84,13 @@ def run_table(recipe: dict, overrides: list[str], sl_backbone: str | None, ssl_b
         raise DlcvError(f"--settings {settings!r}: use letters of ABCDE "
                         f"(unknown: {', '.join(unknown) or 'none given'})")
     check_table_folder(out_dir, settings)
-    backbones = {setting: {"sl": sl_backbone, "ssl": ssl_backbone, None: None}[SETTINGS[setting][0]]
-                 for setting in settings}
-    cfgs = {setting: fill_model_defaults(finetune_config(recipe, overrides, setting, backbones[setting]))
-            for setting in settings}  # as the task fills them in: the runs' config.yaml hold the model's mean / std
-    for setting, cfg in cfgs.items():  # every setting's refusal (a missing backbone, another run's folder)
-        identity.check_pipeline_run(out_dir / f"setting_{setting}", cfg)  # before any of them trains
     with DirectoryLock(out_dir):  # one `ssl table` per folder at a time
+        backbones = {setting: {"sl": sl_backbone, "ssl": ssl_backbone, None: None}[SETTINGS[setting][0]]
+                     for setting in settings}
+        cfgs = {setting: fill_model_defaults(finetune_config(recipe, overrides, setting, backbones[setting]))
+                for setting in settings}  # as the task fills them in: the runs' config.yaml hold the mean / std
+        for setting, cfg in cfgs.items():  # every setting's refusal (a missing backbone, another run's folder)
+            identity.check_pipeline_run(out_dir / f"setting_{setting}", cfg)  # before any of them trains
         rows = []
         for setting, cfg in cfgs.items():
             _, pretraining, tuning = SETTINGS[setting]
