@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from dlcv.cli import main
 from dlcv.data.masks import check_prediction_targets, write_mask
 from dlcv.engine import checkpoint, identity
 from dlcv.engine.trainer import Trainer
+from dlcv.errors import DlcvError
 from dlcv.pipelines import transfer
 from dlcv.tasks import classify, fill_model_defaults
 
@@ -227,6 +229,31 @@ def test_earlier_predictions_are_replaced(world, tmp_path, capsys):
         assert main(["classify", "predict", "--ckpt", str(world["ck"]), str(world["dir"] / "val_50"), str(out)]) == 0
     write_mask(tmp_path / "0013_mask.png", np.zeros((4, 4), np.uint8))
     check_prediction_targets(tmp_path, [world["x"] / "seg" / "0013_sat.jpg"], "OUT_DIR")  # no error
+
+
+def test_a_prediction_killed_while_written_stays_replaceable(tmp_path, monkeypatch):
+    """Its record lists the new content before the rename: a kill between the two leaves the old content, still
+    listed, so the next run replaces it; edited since, or without a record, it is the user's."""
+    from dlcv import fileio
+    from dlcv.data.labels import write_csv
+    out = tmp_path / "p.csv"
+    write_csv(out, ["filename", "label"], [("a.png", 1)], predictions=True)
+
+    def killed_at_the_csv(src, dst, real=os.replace):  # the record's own rename goes through
+        if Path(dst) == out:
+            raise KeyboardInterrupt
+        real(src, dst)
+    monkeypatch.setattr(fileio.os, "replace", killed_at_the_csv)
+    with pytest.raises(KeyboardInterrupt):
+        write_csv(out, ["filename", "label"], [("a.png", 2)], predictions=True)
+    monkeypatch.undo()
+    assert out.read_text() == "filename,label\na.png,1\n" and len(fileio._recorded(out)) == 2
+    fileio.check_replaceable(out, "OUT_CSV")
+    write_csv(out, ["filename", "label"], [("a.png", 2)], predictions=True)
+    assert len(fileio._recorded(out)) == 2  # the content it replaced and its own: the record never grows
+    out.write_text("filename,label\na.png,3\n")
+    with pytest.raises(DlcvError, match="its content changed since dlcv wrote it"):
+        fileio.check_replaceable(out, "OUT_CSV")
 
 
 # -- 2. no code from the working folder ------------------------------------------------------------------
@@ -658,17 +685,19 @@ def test_whole_numbers_of_float_keys_reach_torch_as_floats(task, key):
     assert got == value
 
 
-def test_cutmix_alpha_1_trains_in_an_existing_empty_folder(odd_world, tmp_path, capsys):
+def test_cutmix_alpha_1_trains_in_an_existing_empty_folder(odd_world, tmp_path, capsys, caplog):
     """An existing empty folder is where a timm or Lightning user starts a run; a failed start there leaves it
-    empty, as found."""
+    empty, as found. Three validation images are too few for a t-SNE (it needs more than 3 x perplexity 2)."""
     world = odd_world
     out = tmp_path / "empty"
     out.mkdir()
     argv = fill(TRAIN[:-1], world) + [str(out)]
     assert main([*argv, "--set", "data.root=" + str(world["x"] / "one_class")]) == 2
     assert out.is_dir() and not any(out.iterdir())
-    assert main([*argv, "--set", "mix.cutmix_alpha=1"]) == 0, capsys.readouterr().err
-    assert (out / "checkpoints" / "last.pt").is_file()
+    assert main([*argv, "--set", "mix.cutmix_alpha=1", "--set", "data.limit_val=3", "--set", "snapshot.epochs=[1]"]) \
+        == 0, capsys.readouterr().err
+    assert (out / "checkpoints" / "last.pt").is_file() and not list((out / "figures").glob("tsne_*"))
+    assert "3 validation image(s): too few for the PCA / t-SNE figures (at least 5)" in caplog.text
 
 
 def test_copies_of_one_image_embed_at_one_point(world, tmp_path, capsys, caplog):
