@@ -153,8 +153,8 @@ OUTPUT_CASES = [
     ("P1 predictions over the ground truth", ["hw1_1.sh", "{dir}/val_50", "{dir}/val_gt.csv"],
      "OUT_CSV {dir}/val_gt.csv exists and dlcv did not write it (ground truth, or a file of yours?): it is never "
      "replaced"),
-    ("P2 predictions over mini/train.csv (names without labels)", ["hw1_2.sh", "{x}/in.csv", "{dir}/val_50",
-                                                                   "{x}/mini_train.csv"],
+    ("P2 predictions over mini/train.csv (names without labels)", ["ssl", "predict", "--ckpt", "{ck}", "{x}/in.csv",
+                                                                   "{dir}/val_50", "{x}/mini_train.csv"],
      "OUT_CSV {x}/mini_train.csv exists and dlcv did not write it"),
     ("P1 predictions over Office-Home names (Couch00015.jpg)", ["classify", "predict", "--ckpt", "{ck}",
                                                                 "{dir}/val_50", "{x}/office_gt.csv"],
