@@ -80,6 +80,12 @@ ARGPARSE_CASES = [  # argparse's own one-line usage errors (exit 2)
     ("viz arch non-numeric", ["viz", "arch", "cifar_convnet", "--out", "{tmp}/a.png", "--num-classes", "ten"],
      "--num-classes: expected a whole number, got 'ten'"),
     ("synth seed -1", ["data", "synth", "{tmp}/s", "--seed", "-1"], "--seed: must be >= 0, got -1"),
+    ("predict batch 10**20", PREDICT + ["{tmp}/o.csv", "--batch-size", str(10 ** 20)],
+     f"--batch-size: must be <= {2 ** 63 - 1}, got {10 ** 20}"),
+    ("viz arch input size 100000", ["viz", "arch", "cifar_convnet", "--out", "{tmp}/a.png", "--input-size", "100000"],
+     "--input-size: must be <= 2048, got 100000"),
+    ("viz arch 10**20 classes", ["viz", "arch", "cifar_convnet", "--out", "{tmp}/a.png", "--num-classes",
+                                 str(10 ** 20)], f"--num-classes: must be <= {2 ** 63 - 1}, got {10 ** 20}"),
 ]
 
 

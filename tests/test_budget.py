@@ -13,6 +13,7 @@ from dlcv.engine import checkpoint
 from dlcv.engine import trainer as trainer_mod
 from dlcv.engine.budget import evaluations, plan_epochs
 from dlcv.engine.trainer import Trainer
+from dlcv.tasks import classify
 from dlcv.tasks.classify import ClassifyTask
 
 STEP_S = 1.0  # fake seconds one training step takes
@@ -128,7 +129,13 @@ def test_a_resumed_auto_run_keeps_its_planned_epochs(p1_root, tmp_path, clock, m
         fit(cfg, tmp_path / "resumed")
     revive()
     clock.now += 500  # the machine was down for a while: wall time between processes does not count
-    summary = fit(cfg, tmp_path / "resumed", resume=True)  # `-c recipe` again: epochs still reads auto
+    revive = kill_after_epoch(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "resumed", resume=True)  # `-c recipe` again: epochs still reads auto
+    revive()
+    saved = classify.SCHEMA.resolve(yaml.safe_load((tmp_path / "resumed" / "config.yaml").read_text()))
+    assert saved["train"]["epochs"] == 5
+    summary = fit(saved, tmp_path / "resumed", resume=True)  # a plain --resume: the run's config.yaml
     assert summary.final["epoch"] == 5 and summary.environment["epoch_plan"]["epochs"] == 5
     straight = json.loads((tmp_path / "straight" / "summary.json").read_text())
     assert summary.final["val_acc"] == straight["final"]["val_acc"]

@@ -87,6 +87,7 @@ def test_bad_inputs_exit_non_zero_with_the_file_named_and_no_partial_output(ckpt
     images = tmp_path / "imgs"
     images.mkdir()
     shutil.copy(p1_root / "val_50" / "0_450.png", images / "0_1.png")
+    shutil.copy(p1_root / "val_50" / "1_450.png", images / "1_1.png")  # two classes: a classifier's least
     (images / "0_2.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     out = tmp_path / "pred.csv"
     r = dlcv("classify", "predict", "--ckpt", ckpt, images, out)

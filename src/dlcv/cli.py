@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dlcv import config as config_mod, task_registry
 from dlcv.errors import DlcvError
-from dlcv.fileio import check_output, run_folder_of
+from dlcv.fileio import check_output, check_replaceable, run_folder_of
 from dlcv.malloc import reexec_with_settings
 
 log = logging.getLogger("dlcv")
@@ -46,7 +46,8 @@ def _training_inputs(cfg: dict, config_path: str | None) -> list:
     return inputs
 
 
-def _whole_number(minimum: int):
+def _whole_number(minimum: int, maximum: int = config_mod.INT64_MAX):
+    """An argument's whole number in minimum..maximum (torch's sizes and counts are 64-bit)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -54,6 +55,8 @@ def _whole_number(minimum: int):
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
         return value
     return parse
 
@@ -216,7 +219,8 @@ def _add_tool_commands(sub) -> None:
     arch = viz.add_parser("arch", help="architecture diagram of a registered model (blocks with output shapes)")
     arch.add_argument("model")
     arch.add_argument("--out", required=True, help="figure file (.png or .svg)")
-    arch.add_argument("--input-size", type=_whole_number(1), help="input side (default: the model's usual one)")
+    arch.add_argument("--input-size", type=_whole_number(1, config_mod.MAX_SIDE),
+                      help="input side (default: the model's usual one)")
     arch.add_argument("--num-classes", type=_whole_number(1))
     arch.add_argument("--options", default="{}", help="model options as YAML, e.g. '{widths: [32, 64, 128]}'")
     demo = sub.add_parser("demo", help="run the report's experiments, scaled down, on built-in data")
@@ -319,11 +323,10 @@ def _eval_acc(args) -> int:
 
 
 def _classify_predict(args) -> int:
-    from dlcv.contracts.classify import predict_folder, topk_header
-    from dlcv.data.labels import check_replaceable_csv
+    from dlcv.contracts.classify import predict_folder
     from dlcv.engine.distributed import pick_device
     check_output(args.out_csv, "OUT_CSV", [*_checkpoint_inputs(args.model), args.image_dir])
-    check_replaceable_csv(args.out_csv, ["filename", "label", *topk_header(args.topk)], "OUT_CSV")
+    check_replaceable(args.out_csv, "OUT_CSV")
     n = predict_folder(args.model, args.image_dir, args.out_csv, pick_device(args.device), args.batch_size,
                        args.tta, args.precision, args.topk)
     log.info("wrote %d predictions to %s", n, args.out_csv)
@@ -369,11 +372,10 @@ def _ssl_table(args) -> int:
 
 
 def _ssl_predict(args) -> int:
-    from dlcv.contracts.classify import predict_csv, topk_header
-    from dlcv.data.labels import check_replaceable_csv
+    from dlcv.contracts.classify import predict_csv
     from dlcv.engine.distributed import pick_device
     check_output(args.out_csv, "OUT_CSV", [*_checkpoint_inputs(args.model), args.in_csv, args.image_dir])
-    check_replaceable_csv(args.out_csv, ["id", "filename", "label", *topk_header(args.topk)], "OUT_CSV")
+    check_replaceable(args.out_csv, "OUT_CSV")
     n = predict_csv(args.model, args.in_csv, args.image_dir, args.out_csv, pick_device(args.device),
                     args.batch_size, args.tta, args.precision, args.topk)
     log.info("wrote %d predictions to %s", n, args.out_csv)

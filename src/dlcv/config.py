@@ -14,7 +14,7 @@ import re
 import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, get_origin
 
 import yaml
 
@@ -105,10 +105,11 @@ COMMON_CHOICES: dict[str, tuple] = {
 # Keys that take `auto` besides a value of their type (checked further in COMMON_RANGES).
 AUTO_KEYS = {"train.epochs"}
 
-# Types of keys whose default is null (null stays allowed).
+# Types of keys whose default is null (null stays allowed); list[float]: a list whose whole numbers are read as
+# floats, like a float key's (torch refuses an int where it draws or scales with a float).
 COMMON_NULLABLE_TYPES: dict[str, type] = {
     "data.root": str, "model.weights": str, "train.max_steps": int, "train.max_seconds": float, "train.grad_clip": float,
-    "train.ema_decay": float, "snapshot.epochs": list, "data.mean": list, "data.std": list,
+    "train.ema_decay": float, "snapshot.epochs": list, "data.mean": list[float], "data.std": list[float],
     "data.workers": int, "data.cache_dir": str, "data.limit_train": int,
 }
 
@@ -131,12 +132,24 @@ LABEL_SMOOTHING = (lambda v: 0 <= v < 1, "a number in [0, 1)")
 NON_NEGATIVE_WEIGHT = (_non_negative, "a number >= 0")
 
 
+def numbers(v, n: int | None = None) -> bool:
+    """A list of `n` numbers (any length >= 1 for None), bools excluded."""
+    return isinstance(v, list) and (len(v) == n if n is not None else len(v) >= 1) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+
+
 def fraction_range(v) -> bool:
-    return len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) \
-        and 0 < v[0] <= v[1] <= 1
+    return numbers(v, 2) and 0 < v[0] <= v[1] <= 1
+
+
+def whole(low: int, high: int | None = None):
+    """A range check of a whole number in low..high (no upper end for None)."""
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v and (high is None or v <= high)
 
 
 FRACTION_RANGE = (fraction_range, "[min, max] with 0 < min <= max <= 1")
+PROBABILITY = (lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+POSITIVE_RANGE = (lambda v: numbers(v, 2) and 0 < v[0] <= v[1], "[min, max] with 0 < min <= max")
 
 # Ranges of the keys every task has (COMMON_DEFAULTS, and the data keys all tasks share); a task's own
 # keys have theirs in its Schema.
@@ -166,18 +179,31 @@ COMMON_RANGES: dict[str, tuple] = {
                  "3 numbers > 0 (R, G, B)"),
     "snapshot.epochs": (lambda v: all(isinstance(e, int) and not isinstance(e, bool) for e in v),
                         "a list of whole epoch numbers (or null)"),
+    "sched.milestones": (lambda v: v == [] or numbers(v) and all(m > 0 for m in v),
+                         "a list of epochs > 0 where the lr is multiplied by sched.gamma, e.g. [5, 10]"),
+    "sched.final_lr_ratio": (lambda v: 0 <= v <= 1, "a fraction of optim.lr in [0, 1]"),
 }
 
 
 FLOAT32_MAX = 3.4028234663852886e38  # torch turns config numbers into float32 tensors or factors
+FLOAT32_TINY = 1.1754943508222875e-38  # float32's smallest normal number: anything smaller is 0 or imprecise
+INT64_MAX = 2 ** 63 - 1  # torch's whole numbers (sizes, counts, seeds) are 64-bit
 
 
 def _check_finite(node: Any, prefix: str = "") -> None:
     """inf and nan (YAML's .inf / .nan) are no value of any key (a learning rate of .inf turns every weight
-    into nan), nor a number beyond float32's range (torch refuses 1e39 as a learning rate)."""
+    into nan), nor a number beyond float32's range (torch refuses 1e39 as a learning rate) or so close to 0
+    that float32 holds 0 (a mixing alpha of 1e-50 is then no distribution), nor a whole number beyond 64 bits
+    (an evaluation batch of 10**20)."""
     if isinstance(node, float) and not (math.isfinite(node) and abs(node) <= FLOAT32_MAX):
         raise ConfigError(f"config key '{prefix}': invalid value {node!r}; expected a finite number "
                           "(within float32's range, 3.4e38)")
+    if isinstance(node, float) and 0 < abs(node) < FLOAT32_TINY:
+        raise ConfigError(f"config key '{prefix}': invalid value {node!r}; expected 0 or a number of at least "
+                          "1.2e-38 in size (float32 holds a smaller one as 0)")
+    if isinstance(node, int) and not isinstance(node, bool) and abs(node) > INT64_MAX:
+        raise ConfigError(f"config key '{prefix}': invalid value {node!r}; expected a whole number within 64 bits "
+                          "(9.2e18)")
     if isinstance(node, dict):
         for key, value in node.items():
             _check_finite(value, f"{prefix}.{key}" if prefix else str(key))
@@ -195,6 +221,12 @@ def _check_decay_step(cfg: dict) -> None:
         raise ConfigError(f"config key 'optim.weight_decay': invalid value {o['weight_decay']!r} with optim.lr "
                           f"{o['lr']!r}; expected optim.lr x optim.weight_decay < 1 (each step scales the weights "
                           "by 1 - their product)")
+
+
+def _check_lr_mult(cfg: dict) -> None:
+    for prefix, mult in cfg["optim"]["lr_mult"].items():
+        if isinstance(mult, bool) or not isinstance(mult, (int, float)) or mult < 0:
+            raise ConfigError(f"config key 'optim.lr_mult.{prefix}': expected a number >= 0, got {mult!r}")
 
 
 def _check_ranges(cfg: dict, task_ranges: dict[str, tuple]) -> None:
@@ -238,6 +270,13 @@ def nest(path: list[str], value: Any) -> dict:
     return value
 
 
+def _default_type(default: Any) -> type:
+    """A default's type; list[float] for a list of floats (its whole numbers are read as floats)."""
+    if isinstance(default, list) and default and all(isinstance(x, float) for x in default):
+        return list[float]
+    return type(default)
+
+
 def _check(node: Any, schema: Any, choices: dict[str, tuple], prefix: str, free: set[str],
            nullable_types: dict[str, type]) -> None:
     if isinstance(schema, dict) and prefix not in free:
@@ -255,9 +294,11 @@ def _check(node: Any, schema: Any, choices: dict[str, tuple], prefix: str, free:
             raise ConfigError(f"config key '{prefix}': invalid value {node!r}; valid choices: "
                               f"{', '.join(map(str, choices[prefix]))}")
         return
+    if prefix in free and not isinstance(node, dict):
+        raise ConfigError(f"config key '{prefix}': expected a mapping ({{}} for none), got {node!r}")
     if node is None or prefix in free or prefix in AUTO_KEYS and node == "auto":
         return
-    expected = type(schema) if schema is not None else nullable_types.get(prefix)
+    expected = _default_type(schema) if schema is not None else nullable_types.get(prefix)
     if expected is None:
         return
     if expected is bool:
@@ -265,9 +306,31 @@ def _check(node: Any, schema: Any, choices: dict[str, tuple], prefix: str, free:
     elif expected in (int, float):
         ok = isinstance(node, (int, expected)) and not isinstance(node, bool)
     else:
-        ok = isinstance(node, expected)
+        ok = isinstance(node, get_origin(expected) or expected)
     if not ok:
         raise ConfigError(f"config key '{prefix}': expected {expected.__name__}, got {node!r}")
+
+
+def _as_floats(node: Any, schema: Any, prefix: str, free: set[str], nullable_types: dict[str, type]) -> Any:
+    """`node` (checked) with the whole numbers of float keys and of list[float] keys as floats:
+    `mix.cutmix_alpha: 1`, as one writes it, must be 1.0 to torch, which draws no Beta sample from an int.
+    After every check, so that messages show the values as the user wrote them."""
+    if isinstance(schema, dict) and prefix not in free:
+        for key, value in node.items():
+            node[key] = _as_floats(value, schema[key], f"{prefix}.{key}" if prefix else key, free, nullable_types)
+        return node
+    expected = _default_type(schema) if schema is not None else nullable_types.get(prefix)
+    if expected is float:
+        return _as_float(node)
+    if expected == list[float] and isinstance(node, list):
+        return [_as_float(x) for x in node]
+    return node
+
+
+def _as_float(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # within float32's range: checked before
+    return value
 
 
 # mappings whose keys are the user's (a model's options, parameter-name prefixes), not the schema's
@@ -287,13 +350,15 @@ def resolve(task_defaults: dict, task_choices: dict[str, tuple], task_types: dic
         if ".".join(path) in free:  # free-form mappings (model.options) are replaced, not merged:
             cfg = deep_merge(cfg, nest(path, None))  # options of another model must not linger
         cfg = deep_merge(cfg, nest(path, value))
-    _check(cfg, schema, choices, "", set(free), {**COMMON_NULLABLE_TYPES, **task_types})
+    nullable_types = {**COMMON_NULLABLE_TYPES, **task_types}
+    _check(cfg, schema, choices, "", set(free), nullable_types)
     _check_finite(cfg)
     _check_ranges(cfg, task_ranges or {})
     _check_decay_step(cfg)
+    _check_lr_mult(cfg)
     for check in task_checks:
         check(cfg)
-    return cfg
+    return _as_floats(cfg, schema, "", set(free), nullable_types)
 
 
 @dataclass(frozen=True)

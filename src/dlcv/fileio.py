@@ -5,8 +5,12 @@ A killed process therefore never leaves a half-written CSV, mask, figure or chec
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import hashlib
+import json
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -16,11 +20,12 @@ from dlcv.errors import DlcvError
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
+def atomic_path(target: str | Path, record_authorship: bool = False) -> Iterator[Path]:
     """Yields a temporary path in the target's folder; renamed onto `target` only if the block succeeds.
     OS failures (full disk, read-only folder, a file where a folder should be) become one DlcvError
     naming the target and the OS's reason; a device, FIFO or socket target is refused (the rename would
-    replace it)."""
+    replace it). `record_authorship`: the new content's sha256 goes into the target's authorship record
+    before the rename (see check_replaceable), so a kill at any moment leaves a file dlcv recognises."""
     target = Path(target)
     refuse_special_file(target, "output")
     try:
@@ -32,6 +37,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        if record_authorship:
+            _record(target, _sha256(tmp))
         os.replace(tmp, target)
     except OSError as exc:
         raise DlcvError(f"cannot write {target}: {exc.strerror or exc}") from None
@@ -90,6 +97,72 @@ def check_output(path: str | Path, what: str, inputs: Iterable[str | Path | None
     return path
 
 
+# Prediction CSVs have ground truth's own format (`filename,label`, `id,filename,label`), so no content tells
+# them apart, and the graded format allows no mark inside them. A hidden record beside the file,
+# `.NAME.dlcv`, lists the sha256 of what dlcv wrote there: an existing file is replaced only when its bytes
+# are one of those (a file edited since, ground truth, anything else is refused; nothing is trusted by name).
+def authorship_record(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}.dlcv")
+
+
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _recorded(path: Path) -> list[str]:
+    """The sha256 digests the authorship record of `path` lists ([] without a readable record)."""
+    record = authorship_record(path)
+    if not record.is_file():  # nor a FIFO: reading one would wait forever
+        return []
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    digests = data.get("sha256") if isinstance(data, dict) else None
+    return [d for d in digests if isinstance(d, str)] if isinstance(digests, list) else []
+
+
+def _record(target: Path, new_digest: str) -> None:
+    """The record of `target` lists its current content (when dlcv wrote that too) and `new_digest`."""
+    current = _sha256(target) if target.is_file() else None
+    keep = [d for d in _recorded(target) if d == current]
+    record = {"written_by": "dlcv", "file": target.name, "sha256": list(dict.fromkeys([*keep[:1], new_digest])),
+              "why": "dlcv replaces the file only while its content is one it wrote (its sha256 listed here)"}
+    write_text(authorship_record(target), json.dumps(record, indent=1) + "\n")
+
+
+def check_replaceable(path: str | Path, what: str) -> None:
+    """Before a command writes the output file `path`, a file the user named: an existing one is replaced
+    only when dlcv wrote its present content (or it is empty: nothing is lost)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with reading(path, what):
+        digest = _sha256(path)
+    recorded = _recorded(path)
+    if digest in recorded:
+        return
+    reason = "its content changed since dlcv wrote it" if recorded else \
+        "dlcv did not write it (ground truth, or a file of yours?)"
+    raise DlcvError(f"{what} {path} exists and {reason}: it is never replaced; pick another file name, or "
+                    "delete it first")
+
+
+def starts_with(path: str | Path, text: str) -> bool:
+    """Whether a regular file begins with `text` (how dlcv recognises the outputs whose format it alone
+    writes: a report, an `ssl table`)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(text.encode())) == text.encode()
+    except OSError:
+        return False
+
+
 def run_folder_of(ckpt: str | Path | None) -> Path | None:
     """The run folder a checkpoint lies in (RUN/checkpoints/NAME.pt, RUN holding config.yaml), else None:
     its files are inputs of a command that reads the checkpoint."""
@@ -126,6 +199,19 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def torch_save(obj: object, target: str | Path) -> None:
+    """torch.save, written atomically. torch's zip writer reports a failed write (a full disk, a file-size
+    limit) as a RuntimeError, not an OSError: it becomes the same one line as any other failed write."""
+    import torch
+    with atomic_path(target) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError:
+            full = shutil.disk_usage(tmp.parent).free < 1 << 20
+            reason = os.strerror(errno.ENOSPC) if full else "the write failed (a full disk or a file-size limit?)"
+            raise DlcvError(f"cannot write {target}: {reason}") from None
 
 
 def write_text(target: str | Path, text: str) -> None:

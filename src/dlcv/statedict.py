@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from dlcv.errors import DlcvError
-from dlcv.fileio import atomic_path
+from dlcv.fileio import torch_save
 
 
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -30,5 +30,4 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -
 
 def save_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> None:
     """A plain state_dict file (tensors only, on the CPU), written atomically."""
-    with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
+    torch_save({k: v.detach().cpu().contiguous() for k, v in state.items()}, path)

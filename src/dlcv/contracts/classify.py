@@ -111,7 +111,7 @@ def predict_folder(model_path: str | Path, image_dir: str | Path, out_csv: str |
     rows = _predictions(logits, info.classes, topk, model_path)
     names = layouts.relative_names(Path(image_dir), files)
     labels_mod.write_csv(out_csv, ["filename", "label", *topk_header(topk)],
-                         [[n, *r] for n, r in zip(names, rows)])
+                         [[n, *r] for n, r in zip(names, rows)], predictions=True)
     return len(files)
 
 
@@ -130,11 +130,8 @@ def predict_csv(model_path: str | Path, in_csv: str | Path, image_dir: str | Pat
     logits, _ = infer_logits(classifier, files)
     predictions = _predictions(logits, info.classes, topk, model_path)
     labels_mod.write_csv(out_csv, ["id", "filename", "label", *topk_header(topk)],
-                         [[r["id"], r["filename"], *p] for r, p in zip(rows, predictions)])
+                         [[r["id"], r["filename"], *p] for r, p in zip(rows, predictions)], predictions=True)
     return len(rows)
-
-
-MIN_EMBED_IMAGES = 5  # fewer points make no PCA / t-SNE picture (t-SNE needs more points than 3 x perplexity 2)
 
 
 def embed_figure(ckpt: str | Path, image_dir: str | Path, method: str, out: str | Path,
@@ -144,9 +141,9 @@ def embed_figure(ckpt: str | Path, image_dir: str | Path, method: str, out: str 
     classes, else by the predicted class."""
     truth = layouts.labelled_folder(Path(image_dir))
     files = truth.files if truth else require_images(images_under(image_dir)[0], image_dir)
-    if len(files) < MIN_EMBED_IMAGES:
+    if len(files) < figures.MIN_EMBED_POINTS:
         raise DlcvError(f"{image_dir}: {len(files)} image(s); a {method.upper()} picture needs at least "
-                        f"{MIN_EMBED_IMAGES}")
+                        f"{figures.MIN_EMBED_POINTS}")
     state = read_checkpoint(ckpt)
     classifier = Classifier.from_checkpoint(state, device, precision, batch_size, str(ckpt))
     preds, feats = infer(classifier, files, with_features=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -14,7 +15,9 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from dlcv.errors import DlcvError
-from dlcv.fileio import atomic_path, reading
+from dlcv.fileio import reading, torch_save
+
+log = logging.getLogger("dlcv")
 
 
 def is_image(path: Path) -> bool:
@@ -28,9 +31,17 @@ def list_images(folder: str | Path) -> list[Path]:
     return require_images(sorted(p for p in folder_entries(folder) if is_image(p)), folder)
 
 
+def refuse_special_input(path: Path, what: str) -> None:
+    """An input named like a file that is a device, FIFO or socket: opening a FIFO waits for a writer forever."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise DlcvError(f"{what} {path} is a device, FIFO or socket, not a file; remove it from the folder")
+
+
 def require_images(files: list[Path], folder: str | Path) -> list[Path]:
     if not files:
         raise DlcvError(f"no .png/.jpg images (nor {', '.join(IMG_EXTENSIONS[3:])}) in {folder}")
+    for f in files:
+        refuse_special_input(f, "image")
     return files
 
 
@@ -91,6 +102,7 @@ def open_image(path: str | Path, what: str = "image") -> Iterator[Image.Image]:
     """PIL's Image.open, loaded, with every failure (missing, unreadable, corrupt, too large) turned into
     one DlcvError naming the file; the declared size is checked before any pixel is decoded."""
     path = Path(path)
+    refuse_special_input(path, what)
     limit = max_image_pixels()
     Image.MAX_IMAGE_PIXELS = limit  # PIL's own guard (it raises at twice this) stays on, at our limit
     try:
@@ -153,21 +165,28 @@ def decode_image(path: Path, size: int | None) -> np.ndarray:
 
 
 def cache_key(files: Sequence[Path], tag: str) -> str:
-    """Changes whenever a file is added, removed, renamed, rewritten, or the decoding (tag) changes."""
-    h = hashlib.sha256(f"v1:{tag}".encode())
+    """Changes whenever a file is added, removed, renamed, rewritten, or the decoding (tag) changes. A file's
+    size and mtime can stay the same across a rewrite (`cp -p`, `touch -r`, rsync -t, two writes within the
+    clock's tick); its inode number and change time (ctime: set by the kernel on every write, rename or
+    metadata change, and not settable from user space) cannot, so they are in the key too: content-safe
+    for the price of the stat() it already did, where hashing the files would read them all (61 MB for
+    P1) on every run. A copied, moved or hard-linked file costs one decode more."""
+    h = hashlib.sha256(f"v2:{tag}".encode())
     for f in files:
         st = f.stat()
-        h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}\n".encode())
     return h.hexdigest()[:24]
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("DLCV_CACHE", Path.home() / ".cache" / "dlcv"))
+    """$DLCV_CACHE, else ~/.cache/dlcv; set but empty counts as not set (as XDG's variables), never as the
+    working folder."""
+    return Path((os.environ.get("DLCV_CACHE") or "").strip() or Path.home() / ".cache" / "dlcv")
 
 
 def cached(files: Sequence[Path], tag: str, build, cache_dir: str | Path | None = None, use_cache: bool = True):
     """`build()` (tensors decoded from `files`), memoised on disk under a key of the files and `tag`."""
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_dir = Path(cache_dir) if cache_dir and str(cache_dir).strip() else default_cache_dir()
     cache_file = cache_dir / f"{tag.split(':')[0]}-{cache_key(files, tag)}.pt" if use_cache else None
     if cache_file is not None and cache_file.is_file():
         try:
@@ -179,10 +198,9 @@ def cached(files: Sequence[Path], tag: str, build, cache_dir: str | Path | None 
         return value
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache_file) as tmp:
-            torch.save(value, tmp)
-    except OSError:  # read-only cache location: work without a cache
-        pass
+        torch_save(value, cache_file)
+    except (OSError, DlcvError) as exc:  # a read-only or full cache location: work without a cache
+        log.warning("image cache not written (%s); the images are decoded again next time", exc)
     return value
 
 

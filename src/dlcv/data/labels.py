@@ -111,33 +111,10 @@ def files_in(folder: str | Path, names: Sequence[str], source: str | Path) -> li
     return files
 
 
-def check_replaceable_csv(path: str | Path, header: Sequence[str], what: str) -> None:
-    """A predictions CSV replaces an existing file only when that file is an earlier predictions CSV: empty,
-    or text whose first line is `header`, and not ground truth (a file whose every label is the one its
-    `{label}_{id}` file name says, such as P1's val_gt.csv; a perfect earlier prediction looks the same
-    and has to be removed by hand)."""
-    path = Path(path)
-    if not path.is_file():
-        return
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = csv.reader(fh)
-            first = [h.strip() for h in next(rows, [])]
-            if first and first != list(header):
-                raise DlcvError(f"{what} {path} exists and is not a predictions CSV (its first line is "
-                                f"{','.join(first)[:80]!r}, not {','.join(header)!r}); pick another file")
-            column = {"filename": header.index("filename"), "label": header.index("label")}
-            labelled = [(r[column["filename"]], r[column["label"]]) for r in rows if len(r) == len(header)]
-    except (UnicodeDecodeError, csv.Error):
-        raise DlcvError(f"{what} {path} exists and is not a CSV text file; pick another file") from None
-    if labelled and all(label_from_filename(Path(name)) is not None
-                        and canonical(label_from_filename(Path(name))) == canonical(label) for name, label in labelled):
-        raise DlcvError(f"{what} {path} holds ground truth (every label is the one in its file name); predictions "
-                        "never replace it: pick another file")
-
-
-def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:
-    with atomic_path(path) as tmp:
+def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence], predictions: bool = False) -> None:
+    """`predictions`: a file the user named, in ground truth's format: its authorship is recorded
+    (fileio.check_replaceable)."""
+    with atomic_path(path, record_authorship=predictions) as tmp:
         with open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(header)

@@ -246,6 +246,8 @@ def classification(d: dict, seed: int) -> Dataset:
     train_dir = find_split(root, d["train_dir"], TRAIN_NAMES, "training", "data.train_dir", required=True)
     train = read_labelled(train_dir, _csv_beside(root, d.get("train_csv"), train_dir), d["layout"])
     classes = train.classes()
+    if len(classes) < 2:
+        raise DlcvError(f"{train_dir}: the training set has one class ({classes[0]!r}); a classifier needs at least 2")
     train_split = Split(train_dir, train.files, labels_mod.encode(train.labels, classes, str(train_dir)))
     skipped = list(train.skipped)
     val_dir = None if d["val_dir"] is None else \

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from dlcv.data.images import folder_entries, open_image
+from dlcv.data.images import folder_entries, open_image, refuse_special_input
 from dlcv.data.labels import read_csv_rows
 from dlcv.errors import DlcvError
 from dlcv.fileio import atomic_path, refuse_special_file
@@ -283,6 +283,7 @@ def _by_id(entries: list[Path], suffixes: tuple[str, ...]) -> dict[str, Path]:
         lower = p.name.lower()
         suffix = next((s for s in suffixes if lower.endswith(s)), None)
         if suffix is not None and not p.is_dir():
+            refuse_special_input(p, "image" if suffix in SAT_SUFFIXES else "mask")
             found[p.name[:-len(suffix)]] = p
     return found
 

@@ -15,7 +15,7 @@ import torch
 
 from dlcv import task_registry
 from dlcv.errors import DlcvError
-from dlcv.fileio import atomic_path
+from dlcv.fileio import torch_save
 
 # 2: RNG states as tensors (weights_only), a `kind` per file, the epoch rows inside `last.pt`.
 FORMAT_VERSION = 2
@@ -40,8 +40,7 @@ def _plain(obj: Any) -> Any:
 
 
 def _save(path: str | Path, kind: str, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"format_version": FORMAT_VERSION, "kind": kind, **_plain(state)}, tmp)
+    torch_save({"format_version": FORMAT_VERSION, "kind": kind, **_plain(state)}, path)
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
@@ -100,6 +99,12 @@ def validated(state: dict[str, Any], path: Path, task: str | None = None, requir
         raise DlcvError(f"{path} is not a complete dlcv checkpoint: missing {', '.join(missing)}")
     if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
         raise DlcvError(f"{path}: its 'model' entry is not a state_dict of tensors")
+    # dlcv never saves weights that are not finite (the loop stops first), and a model with them predicts
+    # one class for everything
+    broken = next((k for k, v in state["model"].items()
+                   if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if broken is not None:
+        raise DlcvError(f"{path}: its weights hold inf or nan ({broken} first; a damaged or hand-edited checkpoint)")
     problem = _config_problem(state["config"]) or (check(state) if check else None)
     if problem:
         raise DlcvError(f"{path}: {problem} (a damaged or hand-edited checkpoint)")

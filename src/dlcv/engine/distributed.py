@@ -1,6 +1,7 @@
 """Process-group set-up under torchrun (env:// variables), and reductions of metric sums over ranks."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,10 @@ def setup(preference: str) -> DistEnv:
     local_rank = env_whole_number("LOCAL_RANK", 0)
     if rank >= world:
         raise DlcvError(f"environment variable RANK={rank} must be below WORLD_SIZE={world} (torchrun sets both)")
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if world > 1 and not os.environ.get(name)]
+    if missing:  # what torch's env:// rendezvous reads: without them it fails deep inside with a traceback
+        raise DlcvError(f"environment variable WORLD_SIZE={world} is set without {', '.join(missing)}: start a run "
+                        "of several processes with torchrun, which sets them all")
     device = pick_device(preference, local_rank)
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":

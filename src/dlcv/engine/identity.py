@@ -103,6 +103,8 @@ def check_pipeline_run(run_dir: Path, cfg: dict) -> bool:
     if not saved_path.is_file():
         return False
     saved = config_mod.load_yaml(saved_path)
+    if cfg["train"]["epochs"] == "auto" and _planned(run_dir):  # its config.yaml holds the epochs it planned
+        cfg = config_mod.deep_merge(cfg, {"train": {"epochs": saved.get("train", {}).get("epochs")}})
     diff = changes(saved, cfg, RUNTIME_KEYS)
     longer = {k: v for k, v in diff.items() if _under(k, LENGTH_KEYS) and _longer(*v)}
     refused = {k: v for k, v in diff.items() if k not in longer}
@@ -117,6 +119,18 @@ def check_pipeline_run(run_dir: Path, cfg: dict) -> bool:
     return bool(longer)
 
 
+def _planned(run_dir: Path) -> bool:
+    """Whether the run in `run_dir` chose its epochs with train.epochs=auto (its summary records the plan), or
+    saved no epoch yet (nothing of it is reused: it starts over, planning again)."""
+    if not (run_dir / "summary.json").is_file():
+        return True
+    return "epoch_plan" in read_summary(run_dir).environment
+
+
 def _longer(old: Any, new: Any) -> bool:
-    """A length key's new value extends the run: a larger number, or no limit where there was one."""
-    return new is None or (old is not None and new > old)
+    """A length key's new value extends the run: a larger number, or no limit where there was one (`auto`
+    against a number is another length, not a longer one)."""
+    if new is None:
+        return True
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (old, new))
+    return numbers and new > old

@@ -9,18 +9,19 @@ import json
 import logging
 import platform
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
 import dlcv
 from dlcv import config as config_mod
 from dlcv.errors import DlcvError
-from dlcv.fileio import DirectoryLock, write_text
+from dlcv.fileio import DirectoryLock, refuse_special_file, write_text
 from dlcv.malloc import settings_in_effect
 
 log = logging.getLogger("dlcv")
@@ -106,11 +107,16 @@ class Summary:
 
     @property
     def best_epoch(self) -> int | None:
-        return self.best["epoch"]
+        return self.best.get("epoch")
 
     def to_json(self) -> dict[str, Any]:
         head = {k: getattr(self, k) for k in self.HEAD}
         return {**head, **self.extras, **{k: getattr(self, k) for k in self.FIELDS if k not in head}}
+
+    # what each field must be (None allowed where its type is a tuple with type(None))
+    TYPES = {"task": str, "status": str, "monitor": str, "best": dict, "final": dict, "seed": (int, type(None)),
+             "wall_time_s": (int, float, type(None)), "environment": (dict, type(None)), "run_dir": (str, type(None)),
+             "inputs": (dict, type(None))}
 
     @classmethod
     def from_json(cls, data: Any, source: str | Path) -> "Summary":
@@ -118,6 +124,13 @@ class Summary:
         if missing or not isinstance(data.get("best"), dict) or data["monitor"] not in data["best"]:
             what = ", ".join(missing) or f"best.{data.get('monitor')}"
             raise DlcvError(f"{source}: not a dlcv summary (missing {what})")
+        fields = [(k, data.get(k), kind) for k, kind in cls.TYPES.items()]
+        best = data["best"][data["monitor"]]
+        fields.append((f"best.{data['monitor']}", best, (int, float, type(None))))
+        wrong = next(((k, v) for k, v, kind in fields if not isinstance(v, kind) or isinstance(v, bool)), None)
+        if wrong is not None:
+            raise DlcvError(f"{source}: not a dlcv summary ({wrong[0]} is a {type(wrong[1]).__name__}, not what dlcv "
+                            "writes: a damaged or hand-edited file)")
         known = {k: data.get(k) for k in cls.FIELDS}
         known["environment"] = known["environment"] or {}
         known["inputs"] = known["inputs"] or {}  # runs made before dlcv recorded them
@@ -134,6 +147,19 @@ def read_summary(run_dir: str | Path) -> Summary:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DlcvError(f"{path}: not valid JSON ({exc})") from None
     return Summary.from_json(data, path)
+
+
+# What a run writes at the top of its folder (and `dlcv demo` beside its supervised run: sl_backbone.pt). A
+# folder holding anything else is not a run: dlcv neither writes into it nor cleans it.
+RUN_ENTRIES = frozenset({"config.yaml", "metrics.csv", "summary.json", "train.log", ".lock", "checkpoints",
+                         "figures", "snapshots", "tensorboard", "backbone.pt", "sl_backbone.pt"})
+
+
+def is_temporary(name: str, targets: Iterable[str] | None = None) -> bool:
+    """The name of a file that a killed atomic write (fileio.atomic_path: `.NAME.XXXX.SUFFIX.tmp`) of one of
+    `targets` (of any file: None) left behind."""
+    return name.startswith(".") and name.endswith(".tmp") and (
+        targets is None or any(name.startswith(f".{target}.") for target in targets))
 
 
 class RunDir:
@@ -158,13 +184,75 @@ class RunDir:
         self._lock.acquire()
         for folder in (self.checkpoints, self.figures, self.snapshots):
             folder.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.rglob(".*.tmp"):  # left by a process killed inside an atomic write
-            stale.unlink(missing_ok=True)
         self._attach_log_file()
+
+    def remove_stale_temporaries(self) -> None:
+        """Files a process killed inside an atomic write (or while measuring train.epochs=auto's saves) left:
+        only the run's own, in its own folders (never in a folder the user keeps in it). Called once the run
+        is known to go on: a refused command leaves the folder as it found it."""
+        if not self.is_main:
+            return
+        for folder in (self.path, self.checkpoints, self.figures, self.snapshots):
+            targets = RUN_ENTRIES if folder == self.path else None
+            for stale in [p for p in folder.iterdir() if is_temporary(p.name, targets) and p.is_file()]:
+                stale.unlink(missing_ok=True)
+        (self.checkpoints / "measure.pt.tmp").unlink(missing_ok=True)
 
     def started(self) -> bool:
         """Whether a run was started here (its config is written before any data is read)."""
         return (self.path / "config.yaml").is_file() or self.last.is_file()
+
+    def check(self, resume: bool) -> None:
+        """Refusals that need only a look at the folder, before anything is written to it: a folder holding
+        files a run does not write (never written into, nor cleaned), a run without --resume, and on --resume
+        a run whose last.pt is gone although it saved epochs (starting it over would replace them)."""
+        for name in RUN_ENTRIES:  # opening a FIFO named train.log or .lock would wait forever
+            refuse_special_file(self.path / name, "run file")
+        if not resume and self.started():
+            raise DlcvError(f"{self.path} already holds a run; continue it with --resume or pick another --out")
+        if resume and self.last.is_file():
+            return  # a run to continue, whatever else its owner keeps in its folder
+        foreign = self.foreign_entries()
+        if foreign:
+            raise DlcvError(f"{self.path} holds files a dlcv run does not write ({', '.join(foreign[:3])}"
+                            f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder")
+        progressed = self.progressed() if resume else []
+        if progressed:
+            raise DlcvError(f"--resume: {self.last} is missing, but the run saved epochs ({', '.join(progressed)}): "
+                            f"starting it over would replace them; to start afresh, delete {self.path} or pick "
+                            "another --out")
+
+    def is_fresh(self) -> bool:
+        """A new or empty folder: a run may start in it, and a failed start leaves it as it was."""
+        return not self.path.exists() or self.path.is_dir() and not any(self.path.iterdir())
+
+    def foreign_entries(self) -> list[str]:
+        """The entries at the top of the folder that no run writes (RUN_ENTRIES)."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir()
+                      if p.name not in RUN_ENTRIES and not is_temporary(p.name, RUN_ENTRIES))
+
+    def progressed(self) -> list[str]:
+        """What shows that the run saved an epoch: files a run writes only once epoch 1's last.pt has landed
+        (metrics.csv, summary.json), and checkpoints or snapshots of a later epoch."""
+        found = [name for name in ("metrics.csv", "summary.json") if (self.path / name).exists()]
+        for folder in (self.checkpoints, self.snapshots):
+            later = [p for p in sorted(folder.glob("*epoch_*.pt")) if not p.stem.endswith("epoch_001")]
+            found += [str(p.relative_to(self.path)) for p in later[:2]]
+        return found
+
+    def remove_contents(self, keep_folder: bool) -> None:
+        """After a failed start in a fresh folder: the folder as it was (removed, or emptied when the user
+        made it)."""
+        if not keep_folder:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for entry in list(self.path.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
     def finished(self) -> bool:
         try:

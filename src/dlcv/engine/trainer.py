@@ -7,7 +7,6 @@ import copy
 import itertools
 import logging
 import math
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -92,25 +91,25 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> Summary:
-        """Holds the run folder's lock throughout. A run that fails on bad input before its first
-        checkpoint leaves no folder behind when it created the folder."""
-        created = not self.run.path.exists()
+        """Holds the run folder's lock throughout. The folder is checked before anything is written to it
+        (RunDir.check); a run that fails on bad input before its first checkpoint leaves a new or empty
+        folder as it was (an existing empty folder is where timm and Lightning users start a run)."""
+        created, fresh = not self.run.path.exists(), self.run.is_fresh()
+        self.run.check(self.resume)
         self.run.open()
         try:
             return self._fit()
         except Exception:  # bad input (or a failure) while building: leave no half-made run behind
-            if created and self.env.is_main and not self.run.last.exists():
-                shutil.rmtree(self.run.path, ignore_errors=True)
+            if fresh and self.env.is_main and not self.run.last.exists():
+                self.run.remove_contents(keep_folder=not created)
             raise
         finally:
             self.run.close()
 
     def _starting_state(self) -> dict[str, Any] | None:
         t = self.cfg["train"]
+        self.run.check(self.resume)  # again, under the folder's lock: another process may have written it meanwhile
         if not self.resume:
-            if self.run.started():
-                raise DlcvError(f"{self.run.path} already holds a run; continue it with --resume or pick "
-                                "another --out")
             return None
         if not self.run.last.is_file():
             if self.run.started():
@@ -119,6 +118,7 @@ class Trainer:
         state = checkpoint.load(self.run.last, self.task.name, require=("rows", "rng", "best"))
         if t["epochs"] == "auto":  # planned when the run started: config.yaml and every checkpoint hold it
             t["epochs"] = state["config"]["train"]["epochs"]
+        if t["epochs"] == state["config"]["train"]["epochs"]:  # a plain --resume too: the plan still holds
             self.plan = state.get("epoch_plan")
         changed = identity.check_resume(self.run.path, state["config"], self.cfg)
         complete = state["epoch"] >= t["epochs"] or (t["max_steps"] is not None and state["step"] >= t["max_steps"]) \
@@ -170,9 +170,8 @@ class Trainer:
         torch.manual_seed(cfg["train"]["seed"])  # identical initial weights on every rank
         self.task.setup(self.ctx)
         self.inputs.update(self.task.data_identity())
-        if state is not None:  # the run's config.yaml changes only once its inputs are known to be the same
+        if state is not None:
             identity.check_inputs(self.run.path, state.get("inputs"), self.inputs)
-            self.run.write_config(cfg)
 
     def _build_training(self, state: dict[str, Any] | None) -> None:
         """The model (with its EMA), optimizer, schedule and loss scaler; a resumed run's state loaded."""
@@ -198,6 +197,10 @@ class Trainer:
         torch.manual_seed(t["seed"] + 1 + self.env.rank)  # dropout etc. differ per rank
         if state is not None:
             self._restore(state)
+            # config.yaml changes only once the resume is known to work (same inputs, the state loaded into this
+            # config's model and optimizer): a refused --resume leaves the run as it was
+            self.run.write_config(self.cfg)
+        self.run.remove_stale_temporaries()
 
     def _restore(self, state: dict[str, Any]) -> None:
         where = f"{self.run.last} (resumed with another model config?)"

@@ -79,8 +79,12 @@ def _scaled_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None
     if scale == 1.0:
         return tta_logits(model, x, tta)
     size = x.shape[-2:]
-    small = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1,
-                          recompute_scale_factor=True)
+    if min(size) * scale >= 1:
+        small = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1,
+                              recompute_scale_factor=True)
+    else:  # a side would shrink to no pixel (a 3 px strip at scale 0.25): keep one
+        small = F.interpolate(x, size=[max(1, round(side * scale)) for side in size], mode="bilinear",
+                              align_corners=False, antialias=scale < 1)
     logits = tta_logits(model, small.contiguous(memory_format=augment.memory_format_of(x)), tta)
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
@@ -91,6 +95,12 @@ def _scaled_logits(model: nn.Module, x: torch.Tensor, tta: dict[str, Any] | None
 # 512 px tiles, and anything validation sees, go whole.
 WINDOW = 1024
 WINDOW_MARGIN = 128
+
+
+# A batch size counts tiles of the course's side, 512 px: a batch of larger tiles holds proportionally fewer
+# (at least one), so its memory stays what the run's batch of such tiles takes, whatever the tiles' size
+# (8 tiles of 1024 px in one batch of 8 took 4.2 GB on a CPU, more than a 4000x4000 image in windows).
+BATCH_TILE_PIXELS = 512 * 512
 
 
 def goes_whole(height: int, width: int) -> bool:
@@ -166,23 +176,32 @@ class Segmenter:
             model = torch.compile(model, options={"freezing": True, "fx_graph_cache": False}, dynamic=False)
         return cls(model, state["preprocess"], numerics, checkpoint_batch_size(state, batch_size), device)
 
+    def tiles_per_pass(self, height: int, width: int) -> int:
+        """Tiles of this size that go through the model at once: batch_size, fewer for tiles over 512 px
+        (BATCH_TILE_PIXELS)."""
+        return max(1, min(self.batch_size, self.batch_size * BATCH_TILE_PIXELS // (height * width)))
+
     def logits(self, tiles: torch.Tensor) -> torch.Tensor:
         """fp32 logits N x C x H x W of uint8 tiles N x 3 x H x W (one size), averaged over the views."""
+        return torch.cat([self._logits(chunk) for chunk in tiles.split(self.tiles_per_pass(*tiles.shape[-2:]))])
+
+    def _logits(self, tiles: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), self.numerics.autocast(self.device):
             return self.graph(tiles.to(self.device).float().div_(255))
 
     def masks(self, tiles: torch.Tensor) -> torch.Tensor:
         """N x H x W uint8 class indices of uint8 tiles N x 3 x H x W (one size); see masks_of."""
-        return masks_of(self.logits, tiles)
+        return masks_of(self._logits, tiles, self.tiles_per_pass(*tiles.shape[-2:]))
 
 
-def masks_of(logits, tiles: torch.Tensor) -> torch.Tensor:
+def masks_of(logits, tiles: torch.Tensor, per_pass: int | None = None) -> torch.Tensor:
     """N x H x W uint8 class indices of uint8 tiles N x 3 x H x W (one size) from `logits` (uint8 tiles ->
-    fp32 logits: a Segmenter's, or an exported model's); a tile with a side over WINDOW goes through window
-    by window (see WINDOW), one at a time."""
+    fp32 logits: a Segmenter's, or an exported model's), at most `per_pass` tiles at a time; a tile with a
+    side over WINDOW goes through window by window (see WINDOW), one at a time."""
     height, width = tiles.shape[-2:]
     if goes_whole(height, width):
-        return logits(tiles).argmax(1).to(torch.uint8).cpu()
+        return torch.cat([logits(chunk).argmax(1).to(torch.uint8).cpu()
+                          for chunk in tiles.split(per_pass or len(tiles))])
     out = torch.empty((len(tiles), height, width), dtype=torch.uint8)
     for n in range(len(tiles)):
         for y0, y1, ky0, ky1 in windows(height):

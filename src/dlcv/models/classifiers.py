@@ -126,18 +126,20 @@ def _efficientnet_lite(variant: int, num_classes: int, weights: str | None, drop
 
 
 # CPU bf16 off: slower than fp32 on the AMX CPU (Lite0: 139 vs 214 img/s at 64 px, batch 64: depthwise
-# convolutions; benchmarks/results/cpu_precision_avx512.json). Input sizes: the variants' native ones.
-@register_model("efficientnet_lite0", head="_fc", cpu_bf16=False)
+# convolutions; benchmarks/results/cpu_precision_avx512.json). Input sizes: the variants' native ones. The
+# port pads its convolutions for the side it was built for: smaller inputs than min_input leave a kernel
+# larger than its input.
+@register_model("efficientnet_lite0", head="_fc", cpu_bf16=False, min_input=32)
 def efficientnet_lite0(num_classes: int, weights: str | None = None, dropout: float = 0.2) -> nn.Module:
     return _efficientnet_lite(0, num_classes, weights, dropout)
 
 
-@register_model("efficientnet_lite1", head="_fc", input_size=240, cpu_bf16=False)
+@register_model("efficientnet_lite1", head="_fc", input_size=240, cpu_bf16=False, min_input=16)
 def efficientnet_lite1(num_classes: int, weights: str | None = None, dropout: float = 0.2) -> nn.Module:
     return _efficientnet_lite(1, num_classes, weights, dropout)
 
 
-@register_model("efficientnet_lite2", head="_fc", input_size=260, cpu_bf16=False)
+@register_model("efficientnet_lite2", head="_fc", input_size=260, cpu_bf16=False, min_input=4)
 def efficientnet_lite2(num_classes: int, weights: str | None = None, dropout: float = 0.3) -> nn.Module:
     return _efficientnet_lite(2, num_classes, weights, dropout)
 
@@ -218,7 +220,7 @@ class CifarConvNet(nn.Module):
         return self.fc(self.pool(self.blocks(self.stem(x))))
 
 
-@register_model("cifar_convnet", head="fc", input_size=32, init_from_data=True)
+@register_model("cifar_convnet", head="fc", input_size=32, init_from_data=True, min_input=8)  # 3 poolings
 def cifar_convnet(num_classes: int, weights: str | None = None, widths=(64, 256, 256),
                   norm: str = "batch", stem: str = "conv") -> nn.Module:
     if weights is not None:

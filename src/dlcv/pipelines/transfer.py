@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from dlcv.data import labels as labels_mod
+from dlcv.engine import identity
+from dlcv.engine.run import RunDir, is_temporary
 from dlcv.errors import DlcvError
-from dlcv.fileio import DirectoryLock, write_text
+from dlcv.fileio import DirectoryLock, refuse_special_file, starts_with, write_text
 from dlcv.pipelines import fit_or_reuse
-from dlcv.tasks import classify
+from dlcv.tasks import classify, fill_model_defaults
 
 log = logging.getLogger("dlcv")
 
@@ -39,10 +41,34 @@ def finetune_config(recipe: dict, overrides: list[str], setting: str, backbone: 
     return classify.SCHEMA.resolve(recipe, [*overrides, *setting_overrides(setting, backbone)])
 
 
+CSV_HEADER = ["setting", "pre-training", "fine-tuning", "val_acc", "best_val_acc", "best_epoch", "run"]
+MD_HEADER = "| setting | pre-training | fine-tuning | val accuracy (final) | best (epoch) |"
+# what `ssl table` writes into its --out folder; a folder holding anything else is the user's
+TABLE_ENTRIES = {*(f"setting_{s}" for s in SETTINGS), "table.md", "table.csv", ".lock"}
+
+
+def check_table_folder(out: Path, settings: str) -> None:
+    """Before any run: --out is new, empty or a table folder of dlcv's (its first lines tell its table.md and
+    table.csv from a user's own), and each setting's folder one a run may go on in (RunDir.check)."""
+    if not out.is_dir():
+        return
+    foreign = sorted(p.name for p in out.iterdir()
+                     if p.name not in TABLE_ENTRIES and not is_temporary(p.name, TABLE_ENTRIES))
+    if foreign:
+        raise DlcvError(f"--out {out} holds files `ssl table` does not write ({', '.join(foreign[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder")
+    for name, first in (("table.md", MD_HEADER), ("table.csv", ",".join(CSV_HEADER))):
+        refuse_special_file(out / name, "--out's")
+        if (out / name).exists() and not starts_with(out / name, first + "\n"):
+            raise DlcvError(f"--out {out} holds a {name} that `ssl table` did not write: it would be replaced; give "
+                            "a new or empty folder")
+    for setting in settings:
+        RunDir(out / f"setting_{setting}", True).check(resume=True)
+
+
 def write_table(rows: list[dict[str, Any]], out_dir: Path) -> str:
-    header = ["setting", "pre-training", "fine-tuning", "val_acc", "best_val_acc", "best_epoch", "run"]
-    labels_mod.write_csv(out_dir / "table.csv", header, [[r[h] for h in header] for r in rows])
-    lines = ["| setting | pre-training | fine-tuning | val accuracy (final) | best (epoch) |", "|---|---|---|---|---|"]
+    labels_mod.write_csv(out_dir / "table.csv", CSV_HEADER, [[r[h] for h in CSV_HEADER] for r in rows])
+    lines = [MD_HEADER, "|---|---|---|---|---|"]
     lines += [f"| {r['setting']} | {r['pre-training']} | {r['fine-tuning']} | {r['val_acc']:.4f} | "
               f"{r['best_val_acc']:.4f} ({r['best_epoch']}) |" for r in rows]
     text = "\n".join(lines) + "\n"
@@ -57,12 +83,18 @@ def run_table(recipe: dict, overrides: list[str], sl_backbone: str | None, ssl_b
     if unknown or not settings:
         raise DlcvError(f"--settings {settings!r}: use letters of ABCDE "
                         f"(unknown: {', '.join(unknown) or 'none given'})")
+    check_table_folder(out_dir, settings)
     with DirectoryLock(out_dir):  # one `ssl table` per folder at a time
+        backbones = {setting: {"sl": sl_backbone, "ssl": ssl_backbone, None: None}[SETTINGS[setting][0]]
+                     for setting in settings}
+        cfgs = {setting: fill_model_defaults(finetune_config(recipe, overrides, setting, backbones[setting]))
+                for setting in settings}  # as the task fills them in: the runs' config.yaml hold the mean / std
+        for setting, cfg in cfgs.items():  # every setting's refusal (a missing backbone, another run's folder)
+            identity.check_pipeline_run(out_dir / f"setting_{setting}", cfg)  # before any of them trains
         rows = []
-        for setting in settings:
-            source, pretraining, tuning = SETTINGS[setting]
-            backbone = {"sl": sl_backbone, "ssl": ssl_backbone, None: None}[source]
-            cfg = finetune_config(recipe, overrides, setting, backbone)
+        for setting, cfg in cfgs.items():
+            _, pretraining, tuning = SETTINGS[setting]
+            backbone = backbones[setting]
             log.info("== setting %s: %s pre-training, %s", setting, pretraining, tuning)
             summary = fit_or_reuse(classify.ClassifyTask(cfg), cfg, out_dir / f"setting_{setting}")
             rows.append({"setting": setting, "pre-training": pretraining + (f" ({backbone})" if backbone else ""),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dlcv import task_registry
 from dlcv.errors import DlcvError
-from dlcv.fileio import check_output
+from dlcv.fileio import check_output, starts_with
 from dlcv.report import document
 from dlcv.report.runs import REPORT_MODELS, Run, Table, collect
 from dlcv.viz.arch import architecture_figure
@@ -29,6 +29,21 @@ MISSING_COMMANDS = {
     ("p3", "A"): _train_command("segment", "p3_model_a"),
     ("p3", "B"): _train_command("segment", "p3_model_b"),
 }
+
+
+def _setting(config: dict, key: str):
+    """A run config's dotted key, or "?" where a hand-edited config lacks it."""
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return "?"
+        node = node[part]
+    return node
+
+
+def _per_class_iou(run: Run) -> dict:
+    iou = run.summary.extras.get("per_class_iou")
+    return iou if isinstance(iou, dict) else {}
 
 
 def fmt(value) -> str:
@@ -131,17 +146,18 @@ def _p2(doc, runs: list[Run], tables: list[Table]) -> None:
     if not byol_runs:
         doc.missing("no BYOL pre-training run", MISSING_COMMANDS[("p2", "byol")])
     for r in byol_runs:
-        c = r.config
+        def c(key: str):  # a hand-edited config may lack a key: shown as "?"
+            return _setting(r.config, key)
         doc.table(["key", "value"], [
-            ["run", str(r.path)], ["backbone", c["model"]["name"] + " (no pretrained weights)"
-                                   if not c["model"]["weights"] else c["model"]["weights"]],
-            ["images", f"{c['data']['unlabeled_dir']}, cached at {c['data']['image_size']} px, views at "
-                       f"{c['data']['input_size'] or c['data']['image_size']} px"],
-            ["projector / predictor", f"{c['byol']['projector_hidden']} -> {c['byol']['projector_dim']}"],
-            ["target momentum", f"{c['byol']['base_momentum']} -> {c['byol']['final_momentum']} (cosine)"],
-            ["optimizer", f"{c['optim']['name']} lr {c['optim']['lr']} weight decay {c['optim']['weight_decay']}"],
-            ["schedule", f"{c['sched']['name']} (warm-up {c['sched']['warmup_epochs']} epochs)"],
-            ["batch / epochs", f"{c['train']['batch_size']} / {c['train']['epochs']}"],
+            ["run", str(r.path)], ["backbone", c("model.name") + " (no pretrained weights)"
+                                   if not c("model.weights") else c("model.weights")],
+            ["images", f"{c('data.unlabeled_dir')}, cached at {c('data.image_size')} px, views at "
+                       f"{c('data.input_size') or c('data.image_size')} px"],
+            ["projector / predictor", f"{c('byol.projector_hidden')} -> {c('byol.projector_dim')}"],
+            ["target momentum", f"{c('byol.base_momentum')} -> {c('byol.final_momentum')} (cosine)"],
+            ["optimizer", f"{c('optim.name')} lr {c('optim.lr')} weight decay {c('optim.weight_decay')}"],
+            ["schedule", f"{c('sched.name')} (warm-up {c('sched.warmup_epochs')} epochs)"],
+            ["batch / epochs", f"{c('train.batch_size')} / {c('train.epochs')}"],
             ["final k-NN accuracy", fmt(r.summary.final.get("knn_acc"))],
         ])
         _provenance(doc, [r])
@@ -152,7 +168,7 @@ def _p2(doc, runs: list[Run], tables: list[Table]) -> None:
         rows = []
         for row in t.rows:
             run = t.runs.get(row["setting"])
-            final = run.summary.final["val_acc"] if run else None
+            final = run.summary.final.get("val_acc") if run else None
             best = f"{fmt(run.best)} ({run.summary.best_epoch})" if run else "-"
             rows.append([row["setting"], row["pre-training"], row["fine-tuning"], fmt(final), best])
         doc.table(["setting", "pre-training", "fine-tuning", "val acc (final)", "best (epoch)"], rows)
@@ -165,7 +181,7 @@ def _p2(doc, runs: list[Run], tables: list[Table]) -> None:
     doc.heading(2, "3. k-NN accuracy and the collapse monitor over epochs")
     for r in byol_runs:
         doc.table(["epoch", "train_loss", "embed_std", "knn_acc"],
-                  [[row["epoch"], fmt(row["train_loss"]), fmt(row.get("embed_std")), fmt(row.get("knn_acc"))]
+                  [[row["epoch"], fmt(row.get("train_loss")), fmt(row.get("embed_std")), fmt(row.get("knn_acc"))]
                    for row in r.rows])
         if "training_curves" in r.figures:
             doc.figure(r.figures["training_curves"], f"BYOL loss, embed_std and k-NN accuracy, {r.path}")
@@ -176,9 +192,8 @@ def _p3(doc, runs: list[Run], arch_dir: Path) -> None:
     doc.heading(2, "1. Architectures of model A and model B")
     _architectures(doc, runs, "p3", arch_dir)
     doc.heading(2, "2. Validation mIoU (the course's evaluator) and per-class IoU")
-    classes = next((list(r.summary.extras["per_class_iou"]) for r in runs if r.problem == "p3"), [])
-    columns = [(f"IoU {c} (final)", lambda r, c=c: fmt(r.summary.extras.get("per_class_iou", {}).get(c)))
-               for c in classes]
+    classes = next((list(_per_class_iou(r)) for r in runs if r.problem == "p3"), [])
+    columns = [(f"IoU {c} (final)", lambda r, c=c: fmt(_per_class_iou(r).get(c))) for c in classes]
     p3 = _role_results(doc, runs, "p3", "val_miou", columns)
     doc.heading(2, "3. Predicted masks of 0013, 0062, 0104 at the first, middle and last epoch")
     shown = _pick(runs, "p3", "B") or max(p3, key=lambda r: r.best or 0, default=None)
@@ -216,8 +231,8 @@ TITLE = "DLCV homework 1: the report, reproduced by dlcv"
 
 def check_report_paths(paths: list[str | Path], out_html: str | Path) -> None:
     """Before any work: `--out` is an .html file (its Markdown twin, the same name with .md, is written
-    beside it), neither file is a file of a run it reads, and the twin replaces no file that is not an
-    earlier report (the user named the .html, not the .md)."""
+    beside it), neither file is a file of a run it reads, and neither replaces a file that is not an earlier
+    report."""
     out_html = check_output(out_html, "--out")
     if out_html.suffix.lower() not in (".html", ".htm"):
         raise DlcvError(f"--out {out_html}: the report is an .html file (its Markdown twin gets the same name "
@@ -227,14 +242,13 @@ def check_report_paths(paths: list[str | Path], out_html: str | Path) -> None:
     check_output(out_html, "--out", inputs)
     twin = out_html.with_suffix(".md")
     check_output(twin, "--out's Markdown twin", inputs)
-    if twin.is_file() and not _starts_with(twin, f"# {TITLE}\n"):
+    head = document.to_html(document.Document(TITLE)).split("<style>")[0]  # what every report begins with
+    if out_html.is_file() and not starts_with(out_html, head):
+        raise DlcvError(f"--out {out_html} exists and is not a dlcv report: it would be overwritten; pick another "
+                        "--out name")
+    if twin.is_file() and not starts_with(twin, f"# {TITLE}\n"):
         raise DlcvError(f"--out's Markdown twin {twin} exists and is not a dlcv report: it would be overwritten; "
                         "pick another --out name")
-
-
-def _starts_with(path: Path, text: str) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(len(text.encode())) == text.encode()
 
 
 def build_report(paths: list[str | Path], out_html: str | Path) -> tuple[Path, Path]:

@@ -90,7 +90,23 @@ def load_run(path: str | Path) -> Run:
     if any(not isinstance(r.get("epoch"), int) for r in rows):
         raise DlcvError(f"{path / 'metrics.csv'}: malformed (every row needs a whole epoch number)")
     figures = {p.stem: p for p in sorted((path / "figures").glob("*.png"))}
-    return Run(path, config_mod.load_yaml(files["config.yaml"]), summary, rows, figures)
+    return Run(path, _run_config(files["config.yaml"]), summary, rows, figures)
+
+
+def _run_config(path: Path) -> dict[str, Any]:
+    """A run's config.yaml, with what the report reads of it (task, model name and options, data) checked."""
+    cfg = config_mod.load_yaml(path)
+    model = cfg.get("model")
+    if not (isinstance(cfg.get("task"), str) and isinstance(model, dict) and isinstance(model.get("name"), str)
+            and isinstance(model.get("options", {}), dict) and isinstance(cfg.get("data"), dict)):
+        raise DlcvError(f"{path}: not a dlcv run config (it needs task, model.name and data; an empty or "
+                        "hand-edited file?)")
+    try:
+        task_registry.task(cfg["task"])
+    except KeyError:
+        known = ", ".join(entry.name for entry in task_registry.TASKS)
+        raise DlcvError(f"{path}: task {cfg['task']!r} is not a task of this dlcv ({known})") from None
+    return cfg
 
 
 @dataclass
@@ -101,9 +117,17 @@ class Table:
     runs: dict[str, Run]
 
 
+TABLE_COLUMNS = ("setting", "pre-training", "fine-tuning")  # what the report reads of table.csv
+
+
 def load_table(path: Path) -> Table:
-    with open(path / "table.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    try:
+        with open(path / "table.csv", newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DlcvError(f"{path / 'table.csv'}: not a readable CSV ({exc})") from None
+    if any(r.get(c) is None for r in rows for c in TABLE_COLUMNS):
+        raise DlcvError(f"{path / 'table.csv'}: not a dlcv table (every row needs {', '.join(TABLE_COLUMNS)})")
     runs = {r["setting"]: load_run(path / f"setting_{r['setting']}") for r in rows
             if (path / f"setting_{r['setting']}" / "summary.json").is_file()}
     return Table(path, rows, runs)

@@ -44,7 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "tta": {"flip": False, "translate": 0},
     "snapshot": {"tsne_perplexity": 30.0},
 }
-TYPES = {"augment.resized_crop_scale": list, "augment.color_jitter": list, "data.train_csv": str, "data.val_csv": str,
+TYPES = {"augment.resized_crop_scale": list[float], "augment.color_jitter": list[float], "data.train_csv": str, "data.val_csv": str,
          "data.input_size": int, **layouts.SPLIT_TYPES}
 
 
@@ -65,6 +65,10 @@ RANGES = {
     "augment.rotation": (lambda v: v >= 0, "a number of degrees >= 0"),
     "augment.resized_crop_scale": config_mod.FRACTION_RANGE,
     "tta.translate": (lambda v: v >= 0, "a whole number of pixels >= 0"),
+    "augment.color_jitter": (lambda v: config_mod.numbers(v, 4) and min(v) >= 0 and v[3] <= 0.5,
+                             "[brightness, contrast, saturation, hue], each >= 0, hue <= 0.5 (as ColorJitter)"),
+    "data.val_fraction": (lambda v: 0 < v < 1, "a fraction in (0, 1) held out of train when data.val_dir is null"),
+    "snapshot.tsne_perplexity": (lambda v: 0 < v <= 1000, "a number in (0, 1000] (t-SNE's usual: 5 to 50)"),
 }
 
 
@@ -79,7 +83,17 @@ def check_sizes_against_input(cfg: dict) -> None:
                                          f"model input side, {side} px (data.input_size or data.image_size)")
 
 
-SCHEMA = config_mod.Schema(DEFAULTS, choices, TYPES, RANGES, (check_sizes_against_input,))
+def check_input_fits_model(cfg: dict) -> None:
+    """The model input's side is one the model runs on (its strides and pooling leave at least a pixel)."""
+    side, name = cfg["data"]["input_size"] or cfg["data"]["image_size"], cfg["model"]["name"]
+    smallest = model_spec(name).min_input
+    if side < smallest:
+        key = "data.input_size" if cfg["data"]["input_size"] else "data.image_size"
+        raise config_mod.ConfigError(f"config key '{key}': invalid value {side!r}; model {name} needs inputs of at "
+                                     f"least {smallest} px")
+
+
+SCHEMA = config_mod.Schema(DEFAULTS, choices, TYPES, RANGES, (check_sizes_against_input, check_input_fits_model))
 
 
 def _mixer(mix: dict[str, float], num_classes: int):
@@ -178,6 +192,10 @@ class ClassifyTask(ModelTask):
             figures.per_class_bars(per_class, self.classes, "per-class validation accuracy",
                                    fig_dir / "per_class_accuracy.png")
         snaps = sorted(ctx.run.snapshots.glob("features_epoch_*.pt"))
+        if snaps and len(self.val_y) < figures.MIN_EMBED_POINTS:
+            log.warning("%d validation image(s): too few for the PCA / t-SNE figures (at least %d)",
+                        len(self.val_y), figures.MIN_EMBED_POINTS)
+            return
         seed, perplexity = self.cfg["train"]["seed"], self.cfg["snapshot"]["tsne_perplexity"]
         for i, snap in enumerate(snaps):
             state = checkpoint.load_snapshot(snap, self.name)

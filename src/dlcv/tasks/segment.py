@@ -62,15 +62,17 @@ RANGES = {
     "data.crop_size": config_mod.IMAGE_SIDE_OR_NULL,
     "data.image_size": config_mod.IMAGE_SIDE_OR_NULL,
     "data.ignore_index": (lambda v: 0 <= v <= 255, "a pixel value in 0..255 (or null: none)"),
-    "data.infer_scale": (lambda v: 0 < v <= 4, "a factor in (0, 4]"),
+    "data.infer_scale": (lambda v: 0.05 <= v <= 4, "a factor in [0.05, 4] (a 512 px tile at 0.05 is 26 px)"),
     **layouts.SPLIT_RANGES,
     "loss.label_smoothing": config_mod.LABEL_SMOOTHING,
     "loss.dice_weight": config_mod.NON_NEGATIVE_WEIGHT,
     "loss.lovasz_weight": config_mod.NON_NEGATIVE_WEIGHT,
     "augment.balanced": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
     "augment.scale": config_mod.FRACTION_RANGE,
-    "tta.scales": (lambda v: len(v) >= 1 and all(isinstance(x, (int, float)) and 0 < x <= 4 for x in v),
-                   "a list of factors in (0, 4]"),
+    "tta.scales": (lambda v: config_mod.numbers(v) and all(0 < x <= 4 for x in v), "a list of factors in (0, 4]"),
+    "loss.aux_weight": config_mod.NON_NEGATIVE_WEIGHT,
+    "snapshot.images": (lambda v: all(isinstance(i, str) and i for i in v),
+                        "a list of validation tile ids, e.g. ['0013', '0062']"),
 }
 
 SCHEMA = config_mod.Schema(DEFAULTS, choices, TYPES, RANGES)

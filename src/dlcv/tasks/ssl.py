@@ -51,10 +51,36 @@ TYPES = {"data.input_size": int, "knn.train_dir": str, "knn.train_csv": str, "kn
 
 
 def choices() -> dict[str, tuple]:
-    return {"model.name": BACKBONES}
+    return {"model.name": BACKBONES, "views.jitter_order": ("random", "fixed"), "views.hue_space": ("hsv", "yiq")}
 
 
-RANGES = {"data.image_size": config_mod.IMAGE_SIDE, "data.input_size": config_mod.IMAGE_SIDE_OR_NULL}
+MAX_PROJECTOR = 16384  # BYOL's projector is 4096 -> 256; 10^6 would be 8 GB of weights per layer
+
+
+def _pair(ok):
+    return lambda v: config_mod.numbers(v, 2) and all(ok(x) for x in v)
+
+
+RANGES = {
+    "data.image_size": config_mod.IMAGE_SIDE, "data.input_size": config_mod.IMAGE_SIDE_OR_NULL,
+    "byol.projector_hidden": (config_mod.whole(1, MAX_PROJECTOR), f"a whole number in 1..{MAX_PROJECTOR}"),
+    "byol.projector_dim": (config_mod.whole(1, MAX_PROJECTOR), f"a whole number in 1..{MAX_PROJECTOR}"),
+    "byol.base_momentum": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "byol.final_momentum": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "views.crop_scale": config_mod.FRACTION_RANGE,
+    "views.crop_ratio": config_mod.POSITIVE_RANGE,
+    "views.flip": config_mod.PROBABILITY, "views.jitter": config_mod.PROBABILITY,
+    "views.grayscale": config_mod.PROBABILITY,
+    "views.brightness": config_mod.NON_NEGATIVE_WEIGHT, "views.contrast": config_mod.NON_NEGATIVE_WEIGHT,
+    "views.saturation": config_mod.NON_NEGATIVE_WEIGHT,
+    "views.hue": (lambda v: 0 <= v <= 0.5, "a number in [0, 0.5] (a fraction of a full turn, as ColorJitter)"),
+    "views.blur": (_pair(lambda p: 0 <= p <= 1), "[p1, p2]: a probability per view, each in [0, 1]"),
+    "views.blur_sigma": config_mod.POSITIVE_RANGE,
+    "views.solarize": (_pair(lambda p: 0 <= p <= 1), "[p1, p2]: a probability per view, each in [0, 1]"),
+    "knn.k": (config_mod.whole(1), "a whole number >= 1 (neighbours that vote)"),
+    "knn.temperature": (lambda v: v > 0, "a number > 0"),
+    "embed_std_images": (config_mod.whole(2), "a whole number >= 2 (a spread needs two images)"),
+}
 
 SCHEMA = config_mod.Schema(DEFAULTS, choices, TYPES, RANGES)
 

@@ -1,6 +1,7 @@
 """Matplotlib figures, written atomically (a killed run never leaves a half-written PNG)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -11,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dlcv.fileio import atomic_path  # noqa: E402
+
+log = logging.getLogger("dlcv")
 
 
 def save(fig, path: str | Path) -> Path:
@@ -72,12 +75,24 @@ def per_class_bars(values: Sequence[float], classes: Sequence[str], title: str, 
     return save(fig, path)
 
 
+# fewer points make no PCA / t-SNE picture (t-SNE needs more points than 3 x perplexity 2)
+MIN_EMBED_POINTS = 5
+
+
 def embed_2d(features: np.ndarray, method: str, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
-    """2-D PCA or t-SNE (scikit-learn) of N x D features."""
+    """2-D PCA or t-SNE (scikit-learn) of N x D features, N >= MIN_EMBED_POINTS. Features that are all equal
+    (copies of one image) are one point, at the origin: scikit-learn's t-SNE would scale its PCA start by their
+    spread, 0, and its Barnes-Hut step then crashes the process on the NaNs (a segfault)."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
     features = np.asarray(features, dtype=np.float32)
+    if len(features) < MIN_EMBED_POINTS:
+        raise ValueError(f"{len(features)} points; a 2-D embedding needs at least {MIN_EMBED_POINTS}")
+    if not np.ptp(features, axis=0).any():
+        log.warning("all %d feature vectors are equal: the %s picture is a single point", len(features),
+                    method.upper() if method == "pca" else "t-SNE")
+        return np.zeros((len(features), 2), np.float32)
     if method == "pca":
         return PCA(n_components=2, random_state=seed).fit_transform(features)
     if method == "tsne":
