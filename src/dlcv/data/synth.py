@@ -28,11 +28,14 @@ P3_VAL_IDS = (13, 62, 104)  # the report's mask-snapshot images exist in the syn
 
 @dataclass(frozen=True)
 class SynthSizes:
+    """Each split holds at least one batch of every shipped recipe's default train.batch_size (p1_cpu's 512;
+    p2_byol's and p2_supervised's 256, the latter on the 90% of mini it trains on), so a recipe runs on this
+    tree unchanged but for data.root (tests/test_config.py checks it)."""
     p1_classes: int = 10
-    p1_train_per_class: int = 40
+    p1_train_per_class: int = 52
     p1_val_per_class: int = 10
     p2_mini_classes: int = 8
-    p2_mini_per_class: int = 24
+    p2_mini_per_class: int = 36
     p2_office_classes: int = 6
     p2_office_train_per_class: int = 16
     p2_office_val_per_class: int = 6
@@ -159,8 +162,13 @@ def write_p2(root: Path, sizes: SynthSizes, rng: np.random.Generator) -> None:
                    [(j, rows[o][1], rows[o][2]) for j, o in enumerate(order)])
 
 
+def validation_tiles(sizes: SynthSizes) -> list[int]:
+    """The ids of P3's validation tiles: the first p3_val, and the report's mask-snapshot tiles."""
+    return sorted(set(range(sizes.p3_val)) | set(P3_VAL_IDS))
+
+
 def write_p3(root: Path, sizes: SynthSizes, rng: np.random.Generator) -> None:
-    val_ids = sorted(set(range(sizes.p3_val)) | set(P3_VAL_IDS))
+    val_ids = validation_tiles(sizes)
     for split, ids in (("train", range(sizes.p3_train)), ("validation", val_ids)):
         (root / split).mkdir(parents=True, exist_ok=True)
         for i in ids:
