@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import seg_cfg, small_classify_cfg, ssl_cfg
-from dlcv import config
+from dlcv import config, task_registry
 from dlcv.cli import main
 from dlcv.engine.trainer import Trainer
 from dlcv.pipelines import transfer
@@ -95,6 +95,36 @@ def test_markdown_twin_links_existing_figures(report):
     assert len(links) >= 13
     for link in links:
         assert (md.parent / link).stat().st_size > 2000
+
+
+def test_a_report_on_synthetic_data_says_so_first_with_the_scale(report):
+    text = " ".join(report.read_text().split())
+    banner = text.index("Synthetic data, scaled down: 6 of these 6 runs trained on the images of")
+    assert banner < text.index("Problem 1")
+    assert "P1 32 training images of 10 classes, 2 epochs (the course: 20,000 training images of 50 classes)" in text
+    assert "P3 8 training tiles of 128 px, 2 epochs (the course: 1,800 training tiles of 512 px)" in text
+
+
+def test_every_run_comes_with_the_command_that_trains_it_again_from_its_config(report, runs):
+    text = report.read_text()
+    for run, task in (("p1_a", "classify"), ("p3_a", "segment"), ("p2_byol", "ssl"), ("p2_table/setting_C", "classify")):
+        entry = task_registry.task(task)
+        name = run.split("/")[-1]
+        assert f"dlcv {entry.command} -c {runs / run / 'config.yaml'} --out runs/{name}_again" in text
+        saved = config.load_yaml(runs / run / "config.yaml")
+        assert entry.load().SCHEMA.resolve(saved) == saved  # config.yaml is the whole recipe
+
+
+def test_diagrams_are_drawn_at_the_runs_input_size_and_classes(report):
+    text = report.read_text()
+    assert "dlcv viz arch resnet50_cifar --input-size 32 --num-classes 10 --out FILE" in text
+    assert "dlcv viz arch fcn32s_vgg16 --input-size 128 --out FILE" in text  # 128 px tiles, the course's 7 classes
+
+
+def test_scatter_colours_tell_every_one_of_50_classes_apart():
+    from dlcv.viz.figures import class_style
+    assert len({class_style(c, 50) for c in range(50)}) == 50
+    assert len({class_style(c, 10)[0] for c in range(10)}) == 10
 
 
 def test_not_a_run_directory_is_a_clear_error(tmp_path, capsys):

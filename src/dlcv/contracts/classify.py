@@ -106,7 +106,7 @@ def embed_figure(ckpt: str | Path, image_dir: str | Path, method: str, out: str 
         colours, source = preds, "predicted"
     points = figures.embed_2d(feats, method, state["config"]["train"]["seed"])
     figures.scatter_by_class(points, colours, f"{method.upper()} of {Path(image_dir).name} features "
-                             f"(epoch {state['epoch']}, coloured by {source} class)", out)
+                             f"(epoch {state['epoch']}, coloured by {source} class)", out, state["classes"])
 
 
 def accuracy_of_csvs(gt_csv: str | Path, pred_csv: str | Path) -> tuple[float, int, int, int]:

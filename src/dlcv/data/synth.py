@@ -23,6 +23,7 @@ from dlcv.data.masks import SCORED, class_to_rgb
 from dlcv.errors import DlcvError
 
 SHAPES = ("disk", "square", "triangle", "ring", "cross")
+MARKER = "synthetic.txt"  # in the tree's hw1_data folder: what a report built on it says
 P3_VAL_IDS = (13, 62, 104)  # the report's mask-snapshot images exist in the synthetic set too
 
 
@@ -177,6 +178,12 @@ def write_p3(root: Path, sizes: SynthSizes, rng: np.random.Generator) -> None:
             _save(class_to_rgb(cmap), root / split / f"{i:04d}_mask.png")
 
 
+def is_synthetic(folder: str | Path) -> bool:
+    """Whether a data folder (a problem's data.root or the hw1_data above it) is part of a synthetic tree."""
+    folder = Path(folder)
+    return any((parent / MARKER).is_file() for parent in (folder, *list(folder.parents)[:1]))
+
+
 def write_tree(out: str | Path, seed: int = 0, sizes: SynthSizes = SynthSizes(), force: bool = False) -> Path:
     """Writes OUT/hw1_data/{p1_data,p2_data,p3_data} and returns the hw1_data path. The tree is built in a
     temporary folder beside it and renamed into place, so a killed call leaves no half tree; an existing
@@ -195,6 +202,8 @@ def write_tree(out: str | Path, seed: int = 0, sizes: SynthSizes = SynthSizes(),
         write_p1(staging / "p1_data", sizes, np.random.default_rng(rng.integers(1 << 31)))
         write_p2(staging / "p2_data", sizes, np.random.default_rng(rng.integers(1 << 31)))
         write_p3(staging / "p3_data", sizes, np.random.default_rng(rng.integers(1 << 31)))
+        (staging / MARKER).write_text(f"Written by dlcv data synth (seed {seed}): synthetic images in the layout of "
+                                      "the course's hw1_data, not the course's data.\n", encoding="utf-8")
         if root.exists():
             shutil.rmtree(root)
         os.replace(staging, root)

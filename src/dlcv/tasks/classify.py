@@ -211,9 +211,11 @@ class ClassifyTask(ModelTask):
             feats, labels_, epoch = state["features"].float().numpy(), state["labels"].numpy(), state["epoch"]
             if i == len(snaps) - 1:
                 figures.scatter_by_class(figures.embed_2d(feats, "pca", seed), labels_,
-                                         f"PCA of val features, epoch {epoch}", fig_dir / f"pca_epoch_{epoch:03d}.png")
+                                         f"PCA of val features, epoch {epoch}", fig_dir / f"pca_epoch_{epoch:03d}.png",
+                                         self.classes)
             figures.scatter_by_class(figures.embed_2d(feats, "tsne", seed, perplexity), labels_,
-                                     f"t-SNE of val features, epoch {epoch}", fig_dir / f"tsne_epoch_{epoch:03d}.png")
+                                     f"t-SNE of val features, epoch {epoch}", fig_dir / f"tsne_epoch_{epoch:03d}.png",
+                                     self.classes)
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"classes": self.classes, "preprocess": self.meta}
