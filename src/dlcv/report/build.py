@@ -40,11 +40,11 @@ def fmt(value) -> str:
 
 def environment_line(run: Run) -> str:
     env, s = run.summary.environment, run.summary
-    made_by = f"; made by `{run.made_by}`" if run.made_by else ""
+    made_by = f"; made by: {run.made_by}" if run.made_by else ""
     return (f"{run.path}: {env.get('device_name', '?')} ({env.get('device', '?')}, {env.get('world_size', 1)} "
             f"process(es)), torch {env.get('torch', '?')}, precision {env.get('precision', '?')}, seed "
-            f"{s.seed}, wall time {s.wall_time_s} s, git {str(env.get('git_commit'))[:10]}{made_by}. Trained again "
-            "from its own config with:")
+            f"{s.seed}, wall time {s.wall_time_s} s, git {str(env.get('git_commit'))[:10]}{made_by}; trained again "
+            "from its own config by:")
 
 
 def _provenance(doc: document.Document, runs: list[Run]) -> None:

@@ -143,6 +143,8 @@ def mask_grid(images: np.ndarray, truths: np.ndarray, preds_by_epoch: dict[int, 
     shown = np.unique(np.concatenate([truths.ravel(), *(p.ravel() for p in preds_by_epoch.values())]))
     legend = [Patch(facecolor=PALETTE[c] / 255, edgecolor="#777", label=CLASS_NAMES[c])
               for c in shown if 0 <= c < len(CLASS_NAMES)]
+    legend_height = 0.35 / fig.get_figheight()  # a row of 0.35 inches under the panels
+    fig.tight_layout(rect=(0, legend_height, 1, 1))
     fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=9, frameon=False,
-               bbox_to_anchor=(0.5, -0.01 - 0.12 / len(epochs)))
+               bbox_to_anchor=(0.5, 0))
     return save(fig, path)
