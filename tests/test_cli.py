@@ -126,7 +126,8 @@ def test_data_synth_command(tmp_path):
 
 def test_help_says_what_dlcv_does_and_each_training_command_lists_its_recipes(capsys):
     for argv, says, not_said in ((["--help"], ["trains and evaluates", "examples:", "dlcv config show"], []),
-                                 (["classify", "train", "--help"], ["p1_cpu", "p2_finetune", "docs/usage.md"], ["p3_cpu"]),
+                                 (["classify", "train", "--help"], ["p1_cpu", "p2_finetune", "docs/usage.md"],
+                                  ["p3_cpu"]),
                                  (["segment", "train", "--help"], ["p3_cpu", "p3_model_b"], ["p1_cpu"]),
                                  (["ssl", "pretrain", "--help"], ["p2_byol_cpu"], ["p2_finetune"]),
                                  (["data", "synth", "--help"], ["520 training", "OUT_DIR/hw1_data"], [])):

@@ -8,6 +8,7 @@ import os
 import shlex
 import sys
 import textwrap
+from functools import partial
 from pathlib import Path
 
 from dlcv import config as config_mod, task_registry
@@ -70,6 +71,23 @@ def _whole_number(minimum: int):
     return parse
 
 
+class _Later(str):
+    """A help text written only when --help asks for it: the parser is built at every start, without reading
+    the recipes or importing torch."""
+
+    def __new__(cls, make):
+        text = super().__new__(cls, "")
+        text.make = make
+        return text
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Line breaks kept as written; _Later texts written now."""
+
+    def add_text(self, text):
+        super().add_text(text.make() if isinstance(text, _Later) else text)
+
+
 def recipes_help(task: str) -> str:
     """What a command that trains `task` says about its recipes and keys."""
     names = textwrap.fill(", ".join(config_mod.shipped_recipes(task)), width=100, initial_indent="  ",
@@ -80,8 +98,8 @@ def recipes_help(task: str) -> str:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", help="YAML recipe: a shipped name (listed above) or a file (optional with --resume: "
-                                          "the run's saved config is used)")
+    p.add_argument("-c", "--config", help="YAML recipe: a shipped name (listed above) or a file (optional with "
+                                          "--resume: the run's saved config is used)")
     _add_set_arg(p)
     p.add_argument("--out", help="run directory (default runs/<config>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
@@ -131,13 +149,12 @@ class _VersionAction(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dlcv", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="dlcv", description=DESCRIPTION, formatter_class=_Help)
     parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="group", required=True)
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="cmd", required=True)
     synth = data.add_parser("synth", help="write a small synthetic hw1_data tree (the built-in demo data)",
-                            description=_synth_description(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                            description=_Later(_synth_description), formatter_class=_Help)
     synth.add_argument("out_dir", help="the tree goes to OUT_DIR/hw1_data")
     synth.add_argument("--seed", type=_whole_number(0), default=0, help="another seed, other images (default 0)")
     synth.add_argument("--force", action="store_true", help="replace an existing OUT_DIR/hw1_data")
@@ -157,11 +174,14 @@ def _add_task_commands(sub) -> dict[str, argparse._SubParsersAction]:
         if entry.group not in groups:
             groups[entry.group] = sub.add_parser(entry.group, help=entry.group_help).add_subparsers(
                 dest="cmd", required=True)
-        _add_train_args(groups[entry.group].add_parser(
-            entry.verb, help=entry.help, description=f"{entry.help[0].upper()}{entry.help[1:]}: a run folder "
-            f"(--out) from a recipe and its overrides.\n\n{recipes_help(entry.name)}",
-            formatter_class=argparse.RawDescriptionHelpFormatter))
+        _add_train_args(groups[entry.group].add_parser(entry.verb, help=entry.help, formatter_class=_Help,
+                                                       description=_Later(partial(_train_description, entry))))
     return groups
+
+
+def _train_description(entry: task_registry.TaskEntry) -> str:
+    return f"{entry.help[0].upper()}{entry.help[1:]}: a run folder (--out) from a recipe and its overrides.\n\n" \
+           f"{recipes_help(entry.name)}"
 
 
 def _synth_description() -> str:
@@ -194,12 +214,12 @@ def _add_ssl_commands(ssl) -> None:
                                       "(resnet50, resnet18, resnet50_cifar, resnet18_cifar)")
     export.add_argument("out", help="backbone file (.pt)")
     finetune = ssl.add_parser("finetune", help="train one transfer setting (A-E) with the classify task",
-                              description=recipes_help("classify"), formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=_Later(lambda: recipes_help("classify")), formatter_class=_Help)
     _add_train_args(finetune)
     finetune.add_argument("--setting", required=True, choices=tuple("ABCDE"))
     finetune.add_argument("--backbone", help="backbone file for B-E (supervised for B/D, BYOL for C/E)")
     table = ssl.add_parser("table", help="run settings A-E and write table.md / table.csv",
-                           description=recipes_help("classify"), formatter_class=argparse.RawDescriptionHelpFormatter)
+                           description=_Later(lambda: recipes_help("classify")), formatter_class=_Help)
     table.add_argument("-c", "--config", required=True, help="the fine-tuning recipe (e.g. p2_finetune)")
     _add_set_arg(table)
     table.add_argument("--sl-backbone", help="supervised backbone file (settings B, D)")
