@@ -14,6 +14,12 @@ hw1_run() {
   local repo ckpt py
   repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
   ckpt="${!ckpt_var:-$repo/checkpoints/$default_ckpt}"
+  if [ ! -e "$ckpt" ]; then
+    local script="${usage#bash }"
+    echo "${script%% *}: checkpoint not found: $ckpt; set $ckpt_var=RUN/checkpoints/last.pt (RUN: the folder of" \
+         "a dlcv training run) or copy that file to $repo/checkpoints/$default_ckpt" >&2
+    exit 2
+  fi
   py="${DLCV_PYTHON:-$repo/.venv/bin/python}"
   [ -x "$py" ] || py=python3
   # Not `python -m dlcv`, which puts the working folder first on sys.path (a dlcv.py there would run

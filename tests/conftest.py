@@ -21,8 +21,11 @@ def isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
-    from dlcv.data.synth import write_tree
-    return write_tree(tmp_path_factory.mktemp("synth"), seed=0)
+    """The synthetic tree at the tests' sizes: `dlcv data synth`'s, with 400 P1 training images and 192 mini
+    images (cheaper; the tests count on these numbers)."""
+    from dlcv.data.synth import SynthSizes, write_tree
+    return write_tree(tmp_path_factory.mktemp("synth"), seed=0,
+                      sizes=SynthSizes(p1_train_per_class=40, p2_mini_per_class=24))
 
 
 @pytest.fixture(scope="session")

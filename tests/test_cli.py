@@ -125,6 +125,43 @@ def test_data_synth_command(tmp_path):
         assert (root / sub).exists(), sub
 
 
+def test_help_says_what_dlcv_does_and_each_training_command_lists_its_recipes(capsys):
+    for argv, says, not_said in ((["--help"], ["trains and evaluates", "examples:", "dlcv config show"], []),
+                                 (["classify", "train", "--help"], ["p1_cpu", "p2_finetune", "docs/usage.md"],
+                                  ["p3_cpu"]),
+                                 (["segment", "train", "--help"], ["p3_cpu", "p3_model_b"], ["p1_cpu"]),
+                                 (["ssl", "pretrain", "--help"], ["p2_byol_cpu"], ["p2_finetune"]),
+                                 (["data", "synth", "--help"], ["520 training", "OUT_DIR/hw1_data"], [])):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        text = " ".join(capsys.readouterr().out.split())
+        assert done.value.code == 0 and all(s in text for s in says) and not any(s in text for s in not_said), argv
+
+
+def test_config_show_prints_the_resolved_recipe_as_yaml_that_c_reads_back(capsys, tmp_path):
+    from dlcv import config
+    from dlcv.tasks import classify
+    assert main(["config", "show", "-c", "p1_cpu", "--set", "train.epochs=3"]) == 0
+    shown = capsys.readouterr().out
+    (tmp_path / "shown.yaml").write_text(shown)
+    expected = classify.SCHEMA.resolve(config.load_yaml("p1_cpu"), ["train.epochs=3"])
+    assert config.load_yaml(tmp_path / "shown.yaml") == expected and shown.startswith("# p1_cpu with ")
+    assert main(["config", "show", "-c", "p1_cpu", "--set", "train.epoch=3"]) == 2
+    assert "unknown config key 'train.epoch'" in capsys.readouterr().err
+
+
+def test_missing_data_and_checkpoint_name_the_remedy(tmp_path, capsys):
+    root = tmp_path / "nowhere" / "p1_data"
+    assert main(["classify", "train", "-c", "p1_cpu", "--set", f"data.root={root}", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"data.root {root}: not found" in err and "--set data.root=" in err and "dlcv data synth" in err
+    assert not (tmp_path / "r").exists()
+    done = subprocess.run(["bash", str(REPO / "hw1_1.sh"), "imgs", "o.csv"], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "DLCV_P1_CKPT": str(tmp_path / "none.pt")})
+    assert done.returncode == 2 and "checkpoint not found" in done.stderr and "set DLCV_P1_CKPT=" in done.stderr
+    assert all(os.access(REPO / f"hw1_{n}.sh", os.X_OK) for n in (1, 2, 3))
+
+
 def test_train_cli_resume_and_csv_labels(p1_root, tmp_path):
     """Training through the CLI from a CSV of string labels, then --resume extends the run."""
     csv = tmp_path / "train.csv"

@@ -42,6 +42,25 @@ def test_every_recipe_resolves_keeps_its_values_and_builds_its_model(path):
         assert isinstance(create_model(m["name"], num_classes=7, weights=None, **options), torch.nn.Module)
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_synthetic_tree_holds_a_batch_of_every_recipe(path):
+    """`dlcv data synth`'s tree trains every recipe at its own train.batch_size (counted from SynthSizes, not
+    written)."""
+    from dlcv.data.synth import SynthSizes
+    s = SynthSizes()
+    images = {"p1_data/train_50": s.p1_classes * s.p1_train_per_class,
+              "p2_data/mini/train": s.p2_mini_classes * s.p2_mini_per_class,
+              "p2_data/office/train": s.p2_office_classes * s.p2_office_train_per_class,
+              "p3_data/train": s.p3_train}
+    cfg = config.load_yaml(path)
+    data = {"train_dir": "train_50" if cfg["task"] == "classify" else "train", **cfg["data"]}
+    folder = f"{Path(data['root']).name}/{data.get('unlabeled_dir') or data['train_dir']}"
+    available = images[folder]
+    if cfg["task"] == "classify" and "val_dir" in data and data["val_dir"] is None:  # a held-out fraction
+        available -= round(data.get("val_fraction", 0.1) * available)
+    assert cfg["train"]["batch_size"] <= available, folder
+
+
 def test_report_byol_recipe_is_the_reports():
     from dlcv.tasks import ssl
     cfg = ssl.SCHEMA.resolve(config.load_yaml("p2_byol_report"), [])

@@ -237,6 +237,25 @@ def test_lr_schedules():
     assert [lr_factor(e, cfg) for e in (0, 5, 10)] == pytest.approx([1, 0.5, 0])
 
 
+def test_a_warm_up_longer_than_half_the_run_is_scaled_to_half():
+    from dlcv.engine.optim import lr_factor, warmup_epochs
+    # p1_cpu's 2 warm-up epochs on a 2-epoch run: a 1-epoch warm-up, then the one-cycle decay to 0
+    cfg = small_classify_cfg("x", **{"sched.name": "onecycle", "sched.warmup_epochs": 2, "train.epochs": 2})
+    assert warmup_epochs(cfg) == 1
+    assert [lr_factor(e, cfg) for e in (0.5, 1, 1.5, 2)] == pytest.approx([0.5, 1, 0.5, 0])
+    cfg = small_classify_cfg("x", **{"sched.name": "cosine", "sched.warmup_epochs": 2, "train.epochs": 40})
+    assert warmup_epochs(cfg) == 2 and lr_factor(1, cfg) == pytest.approx(0.5)  # a full run keeps its own
+
+
+def test_a_batch_larger_than_the_training_set_trains_on_the_whole_set(p1_root, tmp_path, caplog):
+    cfg = small_classify_cfg(p1_root, **{"data.limit_train": 30, "data.limit_val": 20, "train.batch_size": 512,
+                                         "train.epochs": 2, "sched.warmup_epochs": 2})
+    train(cfg, tmp_path / "run")
+    assert checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 2  # one step per epoch
+    assert "train.batch_size=512 is larger than the training set (30 images): batches of 30 instead" in caplog.text
+    assert "sched.warmup_epochs=2 is more than 50% of the run's 2 epochs: warming up for 1 epochs" in caplog.text
+
+
 def test_the_schedule_gives_its_factor_and_rebases_onto_the_config():
     from dlcv.engine.optim import build_scheduler, lr_factor
     cfg = small_classify_cfg("x", **{"sched.name": "cosine", "sched.warmup_epochs": 0, "train.epochs": 2})

@@ -8,6 +8,8 @@ import logging
 import os
 import shlex
 import sys
+import textwrap
+from functools import partial
 from pathlib import Path
 
 from dlcv import config as config_mod, task_registry
@@ -16,6 +18,20 @@ from dlcv.fileio import check_output, check_replaceable, run_folder_of
 from dlcv.malloc import reexec_with_settings
 
 log = logging.getLogger("dlcv")
+
+DESCRIPTION = """\
+dlcv trains and evaluates computer-vision models from YAML recipes: image classifiers, BYOL self-supervised
+backbones with their transfer settings, and semantic segmenters; the three problems of the NTU "Deep
+Learning for Computer Vision" 2023 homework 1 with the course's scoring, its graded scripts (hw1_1.sh,
+hw1_2.sh, hw1_3.sh) and its report, rebuilt from the run folders.
+
+examples:
+  dlcv data synth /tmp/synth      # a small dataset in the course's layout, in seconds
+  dlcv classify train -c p1_cpu --set data.root=/tmp/synth/hw1_data/p1_data --set train.epochs=10 --out runs/p1
+  dlcv classify predict --ckpt runs/p1/checkpoints/last.pt /tmp/synth/hw1_data/p1_data/val_50 pred.csv
+
+Each training command's --help lists its recipes; `dlcv config show -c RECIPE` prints one resolved. Every
+command and config key: docs/usage.md."""
 
 
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
@@ -61,12 +77,43 @@ def _whole_number(minimum: int, maximum: int = config_mod.INT64_MAX):
     return parse
 
 
+class _Later(str):
+    """A help text written only when --help asks for it: the parser is built at every start, without reading
+    the recipes or importing torch."""
+
+    def __new__(cls, make):
+        text = super().__new__(cls, "")
+        text.make = make
+        return text
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Line breaks kept as written; _Later texts written now."""
+
+    def add_text(self, text):
+        super().add_text(text.make() if isinstance(text, _Later) else text)
+
+
+def recipes_help(task: str) -> str:
+    """What a command that trains `task` says about its recipes and keys."""
+    names = textwrap.fill(", ".join(config_mod.shipped_recipes(task)), width=100, initial_indent="  ",
+                          subsequent_indent="  ")
+    return (f"recipes (-c NAME, or -c your.yaml; what each is for: docs/recipes.md):\n{names}\n\n"
+            "config keys: `dlcv config show -c NAME` prints every key of a recipe with its value; change any with "
+            "--set KEY=VALUE;\nwhat they mean: docs/usage.md, section Config keys")
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", help="YAML recipe (optional with --resume: the run's saved config is used)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("-c", "--config", help="YAML recipe: a shipped name (listed above) or a file (optional with "
+                                          "--resume: the run's saved config is used)")
+    _add_set_arg(p)
     p.add_argument("--out", help="run directory (default runs/<config>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+
+
+def _add_set_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=5 (repeatable; values are YAML)")
 
 
 def _add_predict_args(p: argparse.ArgumentParser, *positionals: str, tta: bool = True, exported: bool = True) -> None:
@@ -113,13 +160,14 @@ class _VersionAction(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dlcv", description=__doc__)
+    parser = argparse.ArgumentParser(prog="dlcv", description=DESCRIPTION, formatter_class=_Help)
     parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="group", required=True)
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="cmd", required=True)
-    synth = data.add_parser("synth", help="write a small synthetic hw1_data tree (the built-in demo data)")
-    synth.add_argument("out_dir")
-    synth.add_argument("--seed", type=_whole_number(0), default=0)
+    synth = data.add_parser("synth", help="write a small synthetic hw1_data tree (the built-in demo data)",
+                            description=_Later(_synth_description), formatter_class=_Help)
+    synth.add_argument("out_dir", help="the tree goes to OUT_DIR/hw1_data")
+    synth.add_argument("--seed", type=_whole_number(0), default=0, help="another seed, other images (default 0)")
     synth.add_argument("--force", action="store_true", help="replace an existing OUT_DIR/hw1_data")
     check = data.add_parser("check", help="what training would read in a dataset folder: its layout, splits, "
                                           "classes with their counts, image sizes and every file left out")
@@ -144,8 +192,29 @@ def _add_task_commands(sub) -> dict[str, argparse._SubParsersAction]:
         if entry.group not in groups:
             groups[entry.group] = sub.add_parser(entry.group, help=entry.group_help).add_subparsers(
                 dest="cmd", required=True)
-        _add_train_args(groups[entry.group].add_parser(entry.verb, help=entry.help))
+        _add_train_args(groups[entry.group].add_parser(entry.verb, help=entry.help, formatter_class=_Help,
+                                                       description=_Later(partial(_train_description, entry))))
     return groups
+
+
+def _train_description(entry: task_registry.TaskEntry) -> str:
+    return f"{entry.help[0].upper()}{entry.help[1:]}: a run folder (--out) from a recipe and its overrides.\n\n" \
+           f"{recipes_help(entry.name)}"
+
+
+def _synth_description() -> str:
+    from dlcv.data.synth import SynthSizes, validation_tiles
+    s = SynthSizes()
+    return (f"Writes OUT_DIR/hw1_data in the course's layout (seconds; deterministic for a --seed):\n"
+            f"  p1_data  {s.p1_classes * s.p1_train_per_class} training and {s.p1_classes * s.p1_val_per_class} "
+            f"validation 32x32 PNGs of {s.p1_classes} classes (a shape in a colour on clutter), val_gt.csv\n"
+            f"  p2_data  {s.p2_mini_classes * s.p2_mini_per_class} unlabeled mini/train JPEGs (+ train.csv of their "
+            f"{s.p2_mini_classes} classes);\n           office/ {s.p2_office_classes} classes, "
+            f"{s.p2_office_classes * s.p2_office_train_per_class} train / "
+            f"{s.p2_office_classes * s.p2_office_val_per_class} val images with their CSVs\n"
+            f"  p3_data  {s.p3_train} training and {len(validation_tiles(s))} validation {s.p3_size}x{s.p3_size} "
+            "tiles (xxxx_sat.jpg + xxxx_mask.png in the course palette)\n"
+            "Every shipped recipe trains on it with --set data.root=OUT_DIR/hw1_data/p1_data (p2_data, p3_data).")
 
 
 def _add_classify_commands(classify) -> None:
@@ -163,13 +232,15 @@ def _add_ssl_commands(ssl) -> None:
     export.add_argument("ckpt", help="an ssl pretrain checkpoint, or a classify checkpoint of a ResNet "
                                       "(resnet50, resnet18, resnet50_cifar, resnet18_cifar)")
     export.add_argument("out", help="backbone file (.pt)")
-    finetune = ssl.add_parser("finetune", help="train one transfer setting (A-E) with the classify task")
+    finetune = ssl.add_parser("finetune", help="train one transfer setting (A-E) with the classify task",
+                              description=_Later(lambda: recipes_help("classify")), formatter_class=_Help)
     _add_train_args(finetune)
     finetune.add_argument("--setting", required=True, choices=tuple("ABCDE"))
     finetune.add_argument("--backbone", help="backbone file for B-E (supervised for B/D, BYOL for C/E)")
-    table = ssl.add_parser("table", help="run settings A-E and write table.md / table.csv")
+    table = ssl.add_parser("table", help="run settings A-E and write table.md / table.csv",
+                           description=_Later(lambda: recipes_help("classify")), formatter_class=_Help)
     table.add_argument("-c", "--config", required=True, help="the fine-tuning recipe (e.g. p2_finetune)")
-    table.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_set_arg(table)
     table.add_argument("--sl-backbone", help="supervised backbone file (settings B, D)")
     table.add_argument("--ssl-backbone", help="BYOL backbone file (settings C, E)")
     table.add_argument("--settings", default="ABCDE", help="subset to run, e.g. ACE (default ABCDE)")
@@ -212,6 +283,14 @@ def _add_tool_commands(sub) -> None:
     export.add_argument("--no-tta", dest="tta", action="store_false",
                         help="leave the checkpoint's test-time views out of the graph (plain, faster predictions)")
     export.add_argument("--opset", type=_whole_number(18), default=18, help="ONNX opset (default 18)")
+    config = sub.add_parser("config", help="recipes and their resolved configs").add_subparsers(dest="cmd",
+                                                                                                 required=True)
+    show = config.add_parser("show", help="print a recipe's resolved config (every key, with --set applied)",
+                             description="Prints the config a training command would run with: the task's "
+                                         "defaults, the recipe over them, then each --set, checked; as YAML that "
+                                         "-c reads back.")
+    show.add_argument("-c", "--config", required=True, help="a shipped recipe's name or a YAML file")
+    _add_set_arg(show)
     report = sub.add_parser("report", help="the course report (HTML + Markdown twin) from run directories")
     report.add_argument("runs", nargs="+", help="run directories, ssl table directories, or folders of them")
     report.add_argument("--out", default="report.html")
@@ -304,6 +383,20 @@ def _data_check(args) -> int:
     if args.task == "auto" and task == "ssl":
         print(f"(no training folder in {root}: read as unlabeled images; for a labelled dataset give the folder "
               "that holds its train/ folder)")
+    return 0
+
+
+def _config_show(args) -> int:
+    recipe = config_mod.load_yaml(args.config)
+    try:
+        entry = task_registry.task(recipe.get("task"))
+    except KeyError:
+        tasks = ", ".join(entry.name for entry in task_registry.TASKS)
+        raise DlcvError(f"{args.config}: its task: key is {recipe.get('task')!r}, not one of {tasks}") from None
+    cfg = entry.load().SCHEMA.resolve(recipe, args.overrides)
+    print(f"# {args.config}{' with ' + config_mod.set_flags(args.overrides) if args.overrides else ''}, resolved: "
+          f"dlcv {entry.command} -c THIS_FILE trains it")
+    print(config_mod.dump(cfg), end="")
     return 0
 
 
@@ -439,6 +532,7 @@ def _demo(args) -> int:
 # (group, command): what runs it; the tasks' training commands come from the task registry
 COMMANDS = {
     ("data", "synth"): _data_synth, ("data", "check"): _data_check, ("models", None): _models,
+    ("config", "show"): _config_show,
     ("eval", "acc"): _eval_acc,
     ("classify", "predict"): _classify_predict, ("classify", "embed"): _classify_embed,
     ("ssl", "finetune"): _ssl_finetune, ("ssl", "export"): _ssl_export, ("ssl", "table"): _ssl_table,

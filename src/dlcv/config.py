@@ -424,6 +424,13 @@ def find_recipe(name: str | Path) -> Path:
     raise ConfigError(f"config file not found: {path} (shipped recipes: {available})")
 
 
+def shipped_recipes(task: str) -> list[str]:
+    """The shipped recipes of a task, by name. Read from each file's top-level `task:` line rather than by
+    parsing the YAML, so that the command line can list them in its help at no cost."""
+    line = re.compile(rf"^task:\s*{re.escape(task)}\s*(#.*)?$", re.M)
+    return sorted(p.stem for p in RECIPES.glob("*.yaml") if line.search(p.read_text(encoding="utf-8")))
+
+
 def load_yaml(path: str | Path) -> dict:
     path = find_recipe(path)
     try:

@@ -23,16 +23,20 @@ from dlcv.data.masks import SCORED, class_to_rgb
 from dlcv.errors import DlcvError
 
 SHAPES = ("disk", "square", "triangle", "ring", "cross")
+MARKER = "synthetic.txt"  # in the tree's hw1_data folder: what a report built on it says
 P3_VAL_IDS = (13, 62, 104)  # the report's mask-snapshot images exist in the synthetic set too
 
 
 @dataclass(frozen=True)
 class SynthSizes:
+    """Each split holds at least one batch of every shipped recipe's default train.batch_size (p1_cpu's 512;
+    p2_byol's and p2_supervised's 256, the latter on the 90% of mini it trains on), so a recipe runs on this
+    tree unchanged but for data.root (tests/test_config.py checks it)."""
     p1_classes: int = 10
-    p1_train_per_class: int = 40
+    p1_train_per_class: int = 52
     p1_val_per_class: int = 10
     p2_mini_classes: int = 8
-    p2_mini_per_class: int = 24
+    p2_mini_per_class: int = 36
     p2_office_classes: int = 6
     p2_office_train_per_class: int = 16
     p2_office_val_per_class: int = 6
@@ -159,14 +163,25 @@ def write_p2(root: Path, sizes: SynthSizes, rng: np.random.Generator) -> None:
                    [(j, rows[o][1], rows[o][2]) for j, o in enumerate(order)])
 
 
+def validation_tiles(sizes: SynthSizes) -> list[int]:
+    """The ids of P3's validation tiles: the first p3_val, and the report's mask-snapshot tiles."""
+    return sorted(set(range(sizes.p3_val)) | set(P3_VAL_IDS))
+
+
 def write_p3(root: Path, sizes: SynthSizes, rng: np.random.Generator) -> None:
-    val_ids = sorted(set(range(sizes.p3_val)) | set(P3_VAL_IDS))
+    val_ids = validation_tiles(sizes)
     for split, ids in (("train", range(sizes.p3_train)), ("validation", val_ids)):
         (root / split).mkdir(parents=True, exist_ok=True)
         for i in ids:
             img, cmap = land_cover(rng, sizes.p3_size)
             _save(img, root / split / f"{i:04d}_sat.jpg")
             _save(class_to_rgb(cmap), root / split / f"{i:04d}_mask.png")
+
+
+def is_synthetic(folder: str | Path) -> bool:
+    """Whether a data folder (a problem's data.root or the hw1_data above it) is part of a synthetic tree."""
+    folder = Path(folder)
+    return any((parent / MARKER).is_file() for parent in (folder, *list(folder.parents)[:1]))
 
 
 def write_tree(out: str | Path, seed: int = 0, sizes: SynthSizes = SynthSizes(), force: bool = False) -> Path:
@@ -187,6 +202,8 @@ def write_tree(out: str | Path, seed: int = 0, sizes: SynthSizes = SynthSizes(),
         write_p1(staging / "p1_data", sizes, np.random.default_rng(rng.integers(1 << 31)))
         write_p2(staging / "p2_data", sizes, np.random.default_rng(rng.integers(1 << 31)))
         write_p3(staging / "p3_data", sizes, np.random.default_rng(rng.integers(1 << 31)))
+        (staging / MARKER).write_text(f"Written by dlcv data synth (seed {seed}): synthetic images in the layout of "
+                                      "the course's hw1_data, not the course's data.\n", encoding="utf-8")
         if root.exists():
             shutil.rmtree(root)
         os.replace(staging, root)

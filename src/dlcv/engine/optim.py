@@ -41,10 +41,21 @@ def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
+# The longest warm-up, as a fraction of the run: a recipe shortened with --set train.epochs=N keeps a
+# warm-up followed by its decay (p1_cpu's 2 warm-up epochs would otherwise be the whole of a 2-epoch run,
+# its learning rate rising to the peak and never coming down).
+MAX_WARMUP_FRACTION = 0.5
+
+
+def warmup_epochs(cfg: dict) -> float:
+    """sched.warmup_epochs, at most MAX_WARMUP_FRACTION of train.epochs."""
+    return min(cfg["sched"]["warmup_epochs"], MAX_WARMUP_FRACTION * cfg["train"]["epochs"])
+
+
 def lr_factor(epoch_float: float, cfg: dict) -> float:
     """LR multiplier at a fractional epoch. `multistep` matches MultiStepLR stepped once per epoch."""
     s, epochs = cfg["sched"], cfg["train"]["epochs"]
-    warmup = s["warmup_epochs"]
+    warmup = warmup_epochs(cfg)
     if warmup and epoch_float < warmup:
         return (epoch_float + 1e-8) / warmup
     if s["name"] == "multistep":

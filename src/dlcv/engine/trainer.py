@@ -22,7 +22,8 @@ from tqdm import tqdm
 from dlcv.engine import batches, checkpoint, distributed, identity
 from dlcv.engine.budget import plan_epochs
 from dlcv.engine.guard import Bf16Guard, guards_gradients
-from dlcv.engine.optim import build_optimizer, build_scheduler, keep_config_hyperparameters, trainable_parameters
+from dlcv.engine.optim import (MAX_WARMUP_FRACTION, build_optimizer, build_scheduler, keep_config_hyperparameters,
+                               trainable_parameters, warmup_epochs)
 from dlcv.engine.precision import PRECISIONS, Numerics, resolve_channels_last, resolve_precision
 from dlcv.engine.run import RunDir, Summary, environment
 from dlcv.engine.task import Context, Task
@@ -63,8 +64,13 @@ class Trainer:
 
     def __init__(self, task: Task, cfg: dict, run_dir: str | Path, resume: bool = False):
         self.task, self.cfg, self.resume = task, cfg, resume
-        if cfg["data"]["root"] is None:
+        root = cfg["data"]["root"]
+        if root is None:
             raise DlcvError("data.root is not set: the problem's data folder (e.g. hw1_data/p1_data)")
+        if not Path(root).exists():
+            raise DlcvError(f"data.root {root}: not found; point it at your copy with --set data.root=PATH/"
+                            f"{Path(root).name}, or write the synthetic data (dlcv data synth /tmp/synth) and add "
+                            f"--set data.root=/tmp/synth/hw1_data/{Path(root).name}")
         self.env = distributed.setup(cfg["device"])
         self.device = self.env.device
         self.run = RunDir(run_dir, self.env.is_main)
@@ -186,7 +192,8 @@ class Trainer:
         self.ema = None if t["ema_decay"] is None else AveragedModel(
             self.module, multi_avg_fn=get_ema_multi_avg_fn(t["ema_decay"]), use_buffers=True)
         ctx.module, ctx.eval_module = self.module, self.module if self.ema is None else self.ema.module
-        self.steps_per_epoch = batches.steps_per_epoch(self.task.num_train(), t["batch_size"])
+        self.batch_size = self._fitted_batch_size()
+        self.steps_per_epoch = batches.steps_per_epoch(self.task.num_train(), self.batch_size)
         self.auto_epochs = t["epochs"] == "auto"
         if self.auto_epochs:
             t["epochs"] = 1  # the schedule's shape while measuring (the measured steps are undone)
@@ -201,6 +208,20 @@ class Trainer:
             # config's model and optimizer): a refused --resume leaves the run as it was
             self.run.write_config(self.cfg)
         self.run.remove_stale_temporaries()
+
+    def _fitted_batch_size(self) -> int:
+        """train.batch_size, or where the training set is smaller, the whole set (rounded down to a multiple of
+        the processes) with a warning: a recipe's batch on a small dataset then trains one step per epoch, as
+        a loader without drop_last gives one short batch, instead of stopping the run."""
+        wanted, images, world = self.cfg["train"]["batch_size"], self.task.num_train(), self.env.world_size
+        if wanted <= images:
+            return wanted
+        fitted = images - images % world
+        if fitted == 0:
+            raise DlcvError(f"the training set has {images} image(s), fewer than the {world} processes")
+        log.warning("train.batch_size=%d is larger than the training set (%d images): batches of %d instead, one "
+                    "step per epoch", wanted, images, fitted)
+        return fitted
 
     def _restore(self, state: dict[str, Any]) -> None:
         where = f"{self.run.last} (resumed with another model config?)"
@@ -236,6 +257,10 @@ class Trainer:
         ctx.total_steps = self.steps_per_epoch * t["epochs"]
         if t["max_steps"] is not None:
             ctx.total_steps = min(ctx.total_steps, t["max_steps"])
+        if warmup_epochs(self.cfg) < self.cfg["sched"]["warmup_epochs"]:
+            log.warning("sched.warmup_epochs=%g is more than %.0f%% of the run's %d epochs: warming up for %g epochs "
+                        "instead (set sched.warmup_epochs to choose)", self.cfg["sched"]["warmup_epochs"],
+                        MAX_WARMUP_FRACTION * 100, t["epochs"], warmup_epochs(self.cfg))
         # train.max_seconds: wall time of the whole run (resumed parts included), like Lightning's max_time;
         # the epoch it runs out in ends early and is evaluated, checkpointed and logged as usual
         self._deadline = None if t["max_seconds"] is None else started - self.progress.wall_before + t["max_seconds"]
@@ -356,7 +381,7 @@ class Trainer:
         for i, (indices, offset) in enumerate(plan):
             if i > 0 and self._out_of_time(within_epoch=True):  # >= 1 step per epoch
                 break
-            batch = self.task.train_batch(self.ctx, indices, offset, gen, t["batch_size"], epoch)
+            batch = self.task.train_batch(self.ctx, indices, offset, gen, self.batch_size, epoch)
             step += 1
             loss = self._step(self.train_model, batch, step)
             self.progress.step = step
@@ -382,7 +407,7 @@ class Trainer:
         """This process's (indices, offset) of the epoch's first `steps` global batches, told to the task
         before its first step."""
         t, env = self.cfg["train"], self.env
-        plan = list(itertools.islice(batches.train_batches(self.task.num_train(), t["batch_size"], t["seed"], epoch,
+        plan = list(itertools.islice(batches.train_batches(self.task.num_train(), self.batch_size, t["seed"], epoch,
                                                            env.rank, env.world_size), steps))
         self.task.plan_epoch(self.ctx, epoch, [indices for indices, _ in plan])
         return plan
@@ -466,7 +491,7 @@ class Trainer:
             if i == warm:
                 self._sync()
                 start = time.perf_counter()
-            batch = self.task.train_batch(self.ctx, indices, offset, gen, t["batch_size"], 0)
+            batch = self.task.train_batch(self.ctx, indices, offset, gen, self.batch_size, 0)
             self._step(self.train_model, batch, i + 1)
         self._sync()
         return (time.perf_counter() - start) / timed

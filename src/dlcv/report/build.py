@@ -7,7 +7,10 @@ import logging
 import tempfile
 from pathlib import Path
 
+from PIL import Image
+
 from dlcv import task_registry
+from dlcv.data.synth import is_synthetic
 from dlcv.errors import DlcvError
 from dlcv.fileio import check_output, starts_with
 from dlcv.report import document
@@ -52,15 +55,17 @@ def fmt(value) -> str:
 
 def environment_line(run: Run) -> str:
     env, s = run.summary.environment, run.summary
+    made_by = f"; made by: {run.made_by}" if run.made_by else ""
     return (f"{run.path}: {env.get('device_name', '?')} ({env.get('device', '?')}, {env.get('world_size', 1)} "
             f"process(es)), torch {env.get('torch', '?')}, precision {env.get('precision', '?')}, seed "
-            f"{s.seed}, wall time {s.wall_time_s} s, git {str(env.get('git_commit'))[:10]}")
+            f"{s.seed}, wall time {s.wall_time_s} s, git {str(env.get('git_commit'))[:10]}{made_by}; trained again "
+            "from its own config by:")
 
 
 def _provenance(doc: document.Document, runs: list[Run]) -> None:
     for run in runs:
         doc.text(environment_line(run))
-        doc.command(run.command)
+        doc.command(run.rerun_command)
 
 
 def _pick(runs: list[Run], problem: str, role: str) -> Run | None:
@@ -69,21 +74,37 @@ def _pick(runs: list[Run], problem: str, role: str) -> Run | None:
     return max(candidates, key=lambda r: r.best, default=None)
 
 
-def _input_size(run: Run | None) -> int | None:
-    if run is None:
-        return None
+def _tile_side(run: Run) -> int | None:
+    """The side of a segmentation run's training tiles (the first one's), where its data is at hand."""
     d = run.config["data"]
-    return d.get("input_size") or d.get("crop_size") or d.get("image_size")
+    folder = Path(d["root"] or "") / d.get("train_dir", "")
+    tile = next(iter(sorted(folder.glob("*_sat.*"))), None) if folder.is_dir() else None
+    if tile is None:
+        return None
+    with Image.open(tile) as image:
+        return image.size[0]
+
+
+def _input_size(run: Run) -> int | None:
+    """The side of the images the run's model saw in training."""
+    d = run.config["data"]
+    if run.task == "segment":
+        return d.get("crop_size") or _tile_side(run)
+    return d.get("input_size") or d.get("image_size")
 
 
 def _architectures(doc, runs, problem, arch_dir: Path) -> None:
+    """Each role's diagram drawn from the model its run trained: its options, classes and input size."""
     for role in ("A", "B"):
         run = _pick(runs, problem, role)
         name = run.model if run else REPORT_MODELS[(problem, role)]
         options = run.config["model"]["options"] if run else {}
-        path = architecture_figure(name, arch_dir / f"{problem}_{role}_{name}.png", _input_size(run), options=options)
+        side, classes = (_input_size(run), run.classes) if run else (None, None)
+        path = architecture_figure(name, arch_dir / f"{problem}_{role}_{name}.png", side, classes, options=options)
         source = f"as trained in {run.path}" if run else "the report's model (no run given)"
-        doc.figure(path, f"Model {role}: {name}, {source}; `dlcv viz arch {name} --out FILE`")
+        flags = "".join(f" {flag} {value}" for flag, value in (("--input-size", side), ("--num-classes", classes))
+                        if value)
+        doc.figure(path, f"Model {role}: {name}, {source}; `dlcv viz arch {name}{flags} --out FILE`")
 
 
 def _results_table(doc, runs: list[Run], metric_label: str, extra_columns=()) -> None:
@@ -93,7 +114,7 @@ def _results_table(doc, runs: list[Run], metric_label: str, extra_columns=()) ->
     for r in runs:
         final = r.summary.final or {}
         epochs = final.get("epoch") if r.finished else f"{final.get('epoch')} (unfinished: {r.summary.status})"
-        rows.append([r.role, str(r.path), r.model, f"{fmt(r.best)} ({r.summary.best_epoch})",
+        rows.append([r.role, r.path.name, r.model, f"{fmt(r.best)} ({r.summary.best_epoch})",
                      fmt(final.get(r.monitor)), epochs, *[fn(r) for _, fn in extra_columns]])
     doc.table(header, rows)
 
@@ -192,15 +213,22 @@ def _p3(doc, runs: list[Run], arch_dir: Path) -> None:
     doc.heading(2, "1. Architectures of model A and model B")
     _architectures(doc, runs, "p3", arch_dir)
     doc.heading(2, "2. Validation mIoU (the course's evaluator) and per-class IoU")
-    classes = next((list(_per_class_iou(r)) for r in runs if r.problem == "p3"), [])
-    columns = [(f"IoU {c} (final)", lambda r, c=c: fmt(_per_class_iou(r).get(c))) for c in classes]
-    p3 = _role_results(doc, runs, "p3", "val_miou", columns)
+    p3 = _role_results(doc, runs, "p3", "val_miou")
+    classes = next((list(_per_class_iou(r)) for r in p3 if _per_class_iou(r)), [])
+    if classes:
+        doc.text("Per-class IoU of each run's last validation:")
+        doc.table(["run", *classes], [[r.path.name, *(fmt(_per_class_iou(r).get(c)) for c in classes)] for r in p3])
     doc.heading(2, "3. Predicted masks of 0013, 0062, 0104 at the first, middle and last epoch")
-    shown = _pick(runs, "p3", "B") or max(p3, key=lambda r: r.best or 0, default=None)
-    if shown is None or "mask_grid" not in shown.figures:
+    gridded = [r for r in p3 if "mask_grid" in r.figures]
+    best = max(gridded, key=lambda r: r.best or 0, default=None)
+    model_b = _pick(gridded, "p3", "B")
+    if best is None:
         doc.missing("model B's mask snapshots", MISSING_COMMANDS[("p3", "B")])
-    else:
-        doc.figure(shown.figures["mask_grid"], f"model {shown.role} ({shown.model}), {shown.path}")
+    shown = [(best, "the best run")] if best else []
+    shown += [(model_b, "the report's model B")] if model_b not in (None, best) else []
+    for run, which in shown:
+        doc.figure(run.figures["mask_grid"], f"{which}: model {run.role} ({run.model}), {run.path}, best val "
+                                             f"mIoU {fmt(run.best)}")
     doc.heading(2, "4. Training curves")
     for r in p3:
         if "training_curves" in r.figures:
@@ -251,9 +279,44 @@ def check_report_paths(paths: list[str | Path], out_html: str | Path) -> None:
                         "pick another --out name")
 
 
+# The course's data, against which a report on the synthetic tree says how far it is scaled down
+COURSE_DATA = {"p1": "20,000 training images of 50 classes", "p2": "6,400 unlabeled images, then a labelled set "
+               "of 2,520 (a stand-in for Office-Home's 65 classes)", "p3": "1,800 training tiles of 512 px"}
+
+
+def _span(values) -> str:
+    values = sorted({v for v in values if v is not None})
+    return "?" if not values else f"{values[0]:,}" if len(values) == 1 else f"{values[0]:,}-{values[-1]:,}"
+
+
+def synthetic_banner(runs: list[Run]) -> str | None:
+    """What a report whose runs trained on the synthetic tree (`dlcv data synth`) must say first: that, and
+    at what scale, problem by problem; None when no run did."""
+    synthetic = [r for r in runs if r.config["data"]["root"] and is_synthetic(r.config["data"]["root"])]
+    if not synthetic:
+        return None
+    scales = []
+    for problem in ("p1", "p2", "p3"):
+        mine = [r for r in synthetic if r.problem == problem]
+        if mine:
+            what = "tiles" if problem == "p3" else "images"
+            classes = f" of {_span(r.classes for r in mine)} classes" if any(r.classes for r in mine) else ""
+            side = f" of {_span(_tile_side(r) for r in mine)} px" if problem == "p3" else ""
+            scales.append(f"{problem.upper()} {_span(r.train_samples for r in mine)} training {what}{classes}{side}, "
+                          f"{_span(r.config['train']['epochs'] for r in mine)} epochs (the course: "
+                          f"{COURSE_DATA[problem]})")
+    return (f"Synthetic data, scaled down: {len(synthetic)} of these {len(runs)} runs trained on the images of "
+            f"`dlcv data synth`, not the course's, and for a few epochs: {'; '.join(scales)}. Their numbers show "
+            "that every step works, not what a recipe scores on the course's data (docs/results-p1.md, -p2, -p3 "
+            "hold those).")
+
+
 def build_report(paths: list[str | Path], out_html: str | Path) -> tuple[Path, Path]:
     runs, tables = collect(paths)
     doc = document.Document(TITLE)
+    banner = synthetic_banner([*runs, *(run for t in tables for run in t.runs.values())])
+    if banner:
+        doc.banner(banner)
     doc.text(f"Built from {len(runs)} run(s) and {len(tables)} A-E table(s). Every number comes from its run's "
              "summary.json; below each table are the command and the environment that produced it.")
     with tempfile.TemporaryDirectory() as arch_dir:

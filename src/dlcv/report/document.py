@@ -17,6 +17,10 @@ class Document:
     title: str
     items: list[tuple] = field(default_factory=list)
 
+    def banner(self, text: str) -> None:
+        """What a reader must know before any number (shown first, boxed)."""
+        self.items.append(("banner", text))
+
     def heading(self, level: int, text: str) -> None:
         self.items.append(("heading", level, text))
 
@@ -36,8 +40,11 @@ class Document:
         self.items.append(("missing", what, command))
 
 
+# tables and figures fit the page's 1100 px (a 1280 px window): long cells wrap, wide figures scale down
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #bbb;padding:.25em .6em;text-align:left}
+table{border-collapse:collapse;margin:.6em 0;max-width:100%;font-size:.92em}
+td,th{border:1px solid #bbb;padding:.25em .5em;text-align:left;overflow-wrap:anywhere}
+.banner{border:2px solid #e0a800;background:#fff8e1;padding:.6em 1em;margin:1em 0;font-size:1.05em}
 th{background:#eef3fa}pre{background:#f5f5f5;padding:.5em;overflow-x:auto;white-space:pre-wrap}
 figure{margin:1em 0}img{max-width:100%;border:1px solid #ddd}figcaption{font-size:.9em;color:#555}
 .missing{border-left:4px solid #d9534f;background:#fdf2f2;padding:.4em .8em;margin:.6em 0}"""
@@ -52,6 +59,8 @@ def to_html(doc: Document) -> str:
             out.append(f"<h{item[1] + 1}>{html.escape(item[2])}</h{item[1] + 1}>")
         elif kind == "text":
             out.append(f"<p>{html.escape(item[1])}</p>")
+        elif kind == "banner":
+            out.append(f"<div class='banner'><b>{html.escape(item[1])}</b></div>")
         elif kind == "table":
             head = "".join(f"<th>{html.escape(str(h))}</th>" for h in item[1])
             body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
@@ -85,6 +94,8 @@ def to_markdown(doc: Document, md_path: Path) -> str:
             out += ["#" * (item[1] + 1) + " " + item[2], ""]
         elif kind == "text":
             out += [item[1], ""]
+        elif kind == "banner":
+            out += [f"> **{item[1]}**", ""]
         elif kind == "table":
             out.append("| " + " | ".join(_md_cell(h) for h in item[1]) + " |")
             out.append("|" + "---|" * len(item[1]))

@@ -62,18 +62,28 @@ class Run:
         return self.summary.best_value
 
     @property
-    def command(self) -> str:
-        """The recorded command when it was a dlcv command line, else the equivalent one."""
-        recorded = self.summary.environment.get("command", "")
-        if recorded.startswith("dlcv "):  # engine.run.command_line() writes dlcv commands this way
-            return recorded
-        return self.rerun_command
+    def made_by(self) -> str:
+        """The command line that made the run, as recorded: its own training command, or a pipeline's
+        (`dlcv demo`, `dlcv ssl table`) that made several."""
+        return self.summary.environment.get("command", "")
 
     @property
     def rerun_command(self) -> str:
-        """Retrains this run exactly from its resolved config."""
+        """Trains this run again from its own resolved config.yaml (whatever command made it), into a new
+        folder beside where it is run."""
         config_file = shlex.quote(str(self.path / "config.yaml"))
-        return f"dlcv {task_registry.task(self.task).command} -c {config_file} --out NEW_RUN_DIR"
+        out = shlex.quote(f"runs/{self.path.name}_again")
+        return f"dlcv {task_registry.task(self.task).command} -c {config_file} --out {out}"
+
+    @property
+    def train_samples(self) -> int | None:
+        return self.summary.inputs.get("train_samples")
+
+    @property
+    def classes(self) -> int | None:
+        """The number of classes the run's model outputs (classification records its class names)."""
+        names = self.summary.inputs.get("classes")
+        return len(names) if names else None
 
     def figures_like(self, prefix: str) -> list[Path]:
         return [p for name, p in sorted(self.figures.items()) if name.startswith(prefix)]

@@ -255,7 +255,7 @@ class SegmentTask(ModelTask):
             images, truths = self.val_x[torch.tensor(self._snapshot_indices())]
             figures.mask_grid(images.cpu().numpy(), truths.cpu().numpy(),
                               {s["epoch"]: s["masks"].numpy() for s in snaps}, snaps[0]["ids"],
-                              fig_dir / "mask_grid.png", self.table.to_rgb)
+                              fig_dir / "mask_grid.png", self.table.to_rgb, list(self.table.names))
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"classes": list(self.table.names), "masks": self.table.record(),

@@ -104,34 +104,51 @@ def embed_2d(features: np.ndarray, method: str, seed: int = 0, perplexity: float
     raise ValueError(f"method must be pca or tsne, got {method!r}")
 
 
+# 20 + 20 + 20 distinct colours, then a new marker for every 20 classes: neighbouring class numbers never
+# look alike (a continuous colour bar gives classes 17 and 18 almost the same colour)
+CATEGORICAL = [*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors, *plt.get_cmap("tab20c").colors]
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def class_style(label: int, n_classes: int) -> tuple[tuple, str]:
+    """(colour, marker) of a class: tab10's colours with dots up to 10 classes, then 20 colours per marker."""
+    if n_classes <= 10:
+        return plt.get_cmap("tab10").colors[label], "o"
+    return CATEGORICAL[label % 20 + 20 * (label // 20 % 3)], MARKERS[label // 20 % len(MARKERS)]
+
+
+LEGEND_CLASSES = 100  # 4 columns of names; a dataset with more classes gets none (it would outgrow the figure)
+
+
 def scatter_by_class(points: np.ndarray, labels: Sequence[int], title: str, path: str | Path,
-                     classes: Sequence[str] | None = None) -> Path:
-    """Points coloured by class index; with the class names, a legend names them (up to LEGEND_CLASSES;
-    more get a colour bar of indices)."""
+                     class_names: Sequence[str] | None = None) -> Path:
+    """One colour and marker per class (class_style), named in a legend beside the points."""
     labels = np.asarray(labels)
     n_classes = int(labels.max()) + 1 if labels.size else 1
-    fig, ax = plt.subplots(figsize=(6.4, 6))
-    sc = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="nipy_spectral", s=5, alpha=0.8,
-                    vmin=0, vmax=max(1, n_classes - 1))
+    columns = 1 + (min(n_classes, LEGEND_CLASSES) - 1) // 25
+    fig, ax = plt.subplots(figsize=(6.4 + 1.1 * columns, 6))
+    for label in range(n_classes):
+        chosen = labels == label
+        if chosen.any():
+            colour, marker = class_style(label, n_classes)
+            ax.scatter(points[chosen, 0], points[chosen, 1], color=colour, marker=marker, s=9, alpha=0.85,
+                       linewidths=0, label=class_names[label] if class_names else str(label))
     ax.set_title(title), ax.set_xticks([]), ax.set_yticks([])
-    if classes is not None and len(classes) <= LEGEND_CLASSES:
-        shown = sorted(set(labels.tolist()) - {-1})
-        handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i)), label=classes[i]) for i in shown]
-        ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    else:
-        fig.colorbar(sc, ax=ax, fraction=0.046, label="class")
+    if n_classes <= LEGEND_CLASSES:
+        ax.legend(title="class", loc="upper left", bbox_to_anchor=(1.01, 1), ncol=columns, fontsize=7,
+                  title_fontsize=8, markerscale=1.4, handletextpad=0.2, columnspacing=0.6, borderaxespad=0)
     return save(fig, path)
 
 
-LEGEND_CLASSES = 20
-
-
 def mask_grid(images: np.ndarray, truths: np.ndarray, preds_by_epoch: dict[int, np.ndarray], ids: Sequence[str],
-              path: str | Path, class_to_rgb=None) -> Path:
+              path: str | Path, class_to_rgb=None, class_names: Sequence[str] | None = None) -> Path:
     """Rows: epochs; for each chosen image three panels: satellite image, ground truth, prediction, in the
-    colours of `class_to_rgb` (default: the course's palette)."""
+    colours of `class_to_rgb` (class indices -> RGB; default: the course's palette); below, the colour of each
+    class the masks show, named by `class_names`."""
+    from matplotlib.patches import Patch
+
     if class_to_rgb is None:
-        from dlcv.data.masks import class_to_rgb
+        from dlcv.data.masks import CLASS_NAMES as class_names, class_to_rgb
 
     epochs = sorted(preds_by_epoch)
     cols = 3 * len(ids)
@@ -144,4 +161,11 @@ def mask_grid(images: np.ndarray, truths: np.ndarray, preds_by_epoch: dict[int, 
                 ax.imshow(panel)
                 ax.set_title(title, fontsize=8)
                 ax.axis("off")
+    shown = np.unique(np.concatenate([truths.ravel(), *(p.ravel() for p in preds_by_epoch.values())]))
+    legend = [Patch(facecolor=class_to_rgb(np.array([[c]], dtype=np.uint8))[0, 0] / 255, edgecolor="#777",
+                    label=class_names[c]) for c in shown if 0 <= c < len(class_names or ())]
+    legend_height = 0.35 / fig.get_figheight()  # a row of 0.35 inches under the panels
+    fig.tight_layout(rect=(0, legend_height, 1, 1))
+    fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=9, frameon=False,
+               bbox_to_anchor=(0.5, 0))
     return save(fig, path)
