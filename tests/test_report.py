@@ -120,7 +120,7 @@ def test_every_run_comes_with_the_command_that_trains_it_again_from_its_config(r
 def test_diagrams_are_drawn_at_the_runs_input_size_and_classes(report):
     text = report.read_text()
     assert "dlcv viz arch resnet50_cifar --input-size 32 --num-classes 10 --out FILE" in text
-    assert "dlcv viz arch fcn32s_vgg16 --input-size 128 --out FILE" in text  # 128 px tiles, the course's 7 classes
+    assert "dlcv viz arch fcn32s_vgg16 --input-size 128 --num-classes 7 --out FILE" in text  # 128 px tiles
 
 
 def test_scatter_colours_tell_every_one_of_50_classes_apart():

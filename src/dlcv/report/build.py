@@ -10,6 +10,8 @@ from pathlib import Path
 from PIL import Image
 
 from dlcv import task_registry
+from dlcv.data import layouts
+from dlcv.data.images import is_image
 from dlcv.data.synth import is_synthetic
 from dlcv.errors import DlcvError
 from dlcv.fileio import check_output, starts_with
@@ -77,8 +79,13 @@ def _pick(runs: list[Run], problem: str, role: str) -> Run | None:
 def _tile_side(run: Run) -> int | None:
     """The side of a segmentation run's training tiles (the first one's), where its data is at hand."""
     d = run.config["data"]
-    folder = Path(d["root"] or "") / d.get("train_dir", "")
-    tile = next(iter(sorted(folder.glob("*_sat.*"))), None) if folder.is_dir() else None
+    try:
+        folder = layouts.find_split(Path(d["root"] or ""), d.get("train_dir", layouts.AUTO), layouts.TRAIN_NAMES,
+                                    "training", "data.train_dir", required=False)
+    except DlcvError:
+        folder = None
+    tiles = [] if folder is None else sorted(folder.glob("*_sat.*")) or sorted((folder / "images").glob("*"))
+    tile = next((t for t in tiles if is_image(t)), None)
     if tile is None:
         return None
     with Image.open(tile) as image:
@@ -300,7 +307,8 @@ def synthetic_banner(runs: list[Run]) -> str | None:
         mine = [r for r in synthetic if r.problem == problem]
         if mine:
             what = "tiles" if problem == "p3" else "images"
-            classes = f" of {_span(r.classes for r in mine)} classes" if any(r.classes for r in mine) else ""
+            classes = f" of {_span(r.classes for r in mine)} classes" if problem != "p3" and any(
+                r.classes for r in mine) else ""  # (P3: the course's 7, always)
             side = f" of {_span(_tile_side(r) for r in mine)} px" if problem == "p3" else ""
             scales.append(f"{problem.upper()} {_span(r.train_samples for r in mine)} training {what}{classes}{side}, "
                           f"{_span(r.config['train']['epochs'] for r in mine)} epochs (the course: "
