@@ -270,6 +270,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="baseline DataLoader workers")
     p.add_argument("--ablate", action="store_true",
                    help="also run dlcv with its memory layout or precision switched, and compiled")
+    p.add_argument("--variants", nargs="+", default=["baseline", "dlcv"], choices=["baseline", "dlcv"],
+                   help="which of the two to run (the GPU kit's CPU rehearsal runs dlcv alone)")
     p.add_argument("--repeat", type=int, default=1, help="runs per variant, interleaved; the median is reported")
     p.add_argument("--no-inference", dest="inference", action="store_false",
                    help="skip the hw1_1.sh / hw1_3.sh inference timings")
@@ -296,7 +298,8 @@ def main(argv=None) -> int:
         for case in args.tasks:
             b, s, w = CASES[case][3][device.type]
             b, s, w = batch.get(case, b), steps.get(case, s), warm.get(case, w)
-            variants = {"baseline": {}, "dlcv": {}, **(ABLATIONS if args.ablate else {})}
+            variants = {**{v: {} for v in ("baseline", "dlcv") if v in args.variants},
+                        **(ABLATIONS if args.ablate else {})}
             results: dict[str, list[dict]] = {}
             for r in range(args.repeat):  # interleaved, so a slower spell of a shared machine hits every variant
                 for impl, sets in variants.items():

@@ -1,6 +1,7 @@
 """benchmarks/gpu: pack.sh and run.sh in tiny mode on the synthetic data, so the GPU kit cannot rot between
 the rare sessions that have a GPU. Every step of every problem runs (one epoch, a few small images)."""
 import json
+import os
 from pathlib import Path
 import shutil
 import subprocess
@@ -98,6 +99,11 @@ def test_the_plan_keeps_each_call_and_each_problems_loan_within_its_limit():
         assert in_calls == every  # each step in exactly one call, in order
 
 
+def threads() -> dict[str, str]:
+    """The test process's share of the cores (conftest.py), for a process started with an environment of its own."""
+    return {k: os.environ[k] for k in ("OMP_NUM_THREADS",) if k in os.environ}
+
+
 @pytest.mark.parametrize("problem", ["p1", "p2", "p3"])
 def test_run_sh_tiny_mode_runs_every_step_and_returns_few_flat_files(problem, synth_root, packed, tmp_path):
     pack_dir, info = packed(problem)
@@ -108,7 +114,7 @@ def test_run_sh_tiny_mode_runs_every_step_and_returns_few_flat_files(problem, sy
         out = tmp_path / f"out{call}"
         done = subprocess.run(["bash", str(REPO / "benchmarks/gpu/run.sh"), problem, str(out), "--pack", str(pack_dir),
                                "--store", str(tmp_path / "store"), "--call", str(call), "--tiny"], capture_output=True,
-                              text=True, cwd=REPO, env={"DLCV_PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+                              text=True, cwd=REPO, env={"DLCV_PYTHON": sys.executable, "PATH": "/usr/bin:/bin", **threads()})
         assert done.returncode == 0, done.stdout[-3000:]
     figures = {"steps": [step for call in range(1, calls + 1)
                          for step in json.loads((tmp_path / f"out{call}" / "figures.json").read_text())["steps"]],

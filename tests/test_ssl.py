@@ -282,7 +282,8 @@ def test_predict_csv_keeps_ids_and_order_and_ignores_labels(setting_c_ckpt, p2_r
     out = tmp_path / "out.csv"
     result = subprocess.run(["bash", str(REPO / "hw1_2.sh"), str(tmp_path / "in.csv"), str(p2_root / "office" / "val"),
                              str(out)], capture_output=True, text=True, env={"DLCV_P2_CKPT": str(setting_c_ckpt),
-                                                                           "PATH": "/usr/bin:/bin"})
+                                                                           "PATH": "/usr/bin:/bin",
+                                                                           "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     rows = list(csv.reader(open(out)))
     assert rows[0] == ["id", "filename", "label"]
