@@ -48,9 +48,14 @@ def small_classify_cfg(root, **overrides):
         "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
         "sched": {"name": "onecycle", "warmup_epochs": 0.5},
         "train": {"epochs": 2, "batch_size": 50, "eval_batch_size": 64, "precision": "fp32", "seed": 0},
+        "snapshot": {"figures": False},  # (FIGURES to draw them: the tests that look at them)
     }
     sets = [f"{k}={v}" for k, v in overrides.items()]
     return classify.SCHEMA.resolve(recipe, sets)
+
+
+# The helpers' runs draw no figures (matplotlib took a fifth of the suite); a test that looks at them adds this
+FIGURES = {"snapshot.figures": True}
 
 
 needs_real_data = pytest.mark.skipif(not (REAL_DATA / "p1_data").is_dir(),
@@ -65,14 +70,15 @@ def seg_cfg(root, **overrides):
               "model": {"name": "fcn_small", "options": {"width": 16}},
               "augment": {"flip": True, "rotate90": True},
               "optim": {"name": "adam", "lr": 3e-3},
-              "train": {"epochs": 8, "batch_size": 4, "eval_batch_size": 8, "precision": "fp32", "seed": 0}}
+              "train": {"epochs": 8, "batch_size": 4, "eval_batch_size": 8, "precision": "fp32", "seed": 0},
+              "snapshot": {"figures": False}}
     return segment.SCHEMA.resolve(recipe, [f"{k}={v}" for k, v in overrides.items()])
 
 
 TINY_SSL = {  # resnet18 at 32 px with a narrow projector: a few seconds per epoch on 2 cores
     "model.name": "resnet18", "data.image_size": 32, "byol.projector_hidden": 256, "byol.projector_dim": 64,
     "train.batch_size": 32, "train.eval_batch_size": 128, "optim.lr": 0.05, "sched.warmup_epochs": 0,
-    "train.precision": "fp32", "device": "cpu", "train.channels_last": False,
+    "train.precision": "fp32", "device": "cpu", "train.channels_last": False, "snapshot.figures": False,
 }
 
 

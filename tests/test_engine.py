@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import assert_runs_in_a_fresh_python, kill_after_epoch, seg_cfg, small_classify_cfg
+from conftest import FIGURES, assert_runs_in_a_fresh_python, kill_after_epoch, seg_cfg, small_classify_cfg
 from dlcv.engine import checkpoint
 from dlcv.engine.trainer import Trainer, snapshot_epochs
 from dlcv.errors import DlcvError
@@ -28,7 +28,7 @@ def two_epoch_run(p1_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "straight"
     # evaluation in batches of 99: a mean of per-batch accuracies would weigh the 100th image like the
     # other 99 together, far from the whole-set accuracy (see the test below)
-    cfg = small_classify_cfg(p1_root, **{"train.eval_batch_size": 99})
+    cfg = small_classify_cfg(p1_root, **{"train.eval_batch_size": 99, **FIGURES})
     return out, cfg, train(cfg, out)
 
 
@@ -336,7 +336,7 @@ def test_weight_ema_is_what_is_validated_saved_and_resumed_exactly(p1_root, tmp_
 
 
 def test_eval_every_validates_every_nth_and_the_last_epoch(p1_root, tmp_path):
-    cfg = small_classify_cfg(p1_root, **{"train.epochs": 5, "train.eval_every": 2})
+    cfg = small_classify_cfg(p1_root, **{"train.epochs": 5, "train.eval_every": 2, **FIGURES})
     summary = train(cfg, tmp_path / "run")
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4", "5"]

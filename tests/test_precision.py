@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY_SSL, seg_cfg, small_classify_cfg, ssl_cfg
+from conftest import FIGURES, TINY_SSL, seg_cfg, small_classify_cfg, ssl_cfg
 from dlcv.contracts import classify as classify_contracts, segment as segment_contracts
 from dlcv.contracts.backbone import export_backbone
 from dlcv.engine.distributed import pick_device
@@ -58,7 +58,8 @@ def fit_beside_fp32(task_cls, cfg_of, precision, runs, tmp_path):
 
 def classify_cfg(p1_root, precision):
     return small_classify_cfg(p1_root, **{**STEPS, "train.precision": precision, "data.limit_train": 100,
-                                          "model.options": "{widths: [8, 16, 16]}", "snapshot.tsne_perplexity": 5})
+                                          "model.options": "{widths: [8, 16, 16]}", "snapshot.tsne_perplexity": 5,
+                                          **FIGURES})
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -76,7 +77,7 @@ def test_classify_every_path_under(precision, p1_root, runs, tmp_path):
 def test_segment_every_path_under(precision, synth_root, runs, tmp_path):
     def cfg(p):
         return seg_cfg(synth_root / "p3_data", **{**STEPS, "train.precision": p, "data.limit_train": 8,
-                                                  "data.limit_val": 3})
+                                                  "data.limit_val": 3, **FIGURES})
     out, summary = fit_beside_fp32(segment.SegmentTask, cfg, precision, runs, tmp_path)
     assert math.isfinite(summary.final["val_loss"]) and 0 < summary.final["pixel_acc"] < 1
     assert (out / "figures" / "mask_grid.png").is_file()

@@ -10,7 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
-from conftest import REPO, seg_cfg, small_classify_cfg, ssl_cfg
+from conftest import FIGURES, REPO, seg_cfg, small_classify_cfg, ssl_cfg
 from dlcv import config, task_registry
 from dlcv.cli import main
 from dlcv.engine.trainer import Trainer
@@ -25,12 +25,12 @@ def runs(synth_root, tmp_path_factory):
     base = tmp_path_factory.mktemp("report_runs")
     p1 = small_classify_cfg(synth_root / "p1_data", **{  # the report's model A (~6 images/s on a CPU core)
         "model.name": "resnet50_cifar", "model.options": "{}", "train.epochs": 2, "data.limit_train": 32,
-        "train.batch_size": 16, "data.limit_val": 30, "snapshot.epochs": "[1, 2]", "snapshot.tsne_perplexity": 5})
+        "train.batch_size": 16, "data.limit_val": 30, "snapshot.epochs": "[1, 2]", "snapshot.tsne_perplexity": 5, **FIGURES})
     Trainer(classify.ClassifyTask(p1), p1, base / "p1_a").fit()
     p3 = seg_cfg(synth_root / "p3_data", **{"model.name": "fcn32s_vgg16", "model.options": "{fc_channels: 16}",
-                                             "train.epochs": 2, "data.limit_train": 8})
+                                             "train.epochs": 2, "data.limit_train": 8, **FIGURES})
     Trainer(segment.SegmentTask(p3), p3, base / "p3_a").fit()
-    p2 = ssl_cfg(synth_root / "p2_data", **{"train.epochs": 2, "data.limit_train": 64})
+    p2 = ssl_cfg(synth_root / "p2_data", **{"train.epochs": 2, "data.limit_train": 64, **FIGURES})
     Trainer(ssl.SSLTask(p2), p2, base / "p2_byol").fit()
     finetune = ["data.root=" + str(synth_root / "p2_data"), "model.name=resnet18", "data.image_size=32",
                 "train.epochs=1", "train.batch_size=32", "train.precision=fp32", "device=cpu"]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import small_classify_cfg
+from conftest import FIGURES, small_classify_cfg
 from dlcv.cli import main
 from dlcv.engine import checkpoint
 from dlcv.engine.run import read_summary
@@ -30,7 +30,8 @@ class Killed(BaseException):
 
 def tiny_cfg(root):
     return small_classify_cfg(root, **{"model.options": "{widths: [8, 16, 16]}", "train.epochs": 2,
-                                       "snapshot.epochs": [2], "data.limit_train": 150, "snapshot.tsne_perplexity": 5})
+                                       "snapshot.epochs": [2], "data.limit_train": 150, "snapshot.tsne_perplexity": 5,
+                                       **FIGURES})
 
 
 def scored_rows(run):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, seg_cfg
+from conftest import FIGURES, REPO, seg_cfg
 from dlcv.cli import main
 from dlcv.contracts import segment as segment_contracts
 from dlcv.data.masks import PALETTE, class_to_rgb, pair_folder, read_mask
@@ -89,7 +89,7 @@ def test_image_and_mask_size_mismatch_is_an_error(tmp_path, synth_root):
 @pytest.mark.cross_path
 def test_segmentation_learns_and_predict_scores_like_training(synth_root, tmp_path, monkeypatch):
     p3 = synth_root / "p3_data"
-    cfg = seg_cfg(p3, **{"tta.flip": True, "tta.rotate90": True})  # both paths average the same 8 views
+    cfg = seg_cfg(p3, **{"tta.flip": True, "tta.rotate90": True, **FIGURES})  # both paths average the same 8 views
     summary = Trainer(segment.SegmentTask(cfg), cfg, tmp_path / "run").fit()
     run = tmp_path / "run"
     assert summary.best["val_miou"] > 0.5

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import kill_after_epoch, REPO, sets_of, ssl_cfg
+from conftest import FIGURES, kill_after_epoch, REPO, sets_of, ssl_cfg
 from dlcv.cli import main
 from dlcv.contracts.backbone import export_backbone
 from dlcv.engine import checkpoint
@@ -30,7 +30,7 @@ def p2_root(synth_root):
 @pytest.fixture(scope="module")
 def pretrained(p2_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("ssl") / "byol"
-    cfg = ssl_cfg(p2_root, **{"train.epochs": 3})
+    cfg = ssl_cfg(p2_root, **{"train.epochs": 3, **FIGURES})
     summary = Trainer(ssl.SSLTask(cfg), cfg, out).fit()
     return out, cfg, summary
 

@@ -89,7 +89,9 @@ COMMON_DEFAULTS: dict[str, Any] = {
               # exponential moving average of the weights (timm's --model-ema-decay): validation, snapshots
               # and every saved "model" use it; null = off
               "ema_decay": None},
-    "snapshot": {"epochs": None},  # epochs whose features/masks are kept; null = first, middle, last
+    # epochs whose features/masks are kept (null = first, middle, last); figures: draw the run's figures when it
+    # ends (false: a sweep's or a smoke run's, minutes of matplotlib saved; the snapshots stay)
+    "snapshot": {"epochs": None, "figures": True},
 }
 
 COMMON_CHOICES: dict[str, tuple] = {

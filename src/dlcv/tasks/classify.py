@@ -183,6 +183,8 @@ class ClassifyTask(ModelTask):
                                   "labels": self.val_y.cpu(), "classes": self.classes})
 
     def finish(self, ctx: Context, rows: list[dict[str, Any]]) -> None:
+        if not self.cfg["snapshot"]["figures"]:
+            return
         fig_dir = ctx.run.figures
         if rows:
             figures.training_curves(rows, fig_dir / "training_curves.png")

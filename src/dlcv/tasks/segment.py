@@ -243,6 +243,8 @@ class SegmentTask(ModelTask):
                                   "ids": [self.data.val.ids[i] for i in idx.tolist()]})
 
     def finish(self, ctx: Context, rows: list[dict[str, Any]]) -> None:
+        if not self.cfg["snapshot"]["figures"]:
+            return
         fig_dir = ctx.run.figures
         if rows:
             figures.training_curves([{k: v for k, v in r.items() if not k.startswith("iou_")} for r in rows],

@@ -169,7 +169,7 @@ class SSLTask(ModelTask):
     def finish(self, ctx: Context, rows: list[dict[str, Any]]) -> None:
         """Curves; the online backbone as a plain torchvision state_dict (any epoch's checkpoint exports with
         `dlcv ssl export`)."""
-        if rows:
+        if rows and self.cfg["snapshot"]["figures"]:
             figures.training_curves(rows, ctx.run.figures / "training_curves.png")
         save_state_dict(ctx.eval_module.backbone.state_dict(), ctx.run.path / "backbone.pt")
         log.info("backbone (torchvision %s state_dict) written to %s", self.cfg["model"]["name"],
