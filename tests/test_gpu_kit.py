@@ -136,4 +136,7 @@ def test_run_sh_tiny_mode_runs_every_step_and_returns_few_flat_files(problem, sy
     if problem == "p2":
         assert "table.md" in entries
     if problem == "p3":
-        assert "mean_iou" in " ".join(figures["steps"][-1]["output"]) and "mask_grid.png" in entries
+        steps = {s["name"]: s for s in figures["steps"]}
+        assert "mean_iou" in " ".join(steps["miou"]["output"]) and "mask_grid.png" in entries
+        check = steps["bf16_check"]["result"][0]
+        assert check["repeats"] == 1 and check["convolutions_with_dead_taps"]["layer4.0.conv1"]["dead_taps"] == 8

@@ -323,7 +323,12 @@ def steps(problem: str, data: Path, work: Path, tiny: bool) -> list[dict]:
               ["data.crop_size=128", "train.epochs=1", "train.batch_size=4", "data.limit_train=8", "data.limit_val=4"]),
         tool("hw1_3", 60, ["bash", "hw1_3.sh", str(data / "p3_data" / "validation"), str(masks)],
              env={"DLCV_P3_CKPT": str(best), "DLCV_PYTHON": sys.executable}),
-        tool("miou", 20, dlcv + ["segment", "miou", str(data / "p3_data" / "validation"), str(masks)], capture=True)]
+        tool("miou", 20, dlcv + ["segment", "miou", str(data / "p3_data" / "validation"), str(masks)], capture=True),
+        # the loan's host CPU: does its oneDNN bf16 convolution backward give inf/nan or unwritten gradients
+        # (docs/performance.md, "bf16 gradients on AVX-512 CPUs")? Its JSON comes back in figures.json
+        tool("bf16_check", 60, [sys.executable, "benchmarks/bf16_grad_check.py", "--model", "resnet18", "--size", "16",
+                                "--batch", "8" if tiny else "32", "--repeat", "1" if tiny else "12",
+                                "--out", str(work / "bf16_grad_check.json")], json=work / "bf16_grad_check.json")]
 
 
 def call_steps(problem: str, call: int, all_steps: list[dict]) -> list[dict]:
@@ -381,6 +386,15 @@ def run(problem: str, pack_dir: Path, out: Path, tiny: bool, store: Path, stage_
     return 0 if all(s["rc"] == 0 for s in figures["steps"]) else 1
 
 
+def json_records(path: Path) -> list:
+    """A step's JSON file: one document (bf16_grad_check.py) or one per line (speed.py)."""
+    text = path.read_text()
+    try:
+        return [json.loads(text)]
+    except json.JSONDecodeError:
+        return [json.loads(line) for line in text.splitlines()]
+
+
 def run_step(step: dict, env: dict, out: Path, tiny: bool) -> dict:
     log(f"{step['name']} (planned {step['seconds']} s): {' '.join(map(str, step['cmd']))}")
     t0 = time.time()
@@ -404,7 +418,7 @@ def run_step(step: dict, env: dict, out: Path, tiny: bool) -> dict:
         copy_out(step["run"] / "summary.json", out / f"{step['name']}_summary.json")
         copy_out(step["run"] / "metrics.csv", out / f"{step['name']}_metrics.csv")  # every epoch's figures
     if "json" in step and step["json"].exists():
-        record["result"] = [json.loads(line) for line in step["json"].read_text().splitlines()]
+        record["result"] = json_records(step["json"])
     log(f"{step['name']}: rc {record['rc']} after {record['seconds']} s")
     return record
 
