@@ -222,10 +222,11 @@ SYNTH = "/tmp/synth"  # the docs' synthetic tree; moved into the page's folder
 GRADED_SCRIPTS = {"hw1_1.sh", "hw1_2.sh", "hw1_3.sh"}
 # appended to every training command (keys the task lacks are left out): one optimizer step of 4 images, a
 # validation of 4, at a small input size, on the CPU; the training set stays whole, so that a validation class
-# is a training class. A command on a run folder that trained before gets one more step.
+# is a training class; no end-of-run figures (tests/test_report.py and others look at them). A command on a run
+# folder that trained before gets one more step.
 SMOKE = {"device": "cpu", "train.batch_size": 4, "data.limit_val": 4, "data.image_size": 32,
          "data.input_size": None, "data.crop_size": 64, "tta.flip": False, "tta.translate": 0, "tta.rotate90": False,
-         "tta.scales": [1.0]}
+         "tta.scales": [1.0], "snapshot.figures": False}
 
 
 @dataclass
@@ -393,7 +394,8 @@ def test_tags_and_templates_are_recognised(tmp_path):
 
 def test_smoke_overrides_are_the_tasks_own_keys():
     assert smoke_overrides(["ssl", "pretrain", "-c", "p2_byol_cpu"], 0) == config_mod.set_args([
-        "train.max_steps=1", "device=cpu", "train.batch_size=4", "data.image_size=32", "data.input_size=null"])
+        "train.max_steps=1", "device=cpu", "train.batch_size=4", "data.image_size=32", "data.input_size=null",
+        "snapshot.figures=false"])
     # (ssl has no limit_val, crop_size or tta)
     assert "train.max_steps=3" in smoke_overrides(["segment", "train", "--out", "r", "--resume"], 2)
     assert smoke_overrides(["segment", "miou", "a", "b"], 0) == []

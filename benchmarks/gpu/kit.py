@@ -257,7 +257,7 @@ def steps(problem: str, data: Path, work: Path, tiny: bool) -> list[dict]:
     dlcv = [sys.executable, "-m", "dlcv"]
     weights, runs, masks = work / "weights", work / "runs", work / "masks"
     small_resnet = ["model.name=resnet18", "data.image_size=32", "train.batch_size=16", "train.epochs=1",
-                    "data.limit_train=32"]
+                    "data.limit_train=32", "snapshot.figures=false"]  # (figures: P3's mask grid is drawn)
 
     def train(name, verb, recipe, budget, sets, tiny_sets, epochs="auto"):
         """`epochs`: auto (the most that fit `budget`), or the recipe's own (the budget is then a guard)."""
@@ -285,13 +285,14 @@ def steps(problem: str, data: Path, work: Path, tiny: bool) -> list[dict]:
             train("p1_lite2", "classify train", "p1_lite2_320", 180,
                   [path_set("model.weights", weights / "efficientnet_lite2.pth")],
                   ["train.epochs=1", "data.limit_train=64", "data.limit_val=32", "data.input_size=64",
-                   "train.batch_size=16"]),
+                   "train.batch_size=16", "snapshot.figures=false"]),
             tool("hw1_1", 30, ["bash", "hw1_1.sh", str(data / "p1_data" / "val_50"), str(work / "p1_pred.csv")],
                  env={"DLCV_P1_CKPT": str(best), "DLCV_PYTHON": sys.executable}),
             tool("p1_acc", 10, dlcv + ["eval", "acc", str(data / "p1_data" / "val_gt.csv"), str(work / "p1_pred.csv")],
                  capture=True),
             train("p1_scratch", "classify train", "p1_resnet18_cutmix", 200, [],
-                  ["train.epochs=1", "data.limit_train=128", "data.limit_val=32", "train.batch_size=64"]),
+                  ["train.epochs=1", "data.limit_train=128", "data.limit_val=32", "train.batch_size=64",
+                   "snapshot.figures=false"]),
             tool("speed_p1", 90, speed, json=work / "speed_p1.jsonl"),
             train("p1_model_a", "classify train", "p1_model_a", 150, [],
                   ["train.epochs=1", "data.limit_train=32", "data.limit_val=32", "train.batch_size=16",
