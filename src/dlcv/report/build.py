@@ -12,6 +12,7 @@ from PIL import Image
 from dlcv import task_registry
 from dlcv.data import layouts
 from dlcv.data.images import is_image
+from dlcv.data.masks import course_tiles
 from dlcv.data.synth import is_synthetic
 from dlcv.errors import DlcvError
 from dlcv.fileio import check_output, starts_with
@@ -84,7 +85,7 @@ def _tile_side(run: Run) -> int | None:
                                     "training", "data.train_dir", required=False)
     except DlcvError:
         folder = None
-    tiles = [] if folder is None else sorted(folder.glob("*_sat.*")) or sorted((folder / "images").glob("*"))
+    tiles = [] if folder is None else course_tiles(folder) or sorted((folder / "images").glob("*"))  # pairs
     tile = next((t for t in tiles if is_image(t)), None)
     if tile is None:
         return None
