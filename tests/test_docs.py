@@ -432,6 +432,7 @@ README_CELLS = {
     **{(f"P2 {s}:", 4): lambda s=s: _json(XEON_TABLE)["table_seed0"][s]["val_acc"] for s in "BD"},
     **{(f"P2 {s}:", 5): lambda s=s: _kit_setting(s) for s in "ABCDE"},
     ("P3 B:", 5): lambda: _json("gpu_p3_h200.json")["steps"][0]["best"]["val_miou"],
+    ("P3 A:", 4): lambda: _json("p3_fcn32s_cpu_zen2.json")["val_miou"],
 }
 
 

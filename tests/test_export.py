@@ -275,13 +275,24 @@ BAD_CASES = [  # (case, argv, expected fragment of the one line)
                                                "{p1}/val_50", "{x}/o.csv"], "computes in fp32"),
     ("--topk beyond the classes", ["classify", "predict", "--model", "{p1_onnx}", "--topk", "11", "{p1}/val_50",
                                    "{x}/o.csv"], "--topk 11: {p1_onnx} has only 10 classes"),
+    ("--out that names no format", ["export", "--ckpt", "{x}/p1.pt", "--out", "{x}/m.bin"],
+     "--out {x}/m.bin: name the format with --format onnx|torchscript (or end the name in .onnx or .pt)"),
+    ("an ensemble of other classes", ["classify", "ensemble", "{x}/p1.pt", "{x}/p2.pt", "--out", "{x}/e.pt"],
+     "{x}/p2.pt: its classes differ from {x}/p1.pt's (6 vs 10)"),
+    ("an ensemble with a segmenter", ["classify", "ensemble", "{x}/p1.pt", "{x}/p3.pt", "--out", "{x}/e.pt"],
+     "{x}/p3.pt is a checkpoint of task 'segment', not 'classify'"),
+    ("an ensemble with an exported member", ["classify", "ensemble", "{x}/p1.pt", "{p1_onnx}", "--out", "{x}/e.pt"],
+     "{p1_onnx} is an exported model; an ensemble is made of dlcv checkpoints"),
+    ("an ensemble of one", ["classify", "ensemble", "{x}/p1.pt", "--out", "{x}/e.pt"],
+     "an ensemble needs at least two checkpoints (one alone: dlcv export)"),
 ]
 
 
 @pytest.mark.parametrize("case,argv,expected", BAD_CASES, ids=[c[0] for c in BAD_CASES])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, argv, expected, bad, runs, exported, synth_root,
                                                             capsys):
-    shutil.copy(runs["p1"], bad / "p1.pt")
+    for problem in ("p1", "p2", "p3"):
+        shutil.copy(runs[problem], bad / f"{problem}.pt")
     fields = {"x": bad, "p1": synth_root / "p1_data", "p3": synth_root / "p3_data", "p1_onnx": exported("p1", "onnx")}
     before = sorted(p.name for p in bad.rglob("*"))
     code = main([a.format(**fields) for a in argv])
@@ -328,6 +339,60 @@ def test_an_export_whose_labels_differ_is_refused_and_not_written(runs, tmp_path
     # a label that differs where the checkpoint's two top logits tie (within TIE) is rounding's choice
     assert not export.Verification(4, 1e-6, 3, 4, "images", ties=1).refused
     assert export.Verification(4, 1e-6, 3, 4, "images").refused
+
+
+@pytest.fixture(scope="module")
+def second_p1(synth_root, tmp_path_factory):
+    """Another P1 classifier, for ensembles with runs["p1"]: another seed and width, a 40 px model input (its
+    own resize), no test-time views."""
+    out = tmp_path_factory.mktemp("second_p1") / "run"
+    cfg = small_classify_cfg(synth_root / "p1_data", **{"model.options": "{widths: [8, 16, 16]}", "train.epochs": 1,
+                                                         "train.seed": 1, "data.input_size": 40})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ClassifyTask, "finish", lambda self, ctx, rows: None)
+        Trainer(ClassifyTask(cfg), cfg, out).fit()
+    return out / "checkpoints" / "last.pt"
+
+
+def test_an_ensemble_predicts_the_argmax_of_its_members_mean_logits(runs, second_p1, synth_root, tmp_path):
+    members, val = [runs["p1"], second_p1], synth_root / "p1_data" / "val_50"
+    files = list_images(val)
+    images = load_images(files, 32, use_cache=False)
+    logits = [Classifier.from_checkpoint(read_classify(m), CPU, "fp32").logits(images) for m in members]
+    mean = (logits[0] + logits[1]) / 2
+    classes = read_classify(runs["p1"])["classes"]
+    expected = [classes[i] for i in mean.argmax(1)]
+    # TorchScript (named by the suffix) through the graded script; ONNX through classify predict
+    assert main(["classify", "ensemble", *map(str, members), "--out", str(tmp_path / "ens.pt")]) == 0
+    run_script("hw1_1.sh", "DLCV_P1_CKPT", tmp_path / "ens.pt", val, tmp_path / "ens_pt.csv")
+    assert main(["classify", "ensemble", *map(str, members), "--out", str(tmp_path / "ens.onnx")]) == 0
+    assert main(["classify", "predict", "--model", str(tmp_path / "ens.onnx"), str(val),
+                 str(tmp_path / "ens_onnx.csv")]) == 0
+    names = [f.name for f in files]
+    for csv in ("ens_pt.csv", "ens_onnx.csv"):
+        assert labels_mod.read_labelled_csv(tmp_path / csv) == (names, expected)
+    model = ExportedModel(tmp_path / "ens.onnx")
+    ours = model.logits(images)
+    assert (ours - mean).abs().max() < TOLERANCE and (ours - logits[0]).abs().max() > 100 * TOLERANCE
+    assert model.outputs == ["logits"] and model.metadata["model"] == "ensemble(cifar_convnet, cifar_convnet)"
+    described = [(m["checkpoint"], m["input_size"], m["views"]) for m in model.metadata["members"]]
+    assert described == [(str(runs["p1"]), 32, {"flip": True, "translate": 2}),
+                         (str(second_p1), 40, {"flip": False, "translate": 0})]
+    assert model.metadata["views"] == {"flip": True, "translate": 2}  # predict's --no-tta is refused
+
+
+def test_an_ensembles_members_must_read_the_same_images_once_each():
+    from dlcv.inference.classify import ensemble_problem
+
+    def state(classes=("a", "b"), side=32):
+        return {"classes": list(classes), "preprocess": {"image_size": side}}
+    assert ensemble_problem([("x.pt", state()), ("y.pt", state())]) is None
+    assert ensemble_problem([("x.pt", state()), ("y.pt", state(side=64))]) == (
+        "y.pt decodes images at 64 px, x.pt at 32 px (data.image_size): an ensemble's members read the same "
+        "decoded images")
+    assert ensemble_problem([("x.pt", state()), ("y.pt", state(("b", "a")))]) == (
+        "y.pt: its classes differ from x.pt's (2 vs 2, the same names in another order)")
+    assert ensemble_problem([("x.pt", state()), ("y.pt", state()), ("x.pt", state())]) == "x.pt is listed twice"
 
 
 def test_an_ssl_checkpoint_exports_its_backbones_features(p2_root_for_ssl, tmp_path):

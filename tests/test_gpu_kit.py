@@ -92,7 +92,9 @@ def test_the_plan_keeps_each_call_and_each_problems_loan_within_its_limit():
     for problem, parts in (("p1", 1), ("p2", 1), ("p3", 2)):
         plan = kit.plan(problem, parts)
         assert len(plan["calls_s"]) == parts - 1 + len(kit.CALL_STEPS[problem])
-        assert plan["total_s"] == sum(plan["calls_s"]) <= kit.LOAN_S and max(plan["calls_s"]) <= kit.CALL_S
+        assert sorted(c for loan in kit.LOANS[problem] for c in loan) == list(range(1, len(kit.CALL_STEPS[problem]) + 1))
+        assert plan["total_s"] == sum(plan["calls_s"]) == sum(plan["loans_s"])
+        assert max(plan["loans_s"]) <= kit.LOAN_S and max(plan["calls_s"]) <= kit.CALL_S
         every = [s["name"] for s in kit.steps(problem, Path("d"), Path("w"), False)]
         in_calls = [s["name"] for c in range(1, len(kit.CALL_STEPS[problem]) + 1)
                     for s in kit.call_steps(problem, c, kit.steps(problem, Path("d"), Path("w"), False))]
@@ -132,7 +134,8 @@ def test_run_sh_tiny_mode_runs_every_step_and_returns_few_flat_files(problem, sy
     if problem == "p1":
         speed_lines = next(s for s in figures["steps"] if s["name"] == "speed_p1")["result"]
         assert any(line.get("variant") == "dlcv" and line["images_per_s"] > 0 for line in speed_lines)
-        assert "accuracy" in " ".join(next(s for s in figures["steps"] if s["name"] == "p1_acc")["output"]).lower()
+        for acc in ("p1_acc", "p1_ensemble_acc"):
+            assert "accuracy" in " ".join(next(s for s in figures["steps"] if s["name"] == acc)["output"]).lower()
     if problem == "p2":
         assert "table.md" in entries
     if problem == "p3":

@@ -225,6 +225,10 @@ def _add_classify_commands(classify) -> None:
     _add_predict_args(embed, "image_dir", tta=False, exported=False)
     embed.add_argument("--method", choices=("pca", "tsne"), default="pca")
     embed.add_argument("--out", required=True, help="figure file (.png or .svg)")
+    ensemble = classify.add_parser("ensemble", help="write classify checkpoints as one exported model that "
+                                                    "predicts the mean of their logits (for predict, hw1_1.sh)")
+    ensemble.add_argument("ckpts", nargs="+", metavar="CKPT", help="classify checkpoints of the same classes")
+    _add_export_args(ensemble, "the members' test-time views")
 
 
 def _add_ssl_commands(ssl) -> None:
@@ -268,6 +272,15 @@ def _add_segment_commands(segment) -> None:
     miou.add_argument("pred_dir")
 
 
+def _add_export_args(p: argparse.ArgumentParser, views: str) -> None:
+    p.add_argument("--out", required=True, help="the file to write (e.g. model.onnx, model.pt)")
+    p.add_argument("--format", choices=("onnx", "torchscript"),
+                   help="default: from --out's name (.onnx: ONNX; .pt, .pth, .ts: TorchScript)")
+    p.add_argument("--no-tta", dest="tta", action="store_false",
+                   help=f"leave {views} out of the graph (plain, faster predictions)")
+    p.add_argument("--opset", type=_whole_number(18), default=18, help="ONNX opset (default 18)")
+
+
 def _add_tool_commands(sub) -> None:
     ev = sub.add_parser("eval", help="score predictions").add_subparsers(dest="cmd", required=True)
     acc = ev.add_parser("acc", help="accuracy of a prediction CSV, matched to the ground truth by file name")
@@ -278,11 +291,7 @@ def _add_tool_commands(sub) -> None:
     export = sub.add_parser("export", help="write a checkpoint as an ONNX or TorchScript file that predicts what "
                                            "it predicts, verified against it")
     export.add_argument("--ckpt", required=True, help="a dlcv checkpoint (classify, segment, or ssl: its backbone)")
-    export.add_argument("--format", required=True, choices=("onnx", "torchscript"))
-    export.add_argument("--out", required=True, help="the file to write (e.g. model.onnx)")
-    export.add_argument("--no-tta", dest="tta", action="store_false",
-                        help="leave the checkpoint's test-time views out of the graph (plain, faster predictions)")
-    export.add_argument("--opset", type=_whole_number(18), default=18, help="ONNX opset (default 18)")
+    _add_export_args(export, "the checkpoint's test-time views")
     config = sub.add_parser("config", help="recipes and their resolved configs").add_subparsers(dest="cmd",
                                                                                                  required=True)
     show = config.add_parser("show", help="print a recipe's resolved config (every key, with --set applied)",
@@ -436,6 +445,15 @@ def _classify_embed(args) -> int:
     return 0
 
 
+def _classify_ensemble(args) -> int:
+    from dlcv.export import check_export_target, export_ensemble
+    check_output(args.out, "--out", [path for ckpt in args.ckpts for path in _checkpoint_inputs(ckpt)])
+    check_export_target(args.out)
+    export_ensemble(args.ckpts, args.format, args.out, args.tta, args.opset)
+    log.info("wrote %s (%d members)", args.out, len(args.ckpts))
+    return 0
+
+
 def _ssl_finetune(args) -> int:
     from dlcv.pipelines import transfer
     if args.setting == "A" and args.backbone:
@@ -494,9 +512,9 @@ def _segment_predict(args) -> int:
 
 
 def _export(args) -> int:
-    from dlcv.export import check_replaceable, export_model
+    from dlcv.export import check_export_target, export_model
     check_output(args.out, "--out", _checkpoint_inputs(args.ckpt))
-    check_replaceable(args.out)
+    check_export_target(args.out)
     export_model(args.ckpt, args.format, args.out, args.tta, args.opset)
     log.info("wrote %s", args.out)
     return 0
@@ -535,6 +553,7 @@ COMMANDS = {
     ("config", "show"): _config_show,
     ("eval", "acc"): _eval_acc,
     ("classify", "predict"): _classify_predict, ("classify", "embed"): _classify_embed,
+    ("classify", "ensemble"): _classify_ensemble,
     ("ssl", "finetune"): _ssl_finetune, ("ssl", "export"): _ssl_export, ("ssl", "table"): _ssl_table,
     ("ssl", "predict"): _ssl_predict, ("segment", "miou"): _segment_miou, ("segment", "predict"): _segment_predict,
     ("export", None): _export, ("report", None): _report, ("viz", "arch"): _viz_arch, ("demo", None): _demo,

@@ -49,9 +49,9 @@ class Verification:
         """Whether a prediction differs beyond rounding: the export then computes something else."""
         return self.agree + self.ties != self.total
 
-    def line(self, runtime: str) -> str:
+    def line(self, runtime: str, against: str = "the checkpoint") -> str:
         ties = f" (and {self.ties:,} ties within {TIE:g})" if self.ties else ""
-        return (f"verified {runtime} against the checkpoint (fp32) on {self.images} synthetic images: largest "
+        return (f"verified {runtime} against {against} (fp32) on {self.images} synthetic images: largest "
                 f"difference {self.max_diff:.3g}, {self.unit} agree: {self.agree:,}/{self.total:,}{ties}")
 
 
@@ -73,17 +73,56 @@ def exportable_of(ckpt: str | Path, tta: bool) -> tuple[dict, Exportable]:
     return state, module.exportable(state, tta)
 
 
-def export_model(ckpt: str | Path, fmt: str, out: str | Path, tta: bool = True,
-                 opset: int = DEFAULT_OPSET) -> Verification:
-    """Writes `out` (atomically, only once verified: labels that differ from the checkpoint's refuse it)."""
+def format_of(out: str | Path, fmt: str | None) -> str:
+    """--format, or what --out's suffix names (.onnx: ONNX; .pt, .pth, .ts: TorchScript)."""
+    if fmt is None:
+        fmt = {".onnx": ONNX, ".pt": TORCHSCRIPT, ".pth": TORCHSCRIPT, ".ts": TORCHSCRIPT}.get(Path(out).suffix.lower())
+        if fmt is None:
+            raise DlcvError(f"--out {out}: name the format with --format onnx|torchscript (or end the name in "
+                            ".onnx or .pt)")
     if fmt not in FORMATS:
         raise DlcvError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    if fmt == ONNX and opset < MIN_OPSET:
-        raise DlcvError(f"--opset {opset}: torch.onnx's exporter writes opset {MIN_OPSET} or newer")
+    return fmt
+
+
+def export_model(ckpt: str | Path, fmt: str | None, out: str | Path, tta: bool = True,
+                 opset: int = DEFAULT_OPSET) -> Verification:
+    """Writes `out` (atomically, only once verified: labels that differ from the checkpoint's refuse it)."""
+    fmt = _checked_format(out, fmt, opset)
     state, ex = exportable_of(ckpt, tta)
     name = state["config"]["model"]["name"]
     metadata = metadata_entries(ex.metadata, state["task"], name, state["config"]["train"]["eval_batch_size"],
                                 ex.outputs, state.get("epoch"))
+    return _write_verified(ex, fmt, out, metadata, opset, name)
+
+
+def export_ensemble(ckpts: list[str | Path], fmt: str | None, out: str | Path, tta: bool = True,
+                    opset: int = DEFAULT_OPSET) -> Verification:
+    """`dlcv classify ensemble`: one file whose logits are the mean of the classify checkpoints' fp32 logits
+    (inference.classify.ensemble_exportable), written and verified as export_model writes one checkpoint."""
+    from dlcv.inference.classify import ensemble_exportable, read_checkpoint
+    fmt = _checked_format(out, fmt, opset)
+    members = []
+    for ckpt in ckpts:
+        if model_format(ckpt) != CHECKPOINT:
+            raise DlcvError(f"{ckpt} is an exported model; an ensemble is made of dlcv checkpoints")
+        members.append((str(ckpt), read_checkpoint(ckpt)))
+    ex = ensemble_exportable(members, tta)
+    name = f"ensemble({', '.join(state['config']['model']['name'] for _, state in members)})"
+    batch = min(state["config"]["train"]["eval_batch_size"] for _, state in members)
+    return _write_verified(ex, fmt, out, metadata_entries(ex.metadata, "classify", name, batch, ex.outputs, None),
+                           opset, name, "the mean of the checkpoints")
+
+
+def _checked_format(out: str | Path, fmt: str | None, opset: int) -> str:
+    fmt = format_of(out, fmt)
+    if fmt == ONNX and opset < MIN_OPSET:
+        raise DlcvError(f"--opset {opset}: torch.onnx's exporter writes opset {MIN_OPSET} or newer")
+    return fmt
+
+
+def _write_verified(ex: Exportable, fmt: str, out: str | Path, metadata: dict[str, str], opset: int,
+                    name: str, against: str = "the checkpoint") -> Verification:
     side = ex.side or SEGMENT_SIDE
     example = synthetic_images(2, side, side, seed=1).float() / 255
     with atomic_path(out) as tmp:
@@ -95,9 +134,9 @@ def export_model(ckpt: str | Path, fmt: str, out: str | Path, tta: bool = True,
         result = verify(tmp, fmt, ex, out)
         runtime = "ONNX Runtime" if fmt == ONNX else "TorchScript"
         if result.refused:
-            raise DlcvError(f"{out}: not written: the exported model differs from the checkpoint "
-                            f"({result.line(runtime)})")
-        log.info(result.line(runtime))
+            raise DlcvError(f"{out}: not written: the exported model differs from {against} "
+                            f"({result.line(runtime, against)})")
+        log.info(result.line(runtime, against))
     return result
 
 
@@ -190,7 +229,7 @@ def verify(path: str | Path, fmt: str, ex: Exportable, shown: str | Path | None 
     return Verification(sum(n for n, _, _ in sizes), max_diff, agree, total, unit, ties)
 
 
-def check_replaceable(out: str | Path) -> None:
+def check_export_target(out: str | Path) -> None:
     """An existing --out is replaced only when it is an exported model (exporting again); any other file
     (a checkpoint, an image, a document) is never overwritten."""
     out = Path(out)

@@ -14,8 +14,10 @@ from dlcv.config import MAX_SIDE
 from dlcv.data import augment
 from dlcv.engine import checkpoint
 from dlcv.engine.precision import Numerics
+from dlcv.errors import DlcvError
 from dlcv.inference import (MEAN, SIZE, STD, Exportable, checkpoint_batch_size, checkpoint_numerics,
                             class_list_problem, entries_problem, is_size)
+from dlcv.inference.exported import has_views
 
 TASK = "classify"
 # what predict reads besides the weights and the config (engine.checkpoint: CHECKPOINT_KEYS)
@@ -166,3 +168,60 @@ def exportable(state: dict[str, Any], tta: bool = True) -> Exportable:
                 "std": meta["std"], "views": meta.get("tta"), "infer_scale": None,
                 "problem": recorded.get("problem"), "layout": recorded.get("layout")}
     return Exportable(graph, ("logits", "features"), metadata, meta["image_size"], reference.logits)
+
+
+class EnsembleGraph(nn.Module):
+    """Classifiers of the same classes on the same decoded images: the mean of their fp32 logits, each member
+    computing its own checkpoint's predict (its input side, normalisation and test-time views)."""
+
+    def __init__(self, members: list[ClassifierGraph]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(member(x) for member in self.members) / len(self.members)
+
+
+def ensemble_problem(members: list[tuple[str, dict[str, Any]]]) -> str | None:
+    """Why classify checkpoints (name, checkpoint) cannot be averaged, or None: fewer than two, one listed
+    twice, other classes (or their order: logits are averaged class by class), or another decoded image side
+    (every member reads the same decoded images)."""
+    if len(members) < 2:
+        return "an ensemble needs at least two checkpoints (one alone: dlcv export)"
+    (first, ref), names = members[0], [name for name, _ in members]
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice:
+        return f"{twice} is listed twice"
+    for name, state in members[1:]:
+        if state["classes"] != ref["classes"]:
+            same_set = sorted(state["classes"]) == sorted(ref["classes"])
+            return (f"{name}: its classes differ from {first}'s ({len(state['classes'])} vs "
+                    f"{len(ref['classes'])}{', the same names in another order' if same_set else ''})")
+        side, ref_side = state["preprocess"]["image_size"], ref["preprocess"]["image_size"]
+        if side != ref_side:
+            return (f"{name} decodes images at {side} px, {first} at {ref_side} px (data.image_size): an "
+                    "ensemble's members read the same decoded images")
+    return None
+
+
+def ensemble_exportable(members: list[tuple[str, dict[str, Any]]], tta: bool = True) -> Exportable:
+    """What `dlcv classify ensemble` writes: EnsembleGraph of the members' graphs (fp32, on the CPU), verified
+    against the mean of their predict paths' fp32 logits. Its metadata's preprocessing entries are the first
+    member's; `members` lists each one's."""
+    problem = ensemble_problem(members)
+    if problem:
+        raise DlcvError(problem)
+    singles = [exportable(state, tta) for _, state in members]
+    for single in singles:
+        single.graph.with_features = False  # members' features differ in size: an ensemble outputs logits only
+    described = [{"checkpoint": name, "model": state["config"]["model"]["name"], "epoch": state.get("epoch"),
+                  **{k: single.metadata[k] for k in ("input_size", "mean", "std", "views")}}
+                 for (name, state), single in zip(members, singles)]
+    recorded = {(single.metadata["problem"], single.metadata["layout"]) for single in singles}
+    problem, layout = recorded.pop() if len(recorded) == 1 else (None, None)
+    metadata = {**singles[0].metadata, "problem": problem, "layout": layout, "members": described,
+                # what predict's --no-tta reads: refused when any member's views are in the graph
+                "views": next((m["views"] for m in described if has_views(m["views"])), described[0]["views"])}
+    references = [single.reference for single in singles]
+    return Exportable(EnsembleGraph([single.graph for single in singles]).eval(), ("logits",), metadata,
+                      singles[0].side, lambda images: sum(ref(images) for ref in references) / len(references))

@@ -25,8 +25,8 @@ KEYS = ("dlcv_export", "dlcv_version", "task", "model", "classes", "image_size",
         "views", "infer_scale", "batch_size", "outputs")
 # what some readers use when present: the course problem and layout a classifier's run recorded (hw1_1 vs
 # hw1_2's warning); the mask classes of a segmenter of a dataset's own classes (segment predict writes its
-# masks in their form)
-OPTIONAL_KEYS = ("problem", "layout", "epoch", "masks")
+# masks in their form); the members of an ensemble (`dlcv classify ensemble`), each with its preprocessing
+OPTIONAL_KEYS = ("problem", "layout", "epoch", "masks", "members")
 INPUT_NAME = "images"
 
 
