@@ -392,7 +392,7 @@ def test_an_ensembles_members_must_read_the_same_images_once_each():
         "decoded images")
     assert ensemble_problem([("x.pt", state()), ("y.pt", state(("b", "a")))]) == (
         "y.pt: its classes differ from x.pt's (2 vs 2, the same names in another order)")
-    assert ensemble_problem([("x.pt", state()), ("y.pt", state()), ("x.pt", state())]) == "x.pt is listed twice"
+    assert ensemble_problem([("x.pt", state()), ("y.pt", state()), ("./x.pt", state())]) == "./x.pt is listed twice"
 
 
 def test_an_ssl_checkpoint_exports_its_backbones_features(p2_root_for_ssl, tmp_path):

@@ -4,6 +4,7 @@ memory layout; and what a classify checkpoint holds besides the weights, checked
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -189,7 +190,8 @@ def ensemble_problem(members: list[tuple[str, dict[str, Any]]]) -> str | None:
     if len(members) < 2:
         return "an ensemble needs at least two checkpoints (one alone: dlcv export)"
     (first, ref), names = members[0], [name for name, _ in members]
-    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    files = [Path(name).resolve() for name in names]  # one file under two names is one member too
+    twice = next((n for i, n in enumerate(names) if files[i] in files[:i]), None)
     if twice:
         return f"{twice} is listed twice"
     for name, state in members[1:]:
