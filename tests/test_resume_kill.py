@@ -156,14 +156,14 @@ def test_a_failed_start_leaves_no_run_folder(p1_root, tmp_path):
 # -- one run per folder ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv", [
-    ["classify", "train", "-c", "p1_fast", "--out", "{dir}"],
+    ["classify", "train", "-c", "p1_fast", "--set", "data.root={p1}", "--out", "{dir}"],
     ["ssl", "table", "-c", "p2_finetune", "--out", "{dir}"],
     ["demo", "--out", "{dir}"],
 ], ids=["train", "ssl-table", "demo"])
-def test_a_second_command_on_a_locked_folder_exits_2_naming_folder_and_pid(argv, tmp_path, capsys):
-    folder = tmp_path / "busy"
+def test_a_second_command_on_a_locked_folder_exits_2_naming_folder_and_pid(argv, p1_root, tmp_path, capsys):
+    folder = tmp_path / "busy"  # (the training's data exists: the lock, not a missing folder, refuses it)
     with DirectoryLock(folder):
-        assert main([a.format(dir=folder) for a in argv]) == 2
+        assert main([a.format(dir=folder, p1=p1_root) for a in argv]) == 2
     err = capsys.readouterr().err
     assert f"{folder} is in use by another dlcv process (pid {os.getpid()})" in err
     assert not (folder / "config.yaml").exists() and not (folder / "data").exists()
