@@ -154,21 +154,23 @@ class Classifier:
         return torch.cat(captured)
 
 
-def exportable(state: dict[str, Any], tta: bool = True) -> Exportable:
+def exportable(state: dict[str, Any], tta: bool = True, features: bool = True) -> Exportable:
     """What `dlcv export` writes for a classify checkpoint: ClassifierGraph (fp32, on the CPU) with the
-    plain images' features as a second output, and what predict computes to verify it against."""
+    plain images' features as a second output (`features`; not for an ensemble's members), and what predict
+    computes to verify it against."""
     from dlcv.models import model_from_checkpoint, model_spec
     meta = {**state["preprocess"], **({} if tta else {"tta": None})}
     name = state["config"]["model"]["name"]
     model = model_from_checkpoint(state, len(state["classes"])).eval()
-    graph = ClassifierGraph(model, model_spec(name).head, meta, with_features=True).eval()
+    graph = ClassifierGraph(model, model_spec(name).head, meta, with_features=features).eval()
     reference = Classifier.from_checkpoint({**state, "preprocess": meta}, torch.device("cpu"), "fp32")
     recorded = state.get("inputs", {})  # the course problem and layout its run recorded (data/layouts.py)
     metadata = {"classes": state["classes"], "image_size": meta["image_size"],
                 "input_size": meta.get("input_size") or meta["image_size"], "mean": meta["mean"],
                 "std": meta["std"], "views": meta.get("tta"), "infer_scale": None,
                 "problem": recorded.get("problem"), "layout": recorded.get("layout")}
-    return Exportable(graph, ("logits", "features"), metadata, meta["image_size"], reference.logits)
+    return Exportable(graph, ("logits", "features") if features else ("logits",), metadata, meta["image_size"],
+                      reference.logits)
 
 
 class EnsembleGraph(nn.Module):
@@ -213,9 +215,8 @@ def ensemble_exportable(members: list[tuple[str, dict[str, Any]]], tta: bool = T
     problem = ensemble_problem(members)
     if problem:
         raise DlcvError(problem)
-    singles = [exportable(state, tta) for _, state in members]
-    for single in singles:
-        single.graph.with_features = False  # members' features differ in size: an ensemble outputs logits only
+    # members' features differ in size: an ensemble outputs logits only
+    singles = [exportable(state, tta, features=False) for _, state in members]
     described = [{"checkpoint": name, "model": state["config"]["model"]["name"], "epoch": state.get("epoch"),
                   **{k: single.metadata[k] for k in ("input_size", "mean", "std", "views")}}
                  for (name, state), single in zip(members, singles)]
